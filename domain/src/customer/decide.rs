@@ -1,0 +1,167 @@
+use super::events::{CustomerChanges, CustomerCreated, CustomerEvent, CustomerUpdated};
+use super::state::{Customer, CustomerState};
+use super::status::CustomerStatus;
+use crate::personal::Personal;
+use crate::values::*;
+use crate::{CustomerId, UserId};
+use chrono::{DateTime, Utc};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateCustomer {
+    pub customer_id: CustomerId,
+    pub name: PersonName,
+    pub email: Option<Email>,
+    pub phone: Option<PhoneE164>,
+    pub passport_number: Option<PassportNumber>,
+    pub country: Option<Country>,
+    pub source: Option<Source>,
+    pub status: Option<CustomerStatus>,
+    pub notes: Option<Notes>,
+    pub assigned_agent_ids: Vec<UserId>,
+}
+
+/// Fields to change. `Some(None)` clears an optional field.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UpdateCustomer {
+    pub name: Option<PersonName>,
+    pub email: Option<Option<Email>>,
+    pub phone: Option<Option<PhoneE164>>,
+    pub passport_number: Option<Option<PassportNumber>>,
+    pub country: Option<Option<Country>>,
+    pub source: Option<Option<Source>>,
+    pub status: Option<CustomerStatus>,
+    pub notes: Option<Option<Notes>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CustomerCommand {
+    Create(Box<CreateCustomer>),
+    Update(UpdateCustomer),
+    Delete,
+    Erase { reason: String },
+}
+
+/// Why a customer command was refused. Purely business reasons: nothing technical.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CustomerError {
+    #[error("customer not found")]
+    NotFound,
+    #[error("customer already exists")]
+    AlreadyExists,
+    #[error("customer was deleted")]
+    Deleted,
+    #[error("customer's personal data was erased")]
+    Erased,
+    #[error("status cannot move from {from} to {to}")]
+    IllegalTransition {
+        from: CustomerStatus,
+        to: CustomerStatus,
+    },
+    #[error("an erasure needs a reason")]
+    ReasonRequired,
+}
+
+fn live(state: &CustomerState) -> Result<&Customer, CustomerError> {
+    match state.customer() {
+        None => Err(CustomerError::NotFound),
+        Some(c) if c.erased => Err(CustomerError::Erased),
+        Some(c) if c.deleted => Err(CustomerError::Deleted),
+        Some(c) => Ok(c),
+    }
+}
+
+/// Keeps a change only when it differs from the current value, so a PATCH that repeats the
+/// current values appends nothing.
+fn diff<T: PartialEq>(current: &Option<Personal<T>>, new: Option<Option<T>>) -> Option<Option<Personal<T>>> {
+    let new = new?;
+    let new = new.map(Personal::Known);
+    (current != &new).then_some(new)
+}
+
+fn diff_plain<T: PartialEq>(current: &Option<T>, new: Option<Option<T>>) -> Option<Option<T>> {
+    let new = new?;
+    (current != &new).then_some(new)
+}
+
+/// Decides what a command means for a customer. `now` is passed in: the domain reads no clock.
+pub fn decide(
+    state: &CustomerState,
+    command: CustomerCommand,
+    now: DateTime<Utc>,
+) -> Result<Vec<CustomerEvent>, CustomerError> {
+    match command {
+        CustomerCommand::Create(c) => {
+            if state.customer().is_some() {
+                return Err(CustomerError::AlreadyExists);
+            }
+            Ok(vec![CustomerEvent::Created(CustomerCreated {
+                customer_id: c.customer_id,
+                name: Personal::Known(c.name),
+                email: c.email.map(Personal::Known),
+                phone: c.phone.map(Personal::Known),
+                passport_number: c.passport_number.map(Personal::Known),
+                country: c.country,
+                source: c.source,
+                status: c.status.unwrap_or(CustomerStatus::New),
+                notes: c.notes.map(Personal::Known),
+                assigned_agent_ids: c.assigned_agent_ids,
+                at: now,
+            })])
+        }
+        CustomerCommand::Update(u) => {
+            let cur = live(state)?;
+            if let Some(to) = u.status
+                && !cur.status.can_move_to(to)
+            {
+                return Err(CustomerError::IllegalTransition {
+                    from: cur.status,
+                    to,
+                });
+            }
+            let changes = CustomerChanges {
+                name: u
+                    .name
+                    .map(Personal::Known)
+                    .filter(|n| *n != cur.name),
+                email: diff(&cur.email, u.email),
+                phone: diff(&cur.phone, u.phone),
+                passport_number: diff(&cur.passport_number, u.passport_number),
+                country: diff_plain(&cur.country, u.country),
+                source: diff_plain(&cur.source, u.source),
+                status: u.status.filter(|s| *s != cur.status),
+                notes: diff(&cur.notes, u.notes),
+            };
+            if changes.is_empty() {
+                return Ok(vec![]);
+            }
+            Ok(vec![CustomerEvent::Updated(CustomerUpdated {
+                customer_id: cur.id,
+                changes,
+                at: now,
+            })])
+        }
+        CustomerCommand::Delete => {
+            let cur = live(state)?;
+            Ok(vec![CustomerEvent::Deleted {
+                customer_id: cur.id,
+                at: now,
+            }])
+        }
+        CustomerCommand::Erase { reason } => {
+            let reason = reason.trim().to_owned();
+            if reason.is_empty() {
+                return Err(CustomerError::ReasonRequired);
+            }
+            match state.customer() {
+                None => Err(CustomerError::NotFound),
+                // Erasing twice is a success that changes nothing: erasure is idempotent.
+                Some(c) if c.erased => Ok(vec![]),
+                Some(c) => Ok(vec![CustomerEvent::Erased {
+                    customer_id: c.id,
+                    reason,
+                    at: now,
+                }]),
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The customer aggregate: its state, commands, events and the pure `decide`/`evolve` pair.
+
+mod decide;
+mod events;
+mod state;
+mod status;
+mod upcast;
+
+pub use decide::{decide, CreateCustomer, CustomerCommand, CustomerError, UpdateCustomer};
+pub use events::{CustomerChanges, CustomerCreated, CustomerEvent, CustomerUpdated};
+pub use state::{evolve, Customer, CustomerState};
+pub use status::CustomerStatus;
+pub(crate) use upcast::UPCASTERS;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,202 @@
+//! Given events, when a command, then events or an error — no database anywhere.
+
+use super::*;
+use crate::encoding::{upcast, EventCodec, EncodedEvent};
+use crate::personal::Personal;
+use crate::values::*;
+use crate::{CustomerId, UserId};
+use chrono::{DateTime, TimeZone, Utc};
+
+fn t(s: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_780_000_000 + s, 0).single().expect("valid test time")
+}
+
+fn id() -> CustomerId {
+    CustomerId::from_uuid(uuid::Uuid::from_u128(0x42))
+}
+
+fn agent() -> UserId {
+    UserId::from_uuid(uuid::Uuid::from_u128(0x7))
+}
+
+fn given(events: &[CustomerEvent]) -> CustomerState {
+    events.iter().fold(CustomerState::Absent, evolve)
+}
+
+fn create_cmd() -> CustomerCommand {
+    CustomerCommand::Create(Box::new(CreateCustomer {
+        customer_id: id(),
+        name: PersonName::parse("Jane Doe").unwrap(),
+        email: Some(Email::parse("jane@example.com").unwrap()),
+        phone: Some(PhoneE164::parse("+442079460958", None).unwrap()),
+        passport_number: Some(PassportNumber::parse("AB1234589").unwrap()),
+        country: Some(Country::parse("Germany").unwrap()),
+        source: Some(Source::parse("website").unwrap()),
+        status: None,
+        notes: Some(Notes::parse("Wants a master's in CS").unwrap()),
+        assigned_agent_ids: vec![agent()],
+    }))
+}
+
+fn created() -> Vec<CustomerEvent> {
+    decide(&CustomerState::Absent, create_cmd(), t(0)).unwrap()
+}
+
+#[test]
+fn creating_a_new_customer_records_all_fields_with_status_new() {
+    let events = created();
+    assert_eq!(events.len(), 1);
+    let CustomerEvent::Created(c) = &events[0] else { panic!("not created") };
+    assert_eq!(c.status, CustomerStatus::New);
+    assert_eq!(c.at, t(0));
+    assert_eq!(c.assigned_agent_ids, vec![agent()]);
+}
+
+#[test]
+fn creating_an_existing_customer_is_refused() {
+    assert_eq!(decide(&given(&created()), create_cmd(), t(1)), Err(CustomerError::AlreadyExists));
+}
+
+#[test]
+fn updating_a_missing_customer_is_not_found() {
+    let cmd = CustomerCommand::Update(UpdateCustomer { status: Some(CustomerStatus::Contacted), ..Default::default() });
+    assert_eq!(decide(&CustomerState::Absent, cmd, t(1)), Err(CustomerError::NotFound));
+}
+
+#[test]
+fn an_update_records_only_fields_that_really_change() {
+    let cmd = CustomerCommand::Update(UpdateCustomer {
+        name: Some(PersonName::parse("Jane Doe").unwrap()),
+        email: Some(None),
+        status: Some(CustomerStatus::Contacted),
+        ..Default::default()
+    });
+    let events = decide(&given(&created()), cmd, t(5)).unwrap();
+    let [CustomerEvent::Updated(u)] = events.as_slice() else { panic!("{events:?}") };
+    assert_eq!(u.changes.name, None, "unchanged name must not be recorded");
+    assert_eq!(u.changes.email, Some(None));
+    assert_eq!(u.changes.status, Some(CustomerStatus::Contacted));
+    let state = given(&[created(), events.clone()].concat());
+    let c = state.customer().unwrap();
+    assert_eq!(c.email, None);
+    assert_eq!(c.version, 2);
+    assert_eq!(c.updated_at, t(5));
+}
+
+#[test]
+fn an_update_that_changes_nothing_appends_nothing() {
+    let cmd = CustomerCommand::Update(UpdateCustomer {
+        country: Some(Some(Country::parse("Germany").unwrap())),
+        ..Default::default()
+    });
+    assert_eq!(decide(&given(&created()), cmd, t(1)), Ok(vec![]));
+}
+
+#[test]
+fn status_moves_forward_or_to_lost_but_never_back() {
+    let to = |s| CustomerCommand::Update(UpdateCustomer { status: Some(s), ..Default::default() });
+    let mut history = created();
+    history.extend(decide(&given(&history), to(CustomerStatus::Applied), t(1)).unwrap());
+    assert_eq!(
+        decide(&given(&history), to(CustomerStatus::Contacted), t(2)),
+        Err(CustomerError::IllegalTransition { from: CustomerStatus::Applied, to: CustomerStatus::Contacted })
+    );
+    history.extend(decide(&given(&history), to(CustomerStatus::Lost), t(3)).unwrap());
+    assert!(decide(&given(&history), to(CustomerStatus::Enrolled), t(4)).is_err());
+    assert!(decide(&given(&history), to(CustomerStatus::New), t(4)).is_ok());
+}
+
+#[test]
+fn a_deleted_customer_cannot_be_edited() {
+    let mut history = created();
+    history.extend(decide(&given(&history), CustomerCommand::Delete, t(1)).unwrap());
+    let cmd = CustomerCommand::Update(UpdateCustomer { status: Some(CustomerStatus::Lost), ..Default::default() });
+    assert_eq!(decide(&given(&history), cmd, t(2)), Err(CustomerError::Deleted));
+}
+
+#[test]
+fn erasure_needs_a_reason_is_idempotent_and_blanks_every_personal_field() {
+    let history = created();
+    assert_eq!(
+        decide(&given(&history), CustomerCommand::Erase { reason: "  ".into() }, t(1)),
+        Err(CustomerError::ReasonRequired)
+    );
+    let erased = decide(&given(&history), CustomerCommand::Erase { reason: "art. 17 request".into() }, t(1)).unwrap();
+    let all = [history, erased].concat();
+    let state = given(&all);
+    let c = state.customer().unwrap();
+    assert!(c.erased);
+    assert_eq!(c.name, Personal::Erased);
+    assert_eq!(c.email, Some(Personal::Erased));
+    assert_eq!(c.status, CustomerStatus::New, "non-personal facts survive");
+    assert_eq!(decide(&state, CustomerCommand::Erase { reason: "again".into() }, t(2)), Ok(vec![]));
+}
+
+fn all_event_kinds() -> Vec<CustomerEvent> {
+    let mut history = created();
+    history.extend(
+        decide(
+            &given(&history),
+            CustomerCommand::Update(UpdateCustomer {
+                name: Some(PersonName::parse("Jane Q. Doe").unwrap()),
+                email: Some(None),
+                country: Some(None),
+                source: Some(Some(Source::parse("fair").unwrap())),
+                status: Some(CustomerStatus::Qualified),
+                ..Default::default()
+            }),
+            t(10),
+        )
+        .unwrap(),
+    );
+    history.extend(decide(&given(&history), CustomerCommand::Delete, t(20)).unwrap());
+    history.push(CustomerEvent::Erased { customer_id: id(), reason: "art. 17".into(), at: t(30) });
+    history
+}
+
+#[test]
+fn every_event_survives_encoding_and_decoding_unchanged() {
+    for e in all_event_kinds() {
+        let decoded = CustomerEvent::decode(&e.encode().into_decrypted()).unwrap();
+        assert_eq!(decoded, e);
+    }
+}
+
+#[test]
+fn the_persisted_json_of_every_customer_event_type_is_pinned() {
+    for e in all_event_kinds() {
+        let enc = e.encode();
+        let json = crate::encoding::payload_json(&enc.facts, &enc.personal);
+        insta::assert_json_snapshot!(format!("{}_v{}", enc.event_type, enc.schema_version), json);
+    }
+}
+
+#[test]
+fn a_legacy_v1_created_event_is_upcast_to_the_current_shape() {
+    let mut v1 = EncodedEvent::new("CustomerCreated", 1)
+        .fact("customer_id", id().to_string())
+        .fact("status", "Contacted")
+        .fact("at", "2026-01-01T00:00:00.000000Z")
+        .personal_field("customerName", Some("Old Record"))
+        .personal_field("customerEmail", Some("old@example.com"))
+        .personal_field("passportNumber", Some("XY9876543"));
+    v1.facts.insert("source".into(), serde_json::Value::Null);
+    let up = upcast(v1.into_decrypted()).unwrap();
+    assert_eq!(up.schema_version, 2);
+    let CustomerEvent::Created(c) = CustomerEvent::decode(&up).unwrap() else { panic!() };
+    assert_eq!(c.name.known().map(|n| n.as_str()), Some("Old Record"));
+    assert_eq!(c.email.and_then(|e| e.known().cloned()), Some(Email::parse("old@example.com").unwrap()));
+    assert_eq!(c.status, CustomerStatus::Contacted);
+    assert!(c.assigned_agent_ids.is_empty());
+}
+
+#[test]
+fn erased_personal_fields_decode_as_erased() {
+    let mut d = created()[0].encode().into_decrypted();
+    for v in d.personal.values_mut() {
+        *v = Personal::Erased;
+    }
+    let CustomerEvent::Created(c) = CustomerEvent::decode(&d).unwrap() else { panic!() };
+    assert_eq!(c.name, Personal::Erased);
+    assert_eq!(c.phone, Some(Personal::Erased));
+}

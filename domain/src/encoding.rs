@@ -1,0 +1,218 @@
+//! The persisted shape of events, kept apart from the in-memory enums.
+//!
+//! Every stored payload is `{"facts": {…}, "personal": {…}}`. `facts` holds what is not
+//! personal (ids, status, times) and stays readable forever, so analytics and history survive
+//! an erasure. `personal` maps a field name to a string; the write side encrypts each of those
+//! strings under the data subject's key before it reaches the log, and the read side hands
+//! them back here decrypted, or as [`Personal::Erased`] once the key is gone. Because the
+//! split is structural, the crypto layer needs no knowledge of individual event types.
+//!
+//! Old schema versions are brought up to date by [`upcast`] on every read path, after
+//! decryption (field names are part of each ciphertext's associated data, so renames must
+//! happen on plaintext).
+
+use crate::personal::Personal;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// An event in its persisted shape, before encryption (write side) or after decryption
+/// (read side).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded<P> {
+    pub event_type: String,
+    pub schema_version: i32,
+    pub facts: Map<String, Value>,
+    pub personal: BTreeMap<String, P>,
+}
+
+/// What the write side produces: personal values in clear, about to be encrypted.
+pub type EncodedEvent = Encoded<String>;
+/// What the read side hands to decoding: personal values decrypted or erased.
+pub type DecryptedEvent = Encoded<Personal<String>>;
+
+impl<P> Encoded<P> {
+    pub fn new(event_type: &str, schema_version: i32) -> Self {
+        Self {
+            event_type: event_type.to_owned(),
+            schema_version,
+            facts: Map::new(),
+            personal: BTreeMap::new(),
+        }
+    }
+
+    pub fn fact(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.facts.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+impl EncodedEvent {
+    pub fn personal_field(mut self, key: &str, value: Option<&str>) -> Self {
+        if let Some(v) = value {
+            self.personal.insert(key.to_owned(), v.to_owned());
+        }
+        self
+    }
+
+    /// The read-side view of an event that was never encrypted (used by pure tests).
+    pub fn into_decrypted(self) -> DecryptedEvent {
+        Encoded {
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            facts: self.facts,
+            personal: self
+                .personal
+                .into_iter()
+                .map(|(k, v)| (k, Personal::Known(v)))
+                .collect(),
+        }
+    }
+}
+
+/// The persisted payload JSON for a set of facts and (already encrypted) personal strings.
+pub fn payload_json(facts: &Map<String, Value>, personal: &BTreeMap<String, String>) -> Value {
+    let personal: Map<String, Value> = personal
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let mut m = Map::new();
+    m.insert("facts".into(), Value::Object(facts.clone()));
+    m.insert("personal".into(), Value::Object(personal));
+    Value::Object(m)
+}
+
+/// Splits a stored payload back into facts and personal strings.
+pub fn split_payload(
+    payload: &Value,
+) -> Result<(Map<String, Value>, BTreeMap<String, String>), DecodeError> {
+    let obj = payload
+        .as_object()
+        .ok_or_else(|| DecodeError::new("payload is not an object"))?;
+    let facts = match obj.get("facts") {
+        Some(Value::Object(f)) => f.clone(),
+        None => Map::new(),
+        Some(_) => return Err(DecodeError::new("facts is not an object")),
+    };
+    let mut personal = BTreeMap::new();
+    match obj.get("personal") {
+        Some(Value::Object(p)) => {
+            for (k, v) in p {
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| DecodeError::new("personal value is not a string"))?;
+                personal.insert(k.clone(), s.to_owned());
+            }
+        }
+        None => {}
+        Some(_) => return Err(DecodeError::new("personal is not an object")),
+    }
+    Ok((facts, personal))
+}
+
+/// A stored event could not be turned back into a domain event: the log holds something this
+/// build does not understand. This is data corruption or a missing upcaster, never user error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot decode event: {0}")]
+pub struct DecodeError(pub String);
+
+impl DecodeError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+/// Domain events that know their persisted shape.
+pub trait EventCodec: Sized {
+    fn encode(&self) -> EncodedEvent;
+    /// Decodes an event already upcast to the current schema version.
+    fn decode(e: &DecryptedEvent) -> Result<Self, DecodeError>;
+}
+
+// Small accessors shared by the event codecs.
+
+pub fn fact_str<'a>(e: &'a DecryptedEvent, key: &str) -> Result<&'a str, DecodeError> {
+    e.facts
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| DecodeError(format!("{}: missing fact {key}", e.event_type)))
+}
+
+pub fn fact_opt_str<'a>(e: &'a DecryptedEvent, key: &str) -> Option<&'a str> {
+    e.facts.get(key).and_then(Value::as_str)
+}
+
+pub fn fact_time(
+    e: &DecryptedEvent,
+    key: &str,
+) -> Result<chrono::DateTime<chrono::Utc>, DecodeError> {
+    let s = fact_str(e, key)?;
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| DecodeError(format!("{}: bad time in {key}", e.event_type)))
+}
+
+pub fn fact_uuid(e: &DecryptedEvent, key: &str) -> Result<uuid::Uuid, DecodeError> {
+    uuid::Uuid::parse_str(fact_str(e, key)?)
+        .map_err(|_| DecodeError(format!("{}: bad uuid in {key}", e.event_type)))
+}
+
+/// A personal field parsed into its type; `None` when absent.
+pub fn personal_opt<T>(
+    e: &DecryptedEvent,
+    key: &str,
+    parse: impl Fn(&str) -> Result<T, crate::values::Invalid>,
+) -> Result<Option<Personal<T>>, DecodeError> {
+    match e.personal.get(key) {
+        None => Ok(None),
+        Some(Personal::Erased) => Ok(Some(Personal::Erased)),
+        Some(Personal::Known(s)) => parse(s)
+            .map(|v| Some(Personal::Known(v)))
+            .map_err(|err| DecodeError(format!("{}: {key}: {err}", e.event_type))),
+    }
+}
+
+pub fn personal_req<T>(
+    e: &DecryptedEvent,
+    key: &str,
+    parse: impl Fn(&str) -> Result<T, crate::values::Invalid>,
+) -> Result<Personal<T>, DecodeError> {
+    personal_opt(e, key, parse)?
+        .ok_or_else(|| DecodeError(format!("{}: missing personal field {key}", e.event_type)))
+}
+
+pub fn time_fact(t: chrono::DateTime<chrono::Utc>) -> Value {
+    Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+/// One step that rewrites an old schema version of an event type into the next.
+pub struct Upcaster {
+    pub event_type: &'static str,
+    pub from_version: i32,
+    pub apply: fn(DecryptedEvent) -> Result<DecryptedEvent, DecodeError>,
+}
+
+/// Every upcaster the domain knows, applied in a chain until the event is current.
+pub fn upcasters() -> &'static [Upcaster] {
+    crate::customer::UPCASTERS
+}
+
+/// Brings an event up to the current schema version of its type.
+pub fn upcast(mut e: DecryptedEvent) -> Result<DecryptedEvent, DecodeError> {
+    // Bounded: each step raises the version by one, and no event type has more versions.
+    for _ in 0..64 {
+        match upcasters()
+            .iter()
+            .find(|u| u.event_type == e.event_type && u.from_version == e.schema_version)
+        {
+            Some(u) => {
+                let before = e.schema_version;
+                e = (u.apply)(e)?;
+                if e.schema_version <= before {
+                    return Err(DecodeError::new("upcaster did not raise the schema version"));
+                }
+            }
+            None => return Ok(e),
+        }
+    }
+    Err(DecodeError::new("upcaster chain too long"))
+}

@@ -1,0 +1,19 @@
+//! Egec's domain: identifiers, validated values, roles and permissions, events and the pure
+//! aggregates that decide them.
+//!
+//! Nothing here performs I/O, reads the clock or draws random numbers: time and ids are
+//! passed in by the caller, so every decision is a pure function that tests can pin down.
+
+pub mod customer;
+pub mod encoding;
+pub mod ids;
+pub mod masking;
+pub mod permission;
+pub mod personal;
+pub mod role;
+pub mod user;
+pub mod values;
+
+pub use ids::{CustomerId, UserId};
+pub use personal::Personal;
+pub use role::Role;

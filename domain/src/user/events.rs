@@ -1,0 +1,145 @@
+use crate::encoding::*;
+use crate::personal::Personal;
+use crate::values::{Email, Invalid, PersonName};
+use crate::{Role, UserId};
+use chrono::{DateTime, Datelike, Utc};
+use std::fmt;
+
+/// A password hash in PHC string form (argon2id, or bcrypt from the old system). Opaque to
+/// the domain; kept encrypted in the log like personal data, and never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PasswordHash(String);
+
+impl PasswordHash {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        if s.starts_with('$') && s.len() >= 20 && s.len() <= 512 {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(Invalid("password hash is not a PHC or bcrypt string"))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PasswordHash(…)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserEvent {
+    Created {
+        user_id: UserId,
+        email: Personal<Email>,
+        name: Personal<PersonName>,
+        role: Role,
+        password_hash: Personal<PasswordHash>,
+        at: DateTime<Utc>,
+    },
+}
+
+pub const USER_CREATED: &str = "UserCreated";
+
+impl UserEvent {
+    pub fn user_id(&self) -> UserId {
+        match self {
+            UserEvent::Created { user_id, .. } => *user_id,
+        }
+    }
+    pub fn action(&self) -> &'static str {
+        match self {
+            UserEvent::Created { .. } => "USER_CREATED",
+        }
+    }
+}
+
+impl EventCodec for UserEvent {
+    fn encode(&self) -> EncodedEvent {
+        match self {
+            UserEvent::Created {
+                user_id,
+                email,
+                name,
+                role,
+                password_hash,
+                at,
+            } => EncodedEvent::new(USER_CREATED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("role", role.as_str())
+                .fact("at", time_fact(*at))
+                .personal_field("email", email.known().map(|e| e.as_str()))
+                .personal_field("name", name.known().map(|n| n.as_str()))
+                .personal_field("password_hash", password_hash.known().map(|h| h.as_str())),
+        }
+    }
+
+    fn decode(e: &DecryptedEvent) -> Result<Self, DecodeError> {
+        match (e.event_type.as_str(), e.schema_version) {
+            (USER_CREATED, 1) => Ok(UserEvent::Created {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                email: personal_req(e, "email", Email::parse)?,
+                name: personal_req(e, "name", PersonName::parse)?,
+                role: fact_str(e, "role")?
+                    .parse()
+                    .map_err(|_| DecodeError::new("bad role"))?,
+                password_hash: personal_req(e, "password_hash", PasswordHash::parse)?,
+                at: fact_time(e, "at")?,
+            }),
+            (t, v) => Err(DecodeError(format!("unknown user event {t} v{v}"))),
+        }
+    }
+}
+
+/// Login activity of one user, in a stream per calendar month (see [`login_stream_id`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoginEvent {
+    Succeeded {
+        user_id: UserId,
+        session_id: uuid::Uuid,
+        at: DateTime<Utc>,
+    },
+}
+
+pub const LOGIN_SUCCEEDED: &str = "LoginSucceeded";
+
+impl LoginEvent {
+    pub fn action(&self) -> &'static str {
+        match self {
+            LoginEvent::Succeeded { .. } => "LOGIN",
+        }
+    }
+}
+
+/// The stream holding a user's login activity in the month of `at`.
+pub fn login_stream_id(user: UserId, at: DateTime<Utc>) -> String {
+    format!("login-{}-{:04}{:02}", user, at.year(), at.month())
+}
+
+impl EventCodec for LoginEvent {
+    fn encode(&self) -> EncodedEvent {
+        match self {
+            LoginEvent::Succeeded {
+                user_id,
+                session_id,
+                at,
+            } => EncodedEvent::new(LOGIN_SUCCEEDED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("session_id", session_id.to_string())
+                .fact("at", time_fact(*at)),
+        }
+    }
+
+    fn decode(e: &DecryptedEvent) -> Result<Self, DecodeError> {
+        match (e.event_type.as_str(), e.schema_version) {
+            (LOGIN_SUCCEEDED, 1) => Ok(LoginEvent::Succeeded {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                session_id: fact_uuid(e, "session_id")?,
+                at: fact_time(e, "at")?,
+            }),
+            (t, v) => Err(DecodeError(format!("unknown login event {t} v{v}"))),
+        }
+    }
+}
