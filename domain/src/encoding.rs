@@ -81,10 +81,11 @@ pub fn payload_json(facts: &Map<String, Value>, personal: &BTreeMap<String, Stri
     Value::Object(m)
 }
 
+/// The two halves of a stored payload: facts, and personal strings as stored.
+pub type SplitPayload = (Map<String, Value>, BTreeMap<String, String>);
+
 /// Splits a stored payload back into facts and personal strings.
-pub fn split_payload(
-    payload: &Value,
-) -> Result<(Map<String, Value>, BTreeMap<String, String>), DecodeError> {
+pub fn split_payload(payload: &Value) -> Result<SplitPayload, DecodeError> {
     let obj = payload
         .as_object()
         .ok_or_else(|| DecodeError::new("payload is not an object"))?;
@@ -208,7 +209,9 @@ pub fn upcast(mut e: DecryptedEvent) -> Result<DecryptedEvent, DecodeError> {
                 let before = e.schema_version;
                 e = (u.apply)(e)?;
                 if e.schema_version <= before {
-                    return Err(DecodeError::new("upcaster did not raise the schema version"));
+                    return Err(DecodeError::new(
+                        "upcaster did not raise the schema version",
+                    ));
                 }
             }
             None => return Ok(e),

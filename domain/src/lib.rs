@@ -4,8 +4,10 @@
 //! Nothing here performs I/O, reads the clock or draws random numbers: time and ids are
 //! passed in by the caller, so every decision is a pure function that tests can pin down.
 
+pub mod aggregate;
 pub mod customer;
 pub mod encoding;
+pub mod event;
 pub mod ids;
 pub mod masking;
 pub mod permission;

@@ -138,9 +138,18 @@ mod tests {
     #[test]
     fn the_customer_matrix_matches_the_security_review() {
         let expect = [
-            (Action::CustomersView, vec![Superadmin, Admin, Superagent, Agent, Auditor]),
-            (Action::CustomersCreate, vec![Superadmin, Admin, Superagent, Agent, Dataentry]),
-            (Action::CustomersEdit, vec![Superadmin, Admin, Superagent, Agent]),
+            (
+                Action::CustomersView,
+                vec![Superadmin, Admin, Superagent, Agent, Auditor],
+            ),
+            (
+                Action::CustomersCreate,
+                vec![Superadmin, Admin, Superagent, Agent, Dataentry],
+            ),
+            (
+                Action::CustomersEdit,
+                vec![Superadmin, Admin, Superagent, Agent],
+            ),
             (Action::CustomersDelete, vec![Superadmin]),
             (Action::CustomersImport, vec![Superadmin, Admin]),
             (Action::CustomersExport, vec![Superadmin, Admin, Superagent]),
@@ -149,7 +158,11 @@ mod tests {
         ];
         for (action, roles) in expect {
             for role in Role::ALL {
-                assert_eq!(can(role, action), roles.contains(&role), "{role} {action:?}");
+                assert_eq!(
+                    can(role, action),
+                    roles.contains(&role),
+                    "{role} {action:?}"
+                );
             }
         }
     }

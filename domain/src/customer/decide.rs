@@ -72,7 +72,10 @@ fn live(state: &CustomerState) -> Result<&Customer, CustomerError> {
 
 /// Keeps a change only when it differs from the current value, so a PATCH that repeats the
 /// current values appends nothing.
-fn diff<T: PartialEq>(current: &Option<Personal<T>>, new: Option<Option<T>>) -> Option<Option<Personal<T>>> {
+fn diff<T: PartialEq>(
+    current: &Option<Personal<T>>,
+    new: Option<Option<T>>,
+) -> Option<Option<Personal<T>>> {
     let new = new?;
     let new = new.map(Personal::Known);
     (current != &new).then_some(new)
@@ -119,10 +122,7 @@ pub fn decide(
                 });
             }
             let changes = CustomerChanges {
-                name: u
-                    .name
-                    .map(Personal::Known)
-                    .filter(|n| *n != cur.name),
+                name: u.name.map(Personal::Known).filter(|n| *n != cur.name),
                 email: diff(&cur.email, u.email),
                 phone: diff(&cur.phone, u.phone),
                 passport_number: diff(&cur.passport_number, u.passport_number),

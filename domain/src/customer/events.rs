@@ -74,9 +74,8 @@ impl CustomerEvent {
         match self {
             CustomerEvent::Created(e) => e.customer_id,
             CustomerEvent::Updated(e) => e.customer_id,
-            CustomerEvent::Deleted { customer_id, .. } | CustomerEvent::Erased { customer_id, .. } => {
-                *customer_id
-            }
+            CustomerEvent::Deleted { customer_id, .. }
+            | CustomerEvent::Erased { customer_id, .. } => *customer_id,
         }
     }
 
@@ -192,17 +191,22 @@ impl EventCodec for CustomerEvent {
                 if let Some(n) = &ch.name {
                     e = e.personal_field("name", n.known().map(|x| x.as_str()));
                 }
-                let mut personal = |key: &'static str, v: Option<Option<&str>>, e: EncodedEvent| match v {
-                    None => e,
-                    Some(None) => {
-                        cleared.push(Value::String(key.into()));
-                        e
-                    }
-                    Some(Some(s)) => e.personal_field(key, Some(s)),
-                };
+                let mut personal =
+                    |key: &'static str, v: Option<Option<&str>>, e: EncodedEvent| match v {
+                        None => e,
+                        Some(None) => {
+                            cleared.push(Value::String(key.into()));
+                            e
+                        }
+                        Some(Some(s)) => e.personal_field(key, Some(s)),
+                    };
                 e = personal("email", ch.email.as_ref().map(opt_str), e);
                 e = personal("phone", ch.phone.as_ref().map(opt_str), e);
-                e = personal("passport_number", ch.passport_number.as_ref().map(opt_str), e);
+                e = personal(
+                    "passport_number",
+                    ch.passport_number.as_ref().map(opt_str),
+                    e,
+                );
                 e = personal("notes", ch.notes.as_ref().map(opt_str), e);
                 if !cleared.is_empty() {
                     e = e.fact("cleared", Value::Array(cleared));
@@ -250,7 +254,11 @@ impl EventCodec for CustomerEvent {
                     changes: CustomerChanges {
                         name: personal_opt(e, "name", PersonName::parse)?,
                         email: field(&cleared, "email", personal_opt(e, "email", Email::parse)?),
-                        phone: field(&cleared, "phone", personal_opt(e, "phone", PhoneE164::from_stored)?),
+                        phone: field(
+                            &cleared,
+                            "phone",
+                            personal_opt(e, "phone", PhoneE164::from_stored)?,
+                        ),
                         passport_number: field(
                             &cleared,
                             "passport_number",

@@ -6,9 +6,9 @@ mod state;
 mod status;
 mod upcast;
 
-pub use decide::{decide, CreateCustomer, CustomerCommand, CustomerError, UpdateCustomer};
+pub use decide::{CreateCustomer, CustomerCommand, CustomerError, UpdateCustomer, decide};
 pub use events::{CustomerChanges, CustomerCreated, CustomerEvent, CustomerUpdated};
-pub use state::{evolve, Customer, CustomerState};
+pub use state::{Customer, CustomerState, evolve};
 pub use status::CustomerStatus;
 pub(crate) use upcast::UPCASTERS;
 

@@ -1,14 +1,16 @@
 //! Given events, when a command, then events or an error — no database anywhere.
 
 use super::*;
-use crate::encoding::{upcast, EventCodec, EncodedEvent};
+use crate::encoding::{EncodedEvent, EventCodec, upcast};
 use crate::personal::Personal;
 use crate::values::*;
 use crate::{CustomerId, UserId};
 use chrono::{DateTime, TimeZone, Utc};
 
 fn t(s: i64) -> DateTime<Utc> {
-    Utc.timestamp_opt(1_780_000_000 + s, 0).single().expect("valid test time")
+    Utc.timestamp_opt(1_780_000_000 + s, 0)
+        .single()
+        .expect("valid test time")
 }
 
 fn id() -> CustomerId {
@@ -46,7 +48,9 @@ fn created() -> Vec<CustomerEvent> {
 fn creating_a_new_customer_records_all_fields_with_status_new() {
     let events = created();
     assert_eq!(events.len(), 1);
-    let CustomerEvent::Created(c) = &events[0] else { panic!("not created") };
+    let CustomerEvent::Created(c) = &events[0] else {
+        panic!("not created")
+    };
     assert_eq!(c.status, CustomerStatus::New);
     assert_eq!(c.at, t(0));
     assert_eq!(c.assigned_agent_ids, vec![agent()]);
@@ -54,13 +58,22 @@ fn creating_a_new_customer_records_all_fields_with_status_new() {
 
 #[test]
 fn creating_an_existing_customer_is_refused() {
-    assert_eq!(decide(&given(&created()), create_cmd(), t(1)), Err(CustomerError::AlreadyExists));
+    assert_eq!(
+        decide(&given(&created()), create_cmd(), t(1)),
+        Err(CustomerError::AlreadyExists)
+    );
 }
 
 #[test]
 fn updating_a_missing_customer_is_not_found() {
-    let cmd = CustomerCommand::Update(UpdateCustomer { status: Some(CustomerStatus::Contacted), ..Default::default() });
-    assert_eq!(decide(&CustomerState::Absent, cmd, t(1)), Err(CustomerError::NotFound));
+    let cmd = CustomerCommand::Update(UpdateCustomer {
+        status: Some(CustomerStatus::Contacted),
+        ..Default::default()
+    });
+    assert_eq!(
+        decide(&CustomerState::Absent, cmd, t(1)),
+        Err(CustomerError::NotFound)
+    );
 }
 
 #[test]
@@ -72,7 +85,9 @@ fn an_update_records_only_fields_that_really_change() {
         ..Default::default()
     });
     let events = decide(&given(&created()), cmd, t(5)).unwrap();
-    let [CustomerEvent::Updated(u)] = events.as_slice() else { panic!("{events:?}") };
+    let [CustomerEvent::Updated(u)] = events.as_slice() else {
+        panic!("{events:?}")
+    };
     assert_eq!(u.changes.name, None, "unchanged name must not be recorded");
     assert_eq!(u.changes.email, Some(None));
     assert_eq!(u.changes.status, Some(CustomerStatus::Contacted));
@@ -94,12 +109,20 @@ fn an_update_that_changes_nothing_appends_nothing() {
 
 #[test]
 fn status_moves_forward_or_to_lost_but_never_back() {
-    let to = |s| CustomerCommand::Update(UpdateCustomer { status: Some(s), ..Default::default() });
+    let to = |s| {
+        CustomerCommand::Update(UpdateCustomer {
+            status: Some(s),
+            ..Default::default()
+        })
+    };
     let mut history = created();
     history.extend(decide(&given(&history), to(CustomerStatus::Applied), t(1)).unwrap());
     assert_eq!(
         decide(&given(&history), to(CustomerStatus::Contacted), t(2)),
-        Err(CustomerError::IllegalTransition { from: CustomerStatus::Applied, to: CustomerStatus::Contacted })
+        Err(CustomerError::IllegalTransition {
+            from: CustomerStatus::Applied,
+            to: CustomerStatus::Contacted
+        })
     );
     history.extend(decide(&given(&history), to(CustomerStatus::Lost), t(3)).unwrap());
     assert!(decide(&given(&history), to(CustomerStatus::Enrolled), t(4)).is_err());
@@ -110,18 +133,37 @@ fn status_moves_forward_or_to_lost_but_never_back() {
 fn a_deleted_customer_cannot_be_edited() {
     let mut history = created();
     history.extend(decide(&given(&history), CustomerCommand::Delete, t(1)).unwrap());
-    let cmd = CustomerCommand::Update(UpdateCustomer { status: Some(CustomerStatus::Lost), ..Default::default() });
-    assert_eq!(decide(&given(&history), cmd, t(2)), Err(CustomerError::Deleted));
+    let cmd = CustomerCommand::Update(UpdateCustomer {
+        status: Some(CustomerStatus::Lost),
+        ..Default::default()
+    });
+    assert_eq!(
+        decide(&given(&history), cmd, t(2)),
+        Err(CustomerError::Deleted)
+    );
 }
 
 #[test]
 fn erasure_needs_a_reason_is_idempotent_and_blanks_every_personal_field() {
     let history = created();
     assert_eq!(
-        decide(&given(&history), CustomerCommand::Erase { reason: "  ".into() }, t(1)),
+        decide(
+            &given(&history),
+            CustomerCommand::Erase {
+                reason: "  ".into()
+            },
+            t(1)
+        ),
         Err(CustomerError::ReasonRequired)
     );
-    let erased = decide(&given(&history), CustomerCommand::Erase { reason: "art. 17 request".into() }, t(1)).unwrap();
+    let erased = decide(
+        &given(&history),
+        CustomerCommand::Erase {
+            reason: "art. 17 request".into(),
+        },
+        t(1),
+    )
+    .unwrap();
     let all = [history, erased].concat();
     let state = given(&all);
     let c = state.customer().unwrap();
@@ -129,7 +171,16 @@ fn erasure_needs_a_reason_is_idempotent_and_blanks_every_personal_field() {
     assert_eq!(c.name, Personal::Erased);
     assert_eq!(c.email, Some(Personal::Erased));
     assert_eq!(c.status, CustomerStatus::New, "non-personal facts survive");
-    assert_eq!(decide(&state, CustomerCommand::Erase { reason: "again".into() }, t(2)), Ok(vec![]));
+    assert_eq!(
+        decide(
+            &state,
+            CustomerCommand::Erase {
+                reason: "again".into()
+            },
+            t(2)
+        ),
+        Ok(vec![])
+    );
 }
 
 fn all_event_kinds() -> Vec<CustomerEvent> {
@@ -150,7 +201,11 @@ fn all_event_kinds() -> Vec<CustomerEvent> {
         .unwrap(),
     );
     history.extend(decide(&given(&history), CustomerCommand::Delete, t(20)).unwrap());
-    history.push(CustomerEvent::Erased { customer_id: id(), reason: "art. 17".into(), at: t(30) });
+    history.push(CustomerEvent::Erased {
+        customer_id: id(),
+        reason: "art. 17".into(),
+        at: t(30),
+    });
     history
 }
 
@@ -183,9 +238,14 @@ fn a_legacy_v1_created_event_is_upcast_to_the_current_shape() {
     v1.facts.insert("source".into(), serde_json::Value::Null);
     let up = upcast(v1.into_decrypted()).unwrap();
     assert_eq!(up.schema_version, 2);
-    let CustomerEvent::Created(c) = CustomerEvent::decode(&up).unwrap() else { panic!() };
+    let CustomerEvent::Created(c) = CustomerEvent::decode(&up).unwrap() else {
+        panic!()
+    };
     assert_eq!(c.name.known().map(|n| n.as_str()), Some("Old Record"));
-    assert_eq!(c.email.and_then(|e| e.known().cloned()), Some(Email::parse("old@example.com").unwrap()));
+    assert_eq!(
+        c.email.and_then(|e| e.known().cloned()),
+        Some(Email::parse("old@example.com").unwrap())
+    );
     assert_eq!(c.status, CustomerStatus::Contacted);
     assert!(c.assigned_agent_ids.is_empty());
 }
@@ -196,7 +256,9 @@ fn erased_personal_fields_decode_as_erased() {
     for v in d.personal.values_mut() {
         *v = Personal::Erased;
     }
-    let CustomerEvent::Created(c) = CustomerEvent::decode(&d).unwrap() else { panic!() };
+    let CustomerEvent::Created(c) = CustomerEvent::decode(&d).unwrap() else {
+        panic!()
+    };
     assert_eq!(c.name, Personal::Erased);
     assert_eq!(c.phone, Some(Personal::Erased));
 }

@@ -4,8 +4,8 @@
 mod decide;
 mod events;
 
-pub use decide::{decide, evolve, CreateUser, User, UserCommand, UserError, UserState};
-pub use events::{login_stream_id, LoginEvent, PasswordHash, UserEvent};
+pub use decide::{CreateUser, User, UserCommand, UserError, UserState, decide, evolve};
+pub use events::{LoginEvent, PasswordHash, UserEvent, login_stream_id};
 
 #[cfg(test)]
 mod tests;

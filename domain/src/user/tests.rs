@@ -10,7 +10,10 @@ fn cmd() -> UserCommand {
         email: Email::parse("admin@egec.example").unwrap(),
         name: PersonName::parse("Ada Admin").unwrap(),
         role: Role::Superadmin,
-        password_hash: PasswordHash::parse("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo").unwrap(),
+        password_hash: PasswordHash::parse(
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+        )
+        .unwrap(),
     }))
 }
 
@@ -35,8 +38,14 @@ fn the_persisted_json_of_every_user_and_login_event_type_is_pinned() {
         let json = crate::encoding::payload_json(&enc.facts, &enc.personal);
         insta::assert_json_snapshot!(format!("{}_v{}", enc.event_type, enc.schema_version), json);
     }
-    assert_eq!(UserEvent::decode(&created.encode().into_decrypted()).unwrap(), created);
-    assert_eq!(LoginEvent::decode(&login.encode().into_decrypted()).unwrap(), login);
+    assert_eq!(
+        UserEvent::decode(&created.encode().into_decrypted()).unwrap(),
+        created
+    );
+    assert_eq!(
+        LoginEvent::decode(&login.encode().into_decrypted()).unwrap(),
+        login
+    );
 }
 
 #[test]

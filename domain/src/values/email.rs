@@ -18,22 +18,23 @@ impl Email {
         if s.len() > 254 {
             return Err(Invalid("email is longer than 254 characters"));
         }
-        let (local, domain) = s
-            .split_once('@')
-            .ok_or(Invalid("email must contain @"))?;
+        let (local, domain) = s.split_once('@').ok_or(Invalid("email must contain @"))?;
         if local.is_empty() || local.len() > 64 {
             return Err(Invalid("email local part must be 1 to 64 characters"));
         }
         if domain.contains('@') {
             return Err(Invalid("email must contain exactly one @"));
         }
-        let local_ok = local.chars().all(|c| {
-            c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c)
-        }) && !local.starts_with('.')
+        let local_ok = local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c))
+            && !local.starts_with('.')
             && !local.ends_with('.')
             && !local.contains("..");
         if !local_ok {
-            return Err(Invalid("email local part has characters that are not allowed"));
+            return Err(Invalid(
+                "email local part has characters that are not allowed",
+            ));
         }
         let labels: Vec<&str> = domain.split('.').collect();
         let domain_ok = labels.len() >= 2
@@ -44,7 +45,9 @@ impl Email {
                     && !l.ends_with('-')
                     && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             })
-            && labels.last().is_some_and(|tld| tld.len() >= 2 && !tld.chars().all(|c| c.is_ascii_digit()));
+            && labels
+                .last()
+                .is_some_and(|tld| tld.len() >= 2 && !tld.chars().all(|c| c.is_ascii_digit()));
         if !domain_ok {
             return Err(Invalid("email domain is not valid"));
         }
@@ -79,12 +82,26 @@ mod tests {
 
     #[test]
     fn addresses_are_normalised_to_lower_case_without_surrounding_space() {
-        assert_eq!(Email::parse("  Jane.Doe@Example.COM ").unwrap().as_str(), "jane.doe@example.com");
+        assert_eq!(
+            Email::parse("  Jane.Doe@Example.COM ").unwrap().as_str(),
+            "jane.doe@example.com"
+        );
     }
 
     #[test]
     fn malformed_addresses_are_refused() {
-        for bad in ["", "a", "a@", "@b.com", "a@b", "a@@b.com", "a b@c.com", "a@-b.com", "a..b@c.com", "a@b.c0m.123"] {
+        for bad in [
+            "",
+            "a",
+            "a@",
+            "@b.com",
+            "a@b",
+            "a@@b.com",
+            "a b@c.com",
+            "a@-b.com",
+            "a..b@c.com",
+            "a@b.c0m.123",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

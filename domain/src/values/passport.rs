@@ -14,7 +14,9 @@ impl PassportNumber {
             .collect::<String>()
             .to_ascii_uppercase();
         if !(6..=12).contains(&s.len()) {
-            return Err(Invalid("passport number must be 6 to 12 letters and digits"));
+            return Err(Invalid(
+                "passport number must be 6 to 12 letters and digits",
+            ));
         }
         if !s.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(Invalid("passport number may hold only letters and digits"));
@@ -49,7 +51,10 @@ mod tests {
 
     #[test]
     fn passport_numbers_are_normalised_and_checked() {
-        assert_eq!(PassportNumber::parse("ab 123 4567").unwrap().as_str(), "AB1234567");
+        assert_eq!(
+            PassportNumber::parse("ab 123 4567").unwrap().as_str(),
+            "AB1234567"
+        );
         for bad in ["", "AB12", "ABCDEFGH", "AB-123456", "A1234567890123"] {
             assert!(PassportNumber::parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -65,9 +65,22 @@ mod tests {
 
     #[test]
     fn international_and_national_forms_become_e164() {
-        assert_eq!(PhoneE164::parse("+44 20 7946 0958", None).unwrap().as_str(), "+442079460958");
-        assert_eq!(PhoneE164::parse("020 7946 0958", Some("GB")).unwrap().as_str(), "+442079460958");
-        assert_eq!(PhoneE164::parse("010 1234 5678", Some("eg")).unwrap().as_str(), "+201012345678");
+        assert_eq!(
+            PhoneE164::parse("+44 20 7946 0958", None).unwrap().as_str(),
+            "+442079460958"
+        );
+        assert_eq!(
+            PhoneE164::parse("020 7946 0958", Some("GB"))
+                .unwrap()
+                .as_str(),
+            "+442079460958"
+        );
+        assert_eq!(
+            PhoneE164::parse("010 1234 5678", Some("eg"))
+                .unwrap()
+                .as_str(),
+            "+201012345678"
+        );
     }
 
     #[test]
@@ -75,7 +88,10 @@ mod tests {
         assert!(PhoneE164::parse("12345", None).is_err());
         assert!(PhoneE164::parse("+44 12", None).is_err());
         assert!(PhoneE164::parse("call me", Some("GB")).is_err());
-        assert!(PhoneE164::parse("020 7946 0958", None).is_err(), "national form needs a region");
+        assert!(
+            PhoneE164::parse("020 7946 0958", None).is_err(),
+            "national form needs a region"
+        );
     }
 
     proptest! {

@@ -69,7 +69,10 @@ mod tests {
 
     #[test]
     fn names_are_trimmed_and_control_characters_refused() {
-        assert_eq!(PersonName::parse("  Jane Doe ").unwrap().as_str(), "Jane Doe");
+        assert_eq!(
+            PersonName::parse("  Jane Doe ").unwrap().as_str(),
+            "Jane Doe"
+        );
         assert!(PersonName::parse("   ").is_err());
         assert!(PersonName::parse("Jane\u{0}Doe").is_err());
         assert!(PersonName::parse("Jane\nDoe").is_err());

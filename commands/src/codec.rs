@@ -1,0 +1,239 @@
+//! Turns domain events into stored rows and back: encrypts personal fields on the way in,
+//! decrypts (or marks erased) and upcasts on the way out. Every read path goes through
+//! [`Codec::decode`], so upcasting and erasure apply everywhere alike.
+
+use crate::crypto::{self, CryptoError};
+use crate::store::{NewEvent, RecordedEvent};
+use crate::vault::{SubjectKey, Vault, VaultError};
+use chrono::{DateTime, Datelike, Utc};
+use egec_domain::encoding::{DecodeError, Encoded, split_payload};
+use egec_domain::event::{DomainEvent, Envelope, Metadata};
+use egec_domain::personal::Personal;
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("event at position {position}: {problem}")]
+    Corrupt { position: i64, problem: String },
+}
+
+/// The data subject whose key encrypts a month's IP addresses and user agents.
+pub fn retention_subject(at: DateTime<Utc>) -> String {
+    format!("retention-{:04}{:02}", at.year(), at.month())
+}
+
+pub struct Codec {
+    vault: Arc<Vault>,
+}
+
+impl Codec {
+    pub fn new(vault: Arc<Vault>) -> Self {
+        Self { vault }
+    }
+
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    async fn encrypt_map(
+        &self,
+        subject: &str,
+        event_id: Uuid,
+        fields: &BTreeMap<String, String>,
+    ) -> Result<Map<String, Value>, CodecError> {
+        let mut out = Map::new();
+        if fields.is_empty() {
+            return Ok(out);
+        }
+        let (version, key) = self.vault.for_write(subject).await?;
+        for (name, plain) in fields {
+            let aad = crypto::field_aad(&event_id, subject, name);
+            out.insert(
+                name.clone(),
+                Value::String(crypto::encrypt_field(&key, version, plain, &aad)?),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The stored form of an event: personal fields encrypted under `subject`'s key, IP and
+    /// user agent under the current month's retention key.
+    pub async fn encode(
+        &self,
+        subject: &str,
+        event_id: Uuid,
+        event: &DomainEvent,
+        meta: &Metadata,
+    ) -> Result<NewEvent, CodecError> {
+        let enc = event.encode();
+        let personal = self.encrypt_map(subject, event_id, &enc.personal).await?;
+        let mut payload = Map::new();
+        payload.insert("facts".into(), Value::Object(enc.facts));
+        payload.insert("personal".into(), Value::Object(personal));
+        payload.insert("subject".into(), Value::String(subject.to_owned()));
+
+        let mut meta_personal = BTreeMap::new();
+        if let Some(Personal::Known(ip)) = &meta.ip {
+            meta_personal.insert("ip".to_owned(), ip.clone());
+        }
+        if let Some(Personal::Known(ua)) = &meta.user_agent {
+            meta_personal.insert("user_agent".to_owned(), ua.clone());
+        }
+        let retention = retention_subject(meta.occurred_at);
+        let meta_enc = self
+            .encrypt_map(&retention, event_id, &meta_personal)
+            .await?;
+        let mut metadata = json!({
+            "actor_id": meta.actor_id.map(|a| a.to_string()),
+            "actor_role": meta.actor_role.map(|r| r.as_str()),
+            "correlation_id": meta.correlation_id.to_string(),
+            "causation_id": meta.causation_id.map(|c| c.to_string()),
+            "occurred_at": egec_domain::encoding::time_fact(meta.occurred_at),
+        });
+        if !meta_enc.is_empty()
+            && let Some(m) = metadata.as_object_mut()
+        {
+            m.insert("retention_subject".into(), Value::String(retention));
+            m.insert("personal".into(), Value::Object(meta_enc));
+        }
+        Ok(NewEvent {
+            event_id,
+            event_type: enc.event_type,
+            schema_version: enc.schema_version,
+            payload: Value::Object(payload),
+            metadata,
+        })
+    }
+
+    async fn decrypt_map(
+        &self,
+        subject: &str,
+        event_id: Uuid,
+        fields: &BTreeMap<String, String>,
+        position: i64,
+    ) -> Result<BTreeMap<String, Personal<String>>, CodecError> {
+        let corrupt = |problem: String| CodecError::Corrupt { position, problem };
+        let mut out = BTreeMap::new();
+        if fields.is_empty() {
+            return Ok(out);
+        }
+        let keys = self.vault.for_read(subject).await?;
+        for (name, stored) in fields {
+            let value = match &keys {
+                SubjectKey::Erased => Personal::Erased,
+                SubjectKey::Missing => {
+                    return Err(corrupt(format!(
+                        "field {name} is encrypted but its subject has no key"
+                    )));
+                }
+                SubjectKey::Live(keys) => {
+                    let (version, sealed) = crypto::parse_field(stored)
+                        .map_err(|_| corrupt(format!("field {name} is not a ciphertext")))?;
+                    let key = usize::try_from(version - 1)
+                        .ok()
+                        .and_then(|i| keys.get(i))
+                        .ok_or_else(|| {
+                            corrupt(format!("field {name} names unknown key version"))
+                        })?;
+                    let aad = crypto::field_aad(&event_id, subject, name);
+                    Personal::Known(crypto::decrypt_field(key, &sealed, &aad)?)
+                }
+            };
+            out.insert(name.clone(), value);
+        }
+        Ok(out)
+    }
+
+    /// Decrypts, upcasts and decodes one stored event.
+    pub async fn decode(&self, rec: &RecordedEvent) -> Result<Envelope, CodecError> {
+        let position = rec.global_position;
+        let corrupt = |problem: &str| CodecError::Corrupt {
+            position,
+            problem: problem.to_owned(),
+        };
+        let (facts, personal) = split_payload(&rec.payload)?;
+        let subject = rec.payload.get("subject").and_then(Value::as_str);
+        let personal = match subject {
+            Some(s) => {
+                self.decrypt_map(s, rec.event_id, &personal, position)
+                    .await?
+            }
+            None if personal.is_empty() => BTreeMap::new(),
+            None => return Err(corrupt("personal fields without a subject")),
+        };
+        let event = DomainEvent::decode(Encoded {
+            event_type: rec.event_type.clone(),
+            schema_version: rec.schema_version,
+            facts,
+            personal,
+        })?;
+        let metadata = self.decode_metadata(rec).await?;
+        Ok(Envelope {
+            position,
+            stream_id: rec.stream_id.clone(),
+            stream_version: rec.stream_version,
+            event_id: rec.event_id,
+            command_id: rec.command_id,
+            recorded_at: rec.recorded_at,
+            metadata,
+            event,
+        })
+    }
+
+    async fn decode_metadata(&self, rec: &RecordedEvent) -> Result<Metadata, CodecError> {
+        let m = &rec.metadata;
+        let position = rec.global_position;
+        let corrupt = |problem: &str| CodecError::Corrupt {
+            position,
+            problem: problem.to_owned(),
+        };
+        let uuid_at = |k: &str| -> Result<Option<Uuid>, CodecError> {
+            match m.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Uuid::parse_str(s).map(Some).map_err(|_| corrupt(k)),
+                Some(_) => Err(corrupt(k)),
+            }
+        };
+        let personal: BTreeMap<String, String> = match m.get("personal") {
+            Some(Value::Object(p)) => p
+                .iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        let mut personal = match m.get("retention_subject").and_then(Value::as_str) {
+            Some(s) => {
+                self.decrypt_map(s, rec.event_id, &personal, position)
+                    .await?
+            }
+            None => BTreeMap::new(),
+        };
+        let occurred_at = m
+            .get("occurred_at")
+            .and_then(Value::as_str)
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(rec.recorded_at);
+        Ok(Metadata {
+            actor_id: uuid_at("actor_id")?.map(egec_domain::UserId::from_uuid),
+            actor_role: match m.get("actor_role").and_then(Value::as_str) {
+                Some(r) => Some(r.parse().map_err(|_| corrupt("actor_role"))?),
+                None => None,
+            },
+            ip: personal.remove("ip"),
+            user_agent: personal.remove("user_agent"),
+            correlation_id: uuid_at("correlation_id")?.unwrap_or(Uuid::nil()),
+            causation_id: uuid_at("causation_id")?,
+            occurred_at,
+        })
+    }
+}

@@ -1,0 +1,727 @@
+//! The production backend: PostgreSQL through a deadpool connection pool.
+//!
+//! Everything lives in schema `egec`. An append is one transaction that first locks the
+//! counter row `egec.log_head`; that lock serialises appenders across every pool and process
+//! on the database, so positions are dense and in commit order, and a reader that sees
+//! position `n` has already been able to see every position below it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::plan::{command_ids, now_micros, plan_batch, stream_ids};
+use super::{
+    AppendOutcome, AppendRequest, Backend, ChainHead, Conflict, EventLog, KeyTable, ReadBound,
+    RecordedEvent, StoreError, SubjectKeys, WrappedKey,
+};
+
+mod embedded {
+    refinery::embed_migrations!("../migrations/postgres");
+}
+
+/// First key of the two-key advisory locks this module takes ("EGEC" in ASCII), so they do
+/// not collide with locks other software on the same database takes.
+const LOCK_CLASS: i32 = 0x4547_4543;
+/// Second key of the advisory lock held while migrations run.
+const MIGRATION_LOCK: i32 = 1;
+
+const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, command_id, \
+     event_type, schema_version, payload, metadata, recorded_at, prev_hash, hash";
+
+/// The PostgreSQL event log and key table. Cloning shares the pool.
+#[derive(Clone)]
+pub struct PgLog {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgLog")
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+impl PgLog {
+    /// Connects with a pool of at most `pool_size` connections and brings the schema up to
+    /// date. TLS (rustls) is used when the URL asks for `sslmode=require`, `verify-ca` or
+    /// `verify-full`; see [`TlsChoice`] for how those modes are honoured.
+    pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let (url, tls) = TlsChoice::from_url(url)?;
+        let pg_config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
+        let manager_config = ManagerConfig {
+            // Fast: a broken connection surfaces as an error on its next use, which the
+            // caller sees as a storage error and retries; checking every checkout would cost
+            // one round trip per append.
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls {
+            TlsChoice::None => Manager::from_config(pg_config, NoTls, manager_config),
+            TlsChoice::Rustls(config) => Manager::from_config(
+                pg_config,
+                tokio_postgres_rustls::MakeRustlsConnect::new(*config),
+                manager_config,
+            ),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .build()
+            .map_err(|e| StoreError::Config(format!("cannot build the connection pool: {e}")))?;
+        // Fail here, with the whole chain of causes (the pool's own message stops at "error
+        // performing tls handshake"), rather than on the first request.
+        drop(pool.get().await.map_err(|e| {
+            StoreError::Config(format!("cannot connect to PostgreSQL: {}", error_chain(&e)))
+        })?);
+        let log = Self { pool };
+        log.migrate().await?;
+        Ok(log)
+    }
+
+    /// The connection pool, for read models that live in the same database.
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
+    /// Applies pending migrations. Idempotent; several processes may call it at once, since
+    /// a session advisory lock lets only one of them migrate at a time.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.get().await?;
+        conn.execute(
+            "SELECT pg_advisory_lock($1, $2)",
+            &[&LOCK_CLASS, &MIGRATION_LOCK],
+        )
+        .await?;
+        let client: &mut tokio_postgres::Client = &mut conn;
+        let result = embedded::migrations::runner().run_async(client).await;
+        let unlocked = conn
+            .execute(
+                "SELECT pg_advisory_unlock($1, $2)",
+                &[&LOCK_CLASS, &MIGRATION_LOCK],
+            )
+            .await;
+        if result.is_err() || unlocked.is_err() {
+            // A session lock lives as long as its connection: close this one rather than hand
+            // a connection that may still hold the lock back to the pool.
+            drop(Object::take(conn));
+        }
+        result?;
+        unlocked?;
+        Ok(())
+    }
+}
+
+/// How to secure the connection, decided from the URL's `sslmode`.
+///
+/// tokio-postgres knows only `disable`, `prefer` and `require`, so `verify-ca` and
+/// `verify-full` are taken out of the URL here and replaced by `require`. Every mode that
+/// asks for TLS verifies the server certificate and its host name with rustls against the
+/// Mozilla roots (webpki-roots), or against the PEM file named by `sslrootcert` if given:
+/// this is stricter than libpq's `require` and `verify-ca`, on purpose, since an unverified
+/// TLS connection protects against nothing but a passive eavesdropper.
+pub enum TlsChoice {
+    /// No TLS (`sslmode` absent, `disable`, `allow` or `prefer`).
+    None,
+    /// TLS with this client configuration.
+    Rustls(Box<rustls::ClientConfig>),
+}
+
+impl TlsChoice {
+    /// Splits the TLS options off a connection string (URL or `key=value` form) and returns
+    /// the string tokio-postgres will accept together with the TLS choice.
+    pub fn from_url(url: &str) -> Result<(String, TlsChoice), StoreError> {
+        let (rest, opts) = take_tls_options(url)?;
+        let choice = match opts.mode.as_deref() {
+            None | Some("disable" | "allow" | "prefer") => TlsChoice::None,
+            Some("require" | "verify-ca" | "verify-full") => {
+                TlsChoice::Rustls(Box::new(rustls_config(opts.root_cert)?))
+            }
+            Some(other) => {
+                return Err(StoreError::Config(format!(
+                    "unsupported sslmode `{other}` (use disable, prefer, require, verify-ca or \
+                     verify-full)"
+                )));
+            }
+        };
+        Ok((rest, choice))
+    }
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TlsOptions {
+    mode: Option<String>,
+    root_cert: Option<PathBuf>,
+}
+
+/// Removes `sslmode` and `sslrootcert` from the connection string and puts back an `sslmode`
+/// tokio-postgres understands.
+fn take_tls_options(url: &str) -> Result<(String, TlsOptions), StoreError> {
+    let mut opts = TlsOptions::default();
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let (base, params, sep): (&str, Vec<&str>, &str) = if is_url {
+        match url.split_once('?') {
+            Some((base, query)) => (base, query.split('&').collect(), "&"),
+            None => (url, Vec::new(), "&"),
+        }
+    } else {
+        ("", url.split_whitespace().collect(), " ")
+    };
+    let mut kept: Vec<String> = Vec::new();
+    for param in params {
+        match param.split_once('=') {
+            Some(("sslmode", v)) => opts.mode = Some(percent_decode(v)?),
+            Some(("sslrootcert", v)) => opts.root_cert = Some(PathBuf::from(percent_decode(v)?)),
+            _ if param.is_empty() => {}
+            _ => kept.push(param.to_owned()),
+        }
+    }
+    let pg_mode = match opts.mode.as_deref() {
+        None => None,
+        Some("disable") => Some("disable"),
+        // With no TLS connector, `prefer` and `allow` can only ever connect in clear text.
+        Some("allow" | "prefer") => Some("disable"),
+        Some(_) => Some("require"),
+    };
+    if let Some(mode) = pg_mode {
+        kept.push(format!("sslmode={mode}"));
+    }
+    let rest = if is_url {
+        if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join(sep))
+        }
+    } else {
+        kept.join(sep)
+    };
+    Ok((rest, opts))
+}
+
+/// An error and its causes, one after the other. Connection errors carry no secrets (the
+/// password is never part of them), so this is safe to log.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn percent_decode(s: &str) -> Result<String, StoreError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| StoreError::Config("bad percent-encoding in the URL".into()))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| StoreError::Config("URL parameter is not UTF-8".into()))
+}
+
+fn rustls_config(root_cert: Option<PathBuf>) -> Result<rustls::ClientConfig, StoreError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    match root_cert {
+        // Like libpq: a named root file replaces the default trust store.
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(&path)
+                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    StoreError::Config(format!("cannot read sslrootcert {}: {e}", path.display()))
+                })?;
+            let (added, _ignored) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(StoreError::Config(format!(
+                    "sslrootcert {} holds no usable certificate",
+                    path.display()
+                )));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Config(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+fn event_from_row(row: &Row) -> Result<RecordedEvent, StoreError> {
+    Ok(RecordedEvent {
+        global_position: row.try_get(0)?,
+        stream_id: row.try_get(1)?,
+        stream_version: row.try_get(2)?,
+        event_id: row.try_get(3)?,
+        command_id: row.try_get(4)?,
+        event_type: row.try_get(5)?,
+        schema_version: row.try_get(6)?,
+        payload: row.try_get(7)?,
+        metadata: row.try_get(8)?,
+        recorded_at: row.try_get(9)?,
+        prev_hash: row.try_get(10)?,
+        hash: row.try_get(11)?,
+    })
+}
+
+fn limit_of(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+impl PgLog {
+    async fn query_events(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn.prepare_cached(sql).await?;
+        let rows = conn.query(&stmt, params).await?;
+        rows.iter().map(event_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl EventLog for PgLog {
+    async fn append_batch(
+        &self,
+        batch: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<AppendOutcome, Conflict>>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+
+        // The lock on this row is the serialisation point of all appenders. Every statement
+        // below runs after it was granted, so under READ COMMITTED each one sees every append
+        // committed before ours.
+        let lock = tx
+            .prepare_cached("SELECT position, hash FROM egec.log_head FOR UPDATE")
+            .await?;
+        let head = tx
+            .query_opt(&lock, &[])
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("egec.log_head row is missing".into()))?;
+        let head = ChainHead {
+            position: head.try_get(0)?,
+            hash: head.try_get(1)?,
+        };
+
+        let ids = command_ids(&batch);
+        let prior_stmt = tx
+            .prepare_cached(
+                "SELECT command_id, min(global_position), max(global_position), \
+                 max(stream_version) FROM egec.events WHERE command_id = ANY($1) \
+                 GROUP BY command_id",
+            )
+            .await?;
+        let mut prior = HashMap::new();
+        for row in tx.query(&prior_stmt, &[&ids]).await? {
+            let id: Uuid = row.try_get(0)?;
+            prior.insert(
+                id,
+                AppendOutcome {
+                    first_position: row.try_get(1)?,
+                    last_position: row.try_get(2)?,
+                    stream_version: row.try_get(3)?,
+                    duplicate: true,
+                },
+            );
+        }
+
+        // One index probe per stream (a backward scan of the unique index), however long the
+        // stream: cheaper than aggregating every event of the batch's streams.
+        let streams = stream_ids(&batch);
+        let version_stmt = tx
+            .prepare_cached(
+                "SELECT s.stream_id, (SELECT max(e.stream_version) FROM egec.events e \
+                 WHERE e.stream_id = s.stream_id) FROM unnest($1::text[]) AS s(stream_id)",
+            )
+            .await?;
+        let mut versions = HashMap::new();
+        for row in tx.query(&version_stmt, &[&streams]).await? {
+            let version: Option<i64> = row.try_get(1)?;
+            if let Some(version) = version {
+                versions.insert(row.try_get::<_, String>(0)?, version);
+            }
+        }
+
+        let recorded_at = now_micros();
+        let plan = plan_batch(&batch, head, &prior, versions, recorded_at);
+
+        if !plan.rows.is_empty() {
+            let n = plan.rows.len();
+            let mut positions = Vec::with_capacity(n);
+            let mut stream_ids = Vec::with_capacity(n);
+            let mut stream_versions = Vec::with_capacity(n);
+            let mut event_ids = Vec::with_capacity(n);
+            let mut command_ids = Vec::with_capacity(n);
+            let mut event_types = Vec::with_capacity(n);
+            let mut schema_versions = Vec::with_capacity(n);
+            let mut payloads = Vec::with_capacity(n);
+            let mut metadata = Vec::with_capacity(n);
+            let mut prev_hashes = Vec::with_capacity(n);
+            let mut hashes = Vec::with_capacity(n);
+            for row in &plan.rows {
+                positions.push(row.global_position);
+                stream_ids.push(row.stream_id);
+                stream_versions.push(row.stream_version);
+                event_ids.push(row.event.event_id);
+                command_ids.push(row.command_id);
+                event_types.push(row.event.event_type.as_str());
+                schema_versions.push(row.event.schema_version);
+                payloads.push(&row.event.payload);
+                metadata.push(&row.event.metadata);
+                prev_hashes.push(row.prev_hash.as_slice());
+                hashes.push(row.hash.as_slice());
+            }
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO egec.events (global_position, stream_id, stream_version, \
+                     event_id, command_id, event_type, schema_version, payload, metadata, \
+                     recorded_at, prev_hash, hash) \
+                     SELECT p, s, v, e, c, t, sv, pl, md, $10, ph, h FROM unnest(\
+                     $1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::uuid[], \
+                     $6::text[], $7::int4[], $8::jsonb[], $9::jsonb[], $11::bytea[], \
+                     $12::bytea[]) AS u(p, s, v, e, c, t, sv, pl, md, ph, h)",
+                )
+                .await?;
+            tx.execute(
+                &insert,
+                &[
+                    &positions,
+                    &stream_ids,
+                    &stream_versions,
+                    &event_ids,
+                    &command_ids,
+                    &event_types,
+                    &schema_versions,
+                    &payloads,
+                    &metadata,
+                    &recorded_at,
+                    &prev_hashes,
+                    &hashes,
+                ],
+            )
+            .await?;
+            let update = tx
+                .prepare_cached("UPDATE egec.log_head SET position = $1, hash = $2")
+                .await?;
+            tx.execute(&update, &[&plan.new_head.position, &plan.new_head.hash])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(plan.answers)
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from_version: i64,
+        bound: ReadBound,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let base = format!(
+            "SELECT {EVENT_COLUMNS} FROM egec.events WHERE stream_id = $1 AND stream_version >= $2"
+        );
+        let order = "ORDER BY stream_version";
+        match bound {
+            ReadBound::None => {
+                self.query_events(&format!("{base} {order}"), &[&stream_id, &from_version])
+                    .await
+            }
+            ReadBound::Version(v) => {
+                self.query_events(
+                    &format!("{base} AND stream_version <= $3 {order}"),
+                    &[&stream_id, &from_version, &v],
+                )
+                .await
+            }
+            ReadBound::Position(p) => {
+                self.query_events(
+                    &format!("{base} AND global_position <= $3 {order}"),
+                    &[&stream_id, &from_version, &p],
+                )
+                .await
+            }
+            ReadBound::Time(t) => {
+                self.query_events(
+                    &format!("{base} AND recorded_at <= $3 {order}"),
+                    &[&stream_id, &from_version, &t],
+                )
+                .await
+            }
+        }
+    }
+
+    async fn read_all(&self, after: i64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.query_events(
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM egec.events WHERE global_position > $1 \
+                 ORDER BY global_position LIMIT $2"
+            ),
+            &[&after, &limit_of(limit)],
+        )
+        .await
+    }
+
+    async fn head(&self) -> Result<ChainHead, StoreError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached("SELECT position, hash FROM egec.log_head")
+            .await?;
+        let row = conn
+            .query_opt(&stmt, &[])
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("egec.log_head row is missing".into()))?;
+        Ok(ChainHead {
+            position: row.try_get(0)?,
+            hash: row.try_get(1)?,
+        })
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<i64, StoreError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached("SELECT max(stream_version) FROM egec.events WHERE stream_id = $1")
+            .await?;
+        let row = conn.query_one(&stmt, &[&stream_id]).await?;
+        let version: Option<i64> = row.try_get(0)?;
+        Ok(version.unwrap_or(0))
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+}
+
+fn key_from_row(row: &Row, offset: usize) -> Result<WrappedKey, StoreError> {
+    Ok(WrappedKey {
+        key_version: row.try_get(offset)?,
+        kek_id: row.try_get(offset + 1)?,
+        wrapped: row.try_get(offset + 2)?,
+        fingerprint: row.try_get(offset + 3)?,
+    })
+}
+
+/// Reads tombstone and keys in one statement, hence from one snapshot: a concurrent erasure
+/// is seen either entirely or not at all.
+const LOAD_SUBJECT: &str = "SELECT EXISTS (SELECT 1 FROM egec.erased_subjects WHERE subject = $1), \
+     k.key_version, k.kek_id, k.wrapped, k.fingerprint \
+     FROM (SELECT 1) AS one LEFT JOIN egec.subject_keys k ON k.subject = $1 \
+     ORDER BY k.key_version";
+
+fn subject_keys_from_rows(rows: &[Row]) -> Result<SubjectKeys, StoreError> {
+    let Some(first) = rows.first() else {
+        return Ok(SubjectKeys::None);
+    };
+    if first.try_get::<_, bool>(0)? {
+        return Ok(SubjectKeys::Erased);
+    }
+    let mut keys = Vec::with_capacity(rows.len());
+    for row in rows {
+        // The left join yields one all-NULL key row when the subject has no key.
+        if row.try_get::<_, Option<i32>>(1)?.is_some() {
+            keys.push(key_from_row(row, 1)?);
+        }
+    }
+    Ok(if keys.is_empty() {
+        SubjectKeys::None
+    } else {
+        SubjectKeys::Active(keys)
+    })
+}
+
+/// Serialises `create` and `destroy` of one subject. Without it, a create could check for
+/// the tombstone before a concurrent destroy commits and insert its key after the destroy
+/// deleted the others, leaving a live key beside a tombstone. A hash collision between two
+/// subjects only makes them wait for each other.
+const LOCK_SUBJECT: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
+
+#[async_trait]
+impl KeyTable for PgLog {
+    async fn load(&self, subject: &str) -> Result<SubjectKeys, StoreError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn.prepare_cached(LOAD_SUBJECT).await?;
+        let rows = conn.query(&stmt, &[&subject]).await?;
+        subject_keys_from_rows(&rows)
+    }
+
+    async fn create(&self, subject: &str, key: WrappedKey) -> Result<SubjectKeys, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        tx.execute(LOCK_SUBJECT, &[&LOCK_CLASS, &subject]).await?;
+        let erased = tx
+            .query_opt(
+                "SELECT 1 FROM egec.erased_subjects WHERE subject = $1",
+                &[&subject],
+            )
+            .await?;
+        if erased.is_some() {
+            tx.commit().await?;
+            return Ok(SubjectKeys::Erased);
+        }
+        tx.execute(
+            "INSERT INTO egec.subject_keys (subject, key_version, kek_id, wrapped, fingerprint) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subject, key_version) DO NOTHING",
+            &[
+                &subject,
+                &key.key_version,
+                &key.kek_id,
+                &key.wrapped,
+                &key.fingerprint,
+            ],
+        )
+        .await?;
+        let rows = tx.query(LOAD_SUBJECT, &[&subject]).await?;
+        let keys = subject_keys_from_rows(&rows)?;
+        tx.commit().await?;
+        Ok(keys)
+    }
+
+    async fn destroy(&self, subject: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        tx.execute(LOCK_SUBJECT, &[&LOCK_CLASS, &subject]).await?;
+        let rows = tx
+            .query(
+                "DELETE FROM egec.subject_keys WHERE subject = $1 RETURNING fingerprint",
+                &[&subject],
+            )
+            .await?;
+        let fingerprints = rows
+            .iter()
+            .map(|row| row.try_get::<_, String>(0))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.execute(
+            "INSERT INTO egec.erased_subjects (subject) VALUES ($1) \
+             ON CONFLICT (subject) DO NOTHING",
+            &[&subject],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(fingerprints)
+    }
+
+    async fn all_keys(&self) -> Result<Vec<(String, WrappedKey)>, StoreError> {
+        let conn = self.pool.get().await?;
+        let rows = conn
+            .query(
+                "SELECT subject, key_version, kek_id, wrapped, fingerprint \
+                 FROM egec.subject_keys ORDER BY subject, key_version",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, key_from_row(row, 1)?)))
+            .collect()
+    }
+
+    async fn rewrap(&self, subject: &str, key: WrappedKey) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        let updated = conn
+            .execute(
+                "UPDATE egec.subject_keys SET kek_id = $3, wrapped = $4 \
+                 WHERE subject = $1 AND key_version = $2 AND fingerprint = $5",
+                &[
+                    &subject,
+                    &key.key_version,
+                    &key.kek_id,
+                    &key.wrapped,
+                    &key.fingerprint,
+                ],
+            )
+            .await?;
+        if updated == 0 {
+            // Either the subject was erased since the caller listed its key (nothing left to
+            // rewrap), or the fingerprint differs, which would mean new key material.
+            let stored = conn
+                .query_opt(
+                    "SELECT 1 FROM egec.subject_keys WHERE subject = $1 AND key_version = $2",
+                    &[&subject, &key.key_version],
+                )
+                .await?;
+            if stored.is_some() {
+                return Err(StoreError::Corrupt(format!(
+                    "rewrap of key version {} would change the key material",
+                    key.key_version
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_full_becomes_require_and_turns_tls_on() {
+        let (rest, opts) = take_tls_options(
+            "postgres://u@db.example.com/egec?sslmode=verify-full&application_name=x",
+        )
+        .expect("parses");
+        assert_eq!(
+            rest,
+            "postgres://u@db.example.com/egec?application_name=x&sslmode=require"
+        );
+        assert_eq!(opts.mode.as_deref(), Some("verify-full"));
+        let (_, choice) = TlsChoice::from_url("postgres://u@h/egec?sslmode=verify-ca").expect("ok");
+        assert!(matches!(choice, TlsChoice::Rustls(_)));
+    }
+
+    #[test]
+    fn no_sslmode_means_no_tls_and_an_untouched_url() {
+        let (rest, choice) = TlsChoice::from_url("postgres://u@h:5432/egec").expect("ok");
+        assert_eq!(rest, "postgres://u@h:5432/egec");
+        assert!(matches!(choice, TlsChoice::None));
+    }
+
+    #[test]
+    fn key_value_connection_strings_are_understood() {
+        let (rest, opts) =
+            take_tls_options("host=h user=u sslmode=verify-full sslrootcert=/tmp/ca.pem")
+                .expect("parses");
+        assert_eq!(rest, "host=h user=u sslmode=require");
+        assert_eq!(opts.root_cert, Some(PathBuf::from("/tmp/ca.pem")));
+    }
+
+    #[test]
+    fn an_unknown_sslmode_is_refused() {
+        assert!(TlsChoice::from_url("postgres://u@h/egec?sslmode=sometimes").is_err());
+    }
+
+    #[test]
+    fn a_missing_root_certificate_file_is_a_configuration_error() {
+        let err = TlsChoice::from_url(
+            "postgres://u@h/egec?sslmode=verify-full&sslrootcert=%2Fnonexistent%2Fca.pem",
+        )
+        .err()
+        .expect("must fail");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+}

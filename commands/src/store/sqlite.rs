@@ -1,0 +1,698 @@
+//! The embedded backend: one SQLite file in the data directory.
+//!
+//! rusqlite is synchronous, so every database call runs on tokio's blocking pool. One writer
+//! connection sits behind a mutex (SQLite has one writer at a time anyway); a few reader
+//! connections serve reads concurrently, which WAL mode allows while a write commits.
+//!
+//! Another process may open the same file (the `egec user create` CLI runs beside a server),
+//! so every write transaction starts with `BEGIN IMMEDIATE` (take the write lock before
+//! reading, so the snapshot read inside is the one written on), re-reads the counter row
+//! inside the transaction, and waits for the other process through `busy_timeout`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use uuid::Uuid;
+
+use super::plan::{command_ids, now_micros, plan_batch, stream_ids};
+use super::{
+    AppendOutcome, AppendRequest, Backend, ChainHead, Conflict, EventLog, KeyTable, ReadBound,
+    RecordedEvent, StoreError, SubjectKeys, WrappedKey,
+};
+
+mod embedded {
+    refinery::embed_migrations!("../migrations/sqlite");
+}
+
+/// Name of the database file inside the data directory.
+pub const DB_FILE: &str = "egec.db";
+
+/// How many reader connections serve concurrent reads.
+const READERS: usize = 4;
+
+/// How long a connection waits for another connection's (or process's) lock before it
+/// reports the database as busy.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
+
+const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, command_id, \
+     event_type, schema_version, payload, metadata, recorded_at, prev_hash, hash";
+
+/// The SQLite event log and key table. Cloning shares the connections.
+#[derive(Clone)]
+pub struct SqliteLog {
+    inner: Arc<Inner>,
+}
+
+/// The connections. They live behind an `Arc` because every call moves its work onto the
+/// blocking pool, which needs an owned handle.
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl std::fmt::Debug for SqliteLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteLog")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+impl SqliteLog {
+    /// Opens (creating if needed) `<dir>/egec.db` and brings its schema up to date. This
+    /// blocks on file I/O; from async code prefer [`SqliteLog::open_async`].
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Config(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(DB_FILE);
+
+        let mut writer = open_connection(&path, false)?;
+        migrate(&mut writer)?;
+
+        let readers = (0..READERS)
+            .map(|_| open_connection(&path, true).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// [`SqliteLog::open`] on the blocking pool, so the runtime's threads never wait on disk.
+    pub async fn open_async(dir: &Path) -> Result<Self, StoreError> {
+        let dir = dir.to_path_buf();
+        blocking(move || Self::open(&dir)).await
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Copies the whole write-ahead log back into the database file and truncates it to zero
+    /// bytes, so pages that held erased keys do not linger in the WAL. Answers `true` when the
+    /// checkpoint completed; `false` when a reader (possibly in another process) still needed
+    /// old frames, in which case the caller may try again later.
+    pub async fn checkpoint_wal(&self) -> Result<bool, StoreError> {
+        self.write(|conn| {
+            let busy: i64 =
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+            Ok(busy == 0)
+        })
+        .await
+    }
+
+    /// Runs `f` on a reader connection, on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            // Take any idle reader; if all are busy, queue on one of them in turn.
+            for reader in &inner.readers {
+                if let Some(mut conn) = reader.try_lock() {
+                    return f(&mut conn);
+                }
+            }
+            let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
+            let mut conn = inner.readers[i].lock();
+            f(&mut conn)
+        })
+        .await
+    }
+
+    /// Runs `f` on the writer connection, on the blocking pool.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            let mut conn = inner.writer.lock();
+            f(&mut conn)
+        })
+        .await
+    }
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))?
+}
+
+fn open_connection(path: &Path, reader: bool) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // Set first: switching to WAL itself needs a lock another process may hold.
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Config(format!(
+            "{} cannot use write-ahead logging (journal mode stays {mode})",
+            path.display()
+        )));
+    }
+    // FULL syncs the WAL on every commit: an answered append survives SIGKILL and power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    // Deleted content (destroyed keys above all) is overwritten, not left in free pages.
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    if reader {
+        // Readers never write; make a bug that tries fail loudly.
+        conn.pragma_update(None, "query_only", "ON")?;
+    }
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    match embedded::migrations::runner().run(conn) {
+        Ok(_) => Ok(()),
+        Err(first) => {
+            // Two processes starting on a fresh file race to apply the same migration; the
+            // loser's transaction rolls back. Once the winner committed, a second run finds
+            // nothing left to apply.
+            tracing::debug!(error = %first, "sqlite migration failed, retrying once");
+            std::thread::sleep(Duration::from_millis(250));
+            embedded::migrations::runner().run(conn)?;
+            Ok(())
+        }
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn micros_to_time(micros: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {micros} is out of range")))
+}
+
+/// A row as SQLite returns it, before the text columns are parsed.
+struct RawEvent {
+    global_position: i64,
+    stream_id: String,
+    stream_version: i64,
+    event_id: String,
+    command_id: String,
+    event_type: String,
+    schema_version: i32,
+    payload: String,
+    metadata: String,
+    recorded_at: i64,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl RawEvent {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            global_position: row.get(0)?,
+            stream_id: row.get(1)?,
+            stream_version: row.get(2)?,
+            event_id: row.get(3)?,
+            command_id: row.get(4)?,
+            event_type: row.get(5)?,
+            schema_version: row.get(6)?,
+            payload: row.get(7)?,
+            metadata: row.get(8)?,
+            recorded_at: row.get(9)?,
+            prev_hash: row.get(10)?,
+            hash: row.get(11)?,
+        })
+    }
+
+    fn parse(self) -> Result<RecordedEvent, StoreError> {
+        let at = self.global_position;
+        Ok(RecordedEvent {
+            global_position: self.global_position,
+            stream_id: self.stream_id,
+            stream_version: self.stream_version,
+            event_id: Uuid::parse_str(&self.event_id)
+                .map_err(|e| corrupt(&format!("event_id at position {at}"), e))?,
+            command_id: Uuid::parse_str(&self.command_id)
+                .map_err(|e| corrupt(&format!("command_id at position {at}"), e))?,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            payload: serde_json::from_str(&self.payload)
+                .map_err(|e| corrupt(&format!("payload at position {at}"), e))?,
+            metadata: serde_json::from_str(&self.metadata)
+                .map_err(|e| corrupt(&format!("metadata at position {at}"), e))?,
+            recorded_at: micros_to_time(self.recorded_at)?,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        })
+    }
+}
+
+fn query_events(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let raw = stmt
+        .query_map(params, RawEvent::from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    raw.into_iter().map(RawEvent::parse).collect()
+}
+
+fn read_head(conn: &Connection) -> Result<ChainHead, StoreError> {
+    let (position, hash) = conn
+        .query_row(
+            "SELECT position, hash FROM log_head WHERE id = 1",
+            [],
+            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?)),
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::Corrupt("log_head row is missing".into()))?;
+    Ok(ChainHead { position, hash })
+}
+
+fn append_in_tx(
+    conn: &mut Connection,
+    batch: &[AppendRequest],
+) -> Result<Vec<Result<AppendOutcome, Conflict>>, StoreError> {
+    // IMMEDIATE takes the write lock now, so what we read below cannot change before we
+    // write, even if another process shares the file.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let head = read_head(&tx)?;
+
+    let mut prior = HashMap::new();
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT min(global_position), max(global_position), max(stream_version) \
+             FROM events WHERE command_id = ?1",
+        )?;
+        for id in command_ids(batch) {
+            let found = stmt.query_row([id.hyphenated().to_string()], |row| {
+                Ok((
+                    row.get::<_, Option<i64>>(0)?,
+                    row.get::<_, Option<i64>>(1)?,
+                    row.get::<_, Option<i64>>(2)?,
+                ))
+            })?;
+            if let (Some(first_position), Some(last_position), Some(stream_version)) = found {
+                prior.insert(
+                    id,
+                    AppendOutcome {
+                        first_position,
+                        last_position,
+                        stream_version,
+                        duplicate: true,
+                    },
+                );
+            }
+        }
+    }
+
+    let mut versions = HashMap::new();
+    {
+        let mut stmt =
+            tx.prepare_cached("SELECT max(stream_version) FROM events WHERE stream_id = ?1")?;
+        for stream in stream_ids(batch) {
+            let v: Option<i64> = stmt.query_row([&stream], |row| row.get(0))?;
+            if let Some(v) = v {
+                versions.insert(stream, v);
+            }
+        }
+    }
+
+    let plan = plan_batch(batch, head, &prior, versions, now_micros());
+    if !plan.rows.is_empty() {
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (global_position, stream_id, stream_version, event_id, \
+                 command_id, event_type, schema_version, payload, metadata, recorded_at, \
+                 prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            for row in &plan.rows {
+                insert.execute(params![
+                    row.global_position,
+                    row.stream_id,
+                    row.stream_version,
+                    row.event.event_id.hyphenated().to_string(),
+                    row.command_id.hyphenated().to_string(),
+                    row.event.event_type,
+                    row.event.schema_version,
+                    row.event.payload.to_string(),
+                    row.event.metadata.to_string(),
+                    row.recorded_at_micros,
+                    row.prev_hash,
+                    row.hash,
+                ])?;
+            }
+        }
+        tx.execute(
+            "UPDATE log_head SET position = ?1, hash = ?2 WHERE id = 1",
+            params![plan.new_head.position, plan.new_head.hash],
+        )?;
+    }
+    tx.commit()?;
+    Ok(plan.answers)
+}
+
+fn load_keys(conn: &Connection, subject: &str) -> Result<Vec<WrappedKey>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT key_version, kek_id, wrapped, fingerprint FROM subject_keys \
+         WHERE subject = ?1 ORDER BY key_version",
+    )?;
+    let keys = stmt
+        .query_map([subject], |row| {
+            Ok(WrappedKey {
+                key_version: row.get(0)?,
+                kek_id: row.get(1)?,
+                wrapped: row.get(2)?,
+                fingerprint: row.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(keys)
+}
+
+fn is_erased(conn: &Connection, subject: &str) -> Result<bool, StoreError> {
+    let found: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM erased_subjects WHERE subject = ?1")?
+        .query_row([subject], |row| row.get(0))
+        .optional()?;
+    Ok(found.is_some())
+}
+
+fn subject_keys(conn: &Connection, subject: &str) -> Result<SubjectKeys, StoreError> {
+    if is_erased(conn, subject)? {
+        return Ok(SubjectKeys::Erased);
+    }
+    let keys = load_keys(conn, subject)?;
+    Ok(if keys.is_empty() {
+        SubjectKeys::None
+    } else {
+        SubjectKeys::Active(keys)
+    })
+}
+
+#[async_trait]
+impl EventLog for SqliteLog {
+    async fn append_batch(
+        &self,
+        batch: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<AppendOutcome, Conflict>>, StoreError> {
+        self.write(move |conn| append_in_tx(conn, &batch)).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from_version: i64,
+        bound: ReadBound,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let stream_id = stream_id.to_owned();
+        self.read(move |conn| {
+            let base = format!(
+                "SELECT {EVENT_COLUMNS} FROM events \
+                     WHERE stream_id = ?1 AND stream_version >= ?2"
+            );
+            let order = " ORDER BY stream_version";
+            match bound {
+                ReadBound::None => query_events(
+                    conn,
+                    &format!("{base}{order}"),
+                    params![stream_id, from_version],
+                ),
+                ReadBound::Version(v) => query_events(
+                    conn,
+                    &format!("{base} AND stream_version <= ?3{order}"),
+                    params![stream_id, from_version, v],
+                ),
+                ReadBound::Position(p) => query_events(
+                    conn,
+                    &format!("{base} AND global_position <= ?3{order}"),
+                    params![stream_id, from_version, p],
+                ),
+                ReadBound::Time(t) => query_events(
+                    conn,
+                    &format!("{base} AND recorded_at <= ?3{order}"),
+                    params![stream_id, from_version, t.timestamp_micros()],
+                ),
+            }
+        })
+        .await
+    }
+
+    async fn read_all(&self, after: i64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            query_events(
+                conn,
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > ?1 \
+                         ORDER BY global_position LIMIT ?2"
+                ),
+                params![after, limit],
+            )
+        })
+        .await
+    }
+
+    async fn head(&self) -> Result<ChainHead, StoreError> {
+        self.read(|conn| read_head(conn)).await
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<i64, StoreError> {
+        let stream_id = stream_id.to_owned();
+        self.read(move |conn| {
+            let v: Option<i64> = conn
+                .prepare_cached("SELECT max(stream_version) FROM events WHERE stream_id = ?1")?
+                .query_row([stream_id], |row| row.get(0))?;
+            Ok(v.unwrap_or(0))
+        })
+        .await
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+}
+
+#[async_trait]
+impl KeyTable for SqliteLog {
+    async fn load(&self, subject: &str) -> Result<SubjectKeys, StoreError> {
+        let subject = subject.to_owned();
+        self.read(move |conn| {
+            // One read transaction, so the tombstone and the keys come from one snapshot.
+            let tx = conn.transaction()?;
+            let keys = subject_keys(&tx, &subject)?;
+            tx.commit()?;
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn create(&self, subject: &str, key: WrappedKey) -> Result<SubjectKeys, StoreError> {
+        let subject = subject.to_owned();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if is_erased(&tx, &subject)? {
+                return Ok(SubjectKeys::Erased);
+            }
+            tx.execute(
+                "INSERT INTO subject_keys (subject, key_version, kek_id, wrapped, \
+                     fingerprint, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                     ON CONFLICT (subject, key_version) DO NOTHING",
+                params![
+                    subject,
+                    key.key_version,
+                    key.kek_id,
+                    key.wrapped,
+                    key.fingerprint,
+                    now_micros().timestamp_micros(),
+                ],
+            )?;
+            let keys = subject_keys(&tx, &subject)?;
+            tx.commit()?;
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn destroy(&self, subject: &str) -> Result<Vec<String>, StoreError> {
+        let subject = subject.to_owned();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let fingerprints = {
+                let mut stmt = tx.prepare_cached(
+                    "DELETE FROM subject_keys WHERE subject = ?1 RETURNING fingerprint",
+                )?;
+                stmt.query_map([&subject], |row| row.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            tx.execute(
+                "INSERT INTO erased_subjects (subject, erased_at) VALUES (?1, ?2) \
+                     ON CONFLICT (subject) DO NOTHING",
+                params![subject, now_micros().timestamp_micros()],
+            )?;
+            tx.commit()?;
+            Ok(fingerprints)
+        })
+        .await
+    }
+
+    async fn all_keys(&self) -> Result<Vec<(String, WrappedKey)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT subject, key_version, kek_id, wrapped, fingerprint FROM subject_keys \
+                     ORDER BY subject, key_version",
+            )?;
+            let keys = stmt
+                .query_map([], |row| {
+                    Ok((
+                        row.get(0)?,
+                        WrappedKey {
+                            key_version: row.get(1)?,
+                            kek_id: row.get(2)?,
+                            wrapped: row.get(3)?,
+                            fingerprint: row.get(4)?,
+                        },
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn rewrap(&self, subject: &str, key: WrappedKey) -> Result<(), StoreError> {
+        let subject = subject.to_owned();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let stored: Option<String> = tx
+                .query_row(
+                    "SELECT fingerprint FROM subject_keys \
+                         WHERE subject = ?1 AND key_version = ?2",
+                    params![subject, key.key_version],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            match stored {
+                // Erased since the caller listed it: nothing left to rewrap.
+                None => {}
+                Some(fp) if fp != key.fingerprint => {
+                    return Err(StoreError::Corrupt(format!(
+                        "rewrap of key version {} would change the key material",
+                        key.key_version
+                    )));
+                }
+                Some(_) => {
+                    tx.execute(
+                        "UPDATE subject_keys SET kek_id = ?3, wrapped = ?4 \
+                             WHERE subject = ?1 AND key_version = ?2",
+                        params![subject, key.key_version, key.kek_id, key.wrapped],
+                    )?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+
+    fn pragma(conn: &Connection, name: &str) -> String {
+        conn.query_row(&format!("PRAGMA {name}"), [], |row| {
+            let v: rusqlite::types::Value = row.get(0)?;
+            Ok(match v {
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                rusqlite::types::Value::Text(t) => t,
+                other => format!("{other:?}"),
+            })
+        })
+        .expect("pragma")
+    }
+
+    #[test]
+    fn every_connection_is_durable_and_overwrites_deleted_content() {
+        let dir = crate::testing::fresh_sqlite_dir();
+        let log = SqliteLog::open(dir.path()).expect("open");
+        let writer = log.inner.writer.lock();
+        assert_eq!(pragma(&writer, "journal_mode"), "wal");
+        // 2 = FULL, 1 = ON.
+        assert_eq!(pragma(&writer, "synchronous"), "2");
+        assert_eq!(pragma(&writer, "secure_delete"), "1");
+        assert_eq!(pragma(&writer, "foreign_keys"), "1");
+        assert_eq!(pragma(&writer, "busy_timeout"), "5000");
+        for reader in &log.inner.readers {
+            let reader = reader.lock();
+            assert_eq!(pragma(&reader, "synchronous"), "2");
+            assert_eq!(pragma(&reader, "busy_timeout"), "5000");
+            assert_eq!(pragma(&reader, "query_only"), "1");
+        }
+    }
+
+    #[test]
+    fn opening_twice_is_idempotent() {
+        let dir = crate::testing::fresh_sqlite_dir();
+        drop(SqliteLog::open(dir.path()).expect("first open"));
+        let again = SqliteLog::open(dir.path()).expect("second open");
+        assert_eq!(again.path(), dir.path().join(DB_FILE));
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod checkpoint_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_truncating_checkpoint_empties_the_write_ahead_log() {
+        let dir = crate::testing::fresh_sqlite_dir();
+        let log = SqliteLog::open_async(dir.path()).await.expect("open");
+        log.create(
+            "subject",
+            WrappedKey {
+                key_version: 1,
+                kek_id: "k".into(),
+                wrapped: vec![7; 60],
+                fingerprint: "fp".into(),
+            },
+        )
+        .await
+        .expect("create");
+        log.destroy("subject").await.expect("destroy");
+        let wal = dir.path().join(format!("{DB_FILE}-wal"));
+        assert!(std::fs::metadata(&wal).expect("wal exists").len() > 0);
+        assert!(log.checkpoint_wal().await.expect("checkpoint"));
+        assert_eq!(std::fs::metadata(&wal).expect("wal exists").len(), 0);
+    }
+}

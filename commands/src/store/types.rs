@@ -1,0 +1,146 @@
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Which storage backend serves the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// What a command expects of its stream before it appends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check (used only for streams that are never contended, such as login activity).
+    Any,
+    /// The stream must have exactly this many events (0 = must not exist yet).
+    Exact(i64),
+}
+
+/// One event ready to be stored: personal fields are already encrypted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub payload: Value,
+    pub metadata: Value,
+}
+
+/// The events of one command, appended atomically to one stream.
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    pub stream_id: String,
+    pub expected: ExpectedVersion,
+    pub command_id: Uuid,
+    pub events: Vec<NewEvent>,
+}
+
+/// The answer to a request that was appended (or had been appended before).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Position of the command's first event.
+    pub first_position: i64,
+    /// Position of the command's last event; reads that wait for this see the write.
+    pub last_position: i64,
+    /// Stream version after the command's last event.
+    pub stream_version: i64,
+    /// True when the `command_id` had already been appended and nothing new was written.
+    pub duplicate: bool,
+}
+
+/// The stream was not at the expected version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stream expected at version {expected}, found at {actual}")]
+pub struct Conflict {
+    pub expected: i64,
+    pub actual: i64,
+}
+
+/// An event as stored, with its place in the log and in the hash chain. Payloads here are as
+/// stored (encrypted, possibly an old schema version); decoding and upcasting happen above.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    pub global_position: i64,
+    pub stream_id: String,
+    pub stream_version: i64,
+    pub event_id: Uuid,
+    pub command_id: Uuid,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub payload: Value,
+    pub metadata: Value,
+    /// Truncated to whole microseconds, the precision both backends store.
+    pub recorded_at: DateTime<Utc>,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// Upper bound of a stream read (inclusive), for time travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadBound {
+    None,
+    Version(i64),
+    Position(i64),
+    Time(DateTime<Utc>),
+}
+
+/// The last link of the hash chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    pub position: i64,
+    pub hash: Vec<u8>,
+}
+
+/// A data-encryption key wrapped by a key-encryption key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    /// 1 for the first key of a subject; kept for future per-subject key rotation.
+    pub key_version: i32,
+    /// Identifies the master key that wrapped it, so the master key can rotate.
+    pub kek_id: String,
+    /// nonce ‖ AES-256-GCM ciphertext of the 32-byte key.
+    pub wrapped: Vec<u8>,
+    /// Hex SHA-256 of the unwrapped key, printed on erasure certificates.
+    pub fingerprint: String,
+}
+
+/// What the key table holds for a subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectKeys {
+    /// No key yet and never erased.
+    None,
+    /// Live key versions, oldest first.
+    Active(Vec<WrappedKey>),
+    /// Erased: the keys are gone for good.
+    Erased,
+}
+
+/// Technical failures of a backend. Never shown to API clients.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("postgres pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("migration: {0}")]
+    Migration(#[from] refinery::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("background task failed: {0}")]
+    Join(String),
+}

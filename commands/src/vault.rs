@@ -1,0 +1,161 @@
+//! The subject-key vault: per-subject data keys, wrapped by the master key, cached unwrapped
+//! in memory (bounded), destroyed on erasure and never re-created afterwards.
+
+use crate::crypto::{CryptoError, Key};
+use crate::master_key::MasterKey;
+use crate::store::{KeyTable, StoreError, SubjectKeys, WrappedKey};
+use lru::LruCache;
+use parking_lot::Mutex;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+/// What the vault holds for a subject, unwrapped.
+#[derive(Clone, Debug)]
+pub enum SubjectKey {
+    /// Live keys by version (index 0 = version 1).
+    Live(Arc<Vec<Key>>),
+    /// Erased: every field under it reads `[ERASED]`.
+    Erased,
+    /// Never had a key (nothing was ever encrypted for it).
+    Missing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("subject key was wrapped by master key {0}, which this process does not have")]
+    UnknownKek(String),
+    #[error("subject was erased; its key is never re-created")]
+    Erased,
+}
+
+pub struct Vault {
+    table: Arc<dyn KeyTable>,
+    master: MasterKey,
+    /// Former master keys still accepted for unwrapping while a rotation is under way.
+    previous: Vec<MasterKey>,
+    cache: Mutex<LruCache<String, SubjectKey>>,
+}
+
+fn wrap_aad(subject: &str, version: i32) -> Vec<u8> {
+    let mut aad = subject.as_bytes().to_vec();
+    aad.push(0);
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad
+}
+
+impl Vault {
+    pub fn new(table: Arc<dyn KeyTable>, master: MasterKey, cache_size: usize) -> Self {
+        let cap = NonZeroUsize::new(cache_size.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            table,
+            master,
+            previous: Vec::new(),
+            cache: Mutex::new(LruCache::new(cap)),
+        }
+    }
+
+    pub fn with_previous(mut self, previous: Vec<MasterKey>) -> Self {
+        self.previous = previous;
+        self
+    }
+
+    pub fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
+    pub fn wrap(&self, subject: &str, version: i32, key: &Key) -> Result<WrappedKey, CryptoError> {
+        Ok(WrappedKey {
+            key_version: version,
+            kek_id: self.master.id().to_owned(),
+            wrapped: self
+                .master
+                .key()
+                .seal(key.bytes(), &wrap_aad(subject, version))?,
+            fingerprint: key.fingerprint(),
+        })
+    }
+
+    pub fn unwrap_key(&self, subject: &str, w: &WrappedKey) -> Result<Key, VaultError> {
+        let kek = std::iter::once(&self.master)
+            .chain(self.previous.iter())
+            .find(|m| m.id() == w.kek_id)
+            .ok_or_else(|| VaultError::UnknownKek(w.kek_id.clone()))?;
+        let plain = kek
+            .key()
+            .open(&w.wrapped, &wrap_aad(subject, w.key_version))?;
+        let bytes: [u8; 32] = plain
+            .as_slice()
+            .try_into()
+            .map_err(|_| CryptoError::Malformed)?;
+        Ok(Key::from_bytes(bytes))
+    }
+
+    fn unwrap_all(&self, subject: &str, keys: &[WrappedKey]) -> Result<SubjectKey, VaultError> {
+        let keys = keys
+            .iter()
+            .map(|w| self.unwrap_key(subject, w))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SubjectKey::Live(Arc::new(keys)))
+    }
+
+    /// The subject's keys for reading: never creates one.
+    pub async fn for_read(&self, subject: &str) -> Result<SubjectKey, VaultError> {
+        if let Some(k) = self.cache.lock().get(subject) {
+            return Ok(k.clone());
+        }
+        let k = match self.table.load(subject).await? {
+            SubjectKeys::None => return Ok(SubjectKey::Missing),
+            SubjectKeys::Erased => SubjectKey::Erased,
+            SubjectKeys::Active(keys) => self.unwrap_all(subject, &keys)?,
+        };
+        self.cache.lock().put(subject.to_owned(), k.clone());
+        Ok(k)
+    }
+
+    /// The subject's current key and its version for writing, created on first use.
+    pub async fn for_write(&self, subject: &str) -> Result<(i32, Key), VaultError> {
+        let latest = |keys: &Arc<Vec<Key>>| -> Option<(i32, Key)> {
+            keys.last().map(|k| (keys.len() as i32, k.clone()))
+        };
+        match self.for_read(subject).await? {
+            SubjectKey::Live(keys) => latest(&keys).ok_or(VaultError::Erased),
+            SubjectKey::Erased => Err(VaultError::Erased),
+            SubjectKey::Missing => {
+                let key = Key::generate()?;
+                let wrapped = self.wrap(subject, 1, &key)?;
+                // Another writer may have created the key first; the table answers with the
+                // key that won, and we use that one.
+                let winner = match self.table.create(subject, wrapped).await? {
+                    SubjectKeys::Active(keys) => self.unwrap_all(subject, &keys)?,
+                    SubjectKeys::Erased => SubjectKey::Erased,
+                    SubjectKeys::None => {
+                        return Err(StoreError::Corrupt("key create returned no key".into()).into());
+                    }
+                };
+                self.cache.lock().put(subject.to_owned(), winner.clone());
+                match winner {
+                    SubjectKey::Live(keys) => latest(&keys).ok_or(VaultError::Erased),
+                    _ => Err(VaultError::Erased),
+                }
+            }
+        }
+    }
+
+    /// Destroys every key of the subject for good; answers the destroyed keys' fingerprints.
+    pub async fn destroy(&self, subject: &str) -> Result<Vec<String>, VaultError> {
+        let fingerprints = self.table.destroy(subject).await?;
+        self.cache
+            .lock()
+            .put(subject.to_owned(), SubjectKey::Erased);
+        Ok(fingerprints)
+    }
+
+    /// Drops a cached key (another node erased or rotated it).
+    pub fn forget(&self, subject: &str) {
+        self.cache.lock().pop(subject);
+    }
+}

@@ -1,0 +1,81 @@
+//! The shape every aggregate shares, so the write side can load, decide and append any of
+//! them with one piece of code.
+
+use crate::customer::{self, CustomerCommand, CustomerError, CustomerEvent, CustomerState};
+use crate::event::DomainEvent;
+use crate::user::{self, UserCommand, UserError, UserEvent, UserState};
+use chrono::{DateTime, Utc};
+
+pub trait Aggregate: Send + Sync + 'static {
+    type State: Default + Clone + Send + Sync + 'static;
+    type Command: Clone + Send;
+    type Event: Clone + Send;
+    type Error: std::error::Error + Clone + Send + Sync + 'static;
+
+    fn decide(
+        state: &Self::State,
+        command: Self::Command,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Self::Event>, Self::Error>;
+    fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
+    fn wrap(event: Self::Event) -> DomainEvent;
+    fn unwrap(event: DomainEvent) -> Option<Self::Event>;
+}
+
+pub struct CustomerAggregate;
+
+impl Aggregate for CustomerAggregate {
+    type State = CustomerState;
+    type Command = CustomerCommand;
+    type Event = CustomerEvent;
+    type Error = CustomerError;
+
+    fn decide(
+        s: &CustomerState,
+        c: CustomerCommand,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CustomerEvent>, CustomerError> {
+        customer::decide(s, c, now)
+    }
+    fn evolve(s: CustomerState, e: &CustomerEvent) -> CustomerState {
+        customer::evolve(s, e)
+    }
+    fn wrap(e: CustomerEvent) -> DomainEvent {
+        DomainEvent::Customer(e)
+    }
+    fn unwrap(e: DomainEvent) -> Option<CustomerEvent> {
+        match e {
+            DomainEvent::Customer(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+pub struct UserAggregate;
+
+impl Aggregate for UserAggregate {
+    type State = UserState;
+    type Command = UserCommand;
+    type Event = UserEvent;
+    type Error = UserError;
+
+    fn decide(
+        s: &UserState,
+        c: UserCommand,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<UserEvent>, UserError> {
+        user::decide(s, c, now)
+    }
+    fn evolve(s: UserState, e: &UserEvent) -> UserState {
+        user::evolve(s, e)
+    }
+    fn wrap(e: UserEvent) -> DomainEvent {
+        DomainEvent::User(e)
+    }
+    fn unwrap(e: DomainEvent) -> Option<UserEvent> {
+        match e {
+            DomainEvent::User(u) => Some(u),
+            _ => None,
+        }
+    }
+}
