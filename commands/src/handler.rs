@@ -34,6 +34,14 @@ pub enum HandlerError<E> {
     Append(String),
 }
 
+/// Waits a random time before retrying a conflicted command, growing with each attempt, so
+/// that writers who collided on one stream do not collide again in the very next batch.
+async fn backoff(attempt: usize) {
+    let ceiling_us = 200u64 << attempt.min(6);
+    let jitter = getrandom::u64().unwrap_or(ceiling_us / 2) % ceiling_us;
+    tokio::time::sleep(std::time::Duration::from_micros(jitter)).await;
+}
+
 /// What an executed command did.
 #[derive(Debug, Clone)]
 pub struct Executed<S, E> {
@@ -72,7 +80,7 @@ impl CommandBus {
             appender,
             codec,
             cache: Mutex::new(LruCache::new(cap)),
-            max_attempts: 8,
+            max_attempts: 16,
         }
     }
 
@@ -179,7 +187,10 @@ impl CommandBus {
         meta: &Metadata,
         command: A::Command,
     ) -> Result<Executed<A::State, A::Event>, HandlerError<A::Error>> {
-        for _attempt in 0..self.max_attempts {
+        for attempt in 0..self.max_attempts {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
             let (state, version) = self.load::<A>(stream_id).await?;
             if let Some(expected) = if_match
                 && expected != version
