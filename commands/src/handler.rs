@@ -34,6 +34,13 @@ pub enum HandlerError<E> {
     Append(String),
 }
 
+/// The current time at the precision both backends store (microseconds), so state folded in
+/// memory equals state replayed from the log.
+pub fn now_micros() -> chrono::DateTime<Utc> {
+    let now = Utc::now();
+    chrono::DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
 /// Waits a random time before retrying a conflicted command, growing with each attempt, so
 /// that writers who collided on one stream do not collide again in the very next batch.
 async fn backoff(attempt: usize) {
@@ -201,7 +208,7 @@ impl CommandBus {
                 });
             }
             let events =
-                A::decide(&state, command.clone(), Utc::now()).map_err(HandlerError::Domain)?;
+                A::decide(&state, command.clone(), now_micros()).map_err(HandlerError::Domain)?;
             if events.is_empty() {
                 return Ok(Executed {
                     state,

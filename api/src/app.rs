@@ -1,0 +1,120 @@
+//! The HTTP application: routes, middleware, and serving.
+
+use crate::config::Config;
+use crate::state::{AppState, open_core, token_secret};
+use crate::{auth, routes};
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::routing::{get, post};
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+/// JSON bodies above this are refused with 413 (API.md).
+pub const JSON_BODY_LIMIT: usize = 100 * 1024;
+
+/// The process-wide Prometheus recorder; installed once even when tests start many apps.
+pub fn metrics_handle() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    // A failure here means another recorder was installed first (only possible in tests that
+    // install their own); metrics then go there, and /metrics still renders ours.
+    let _ = metrics::set_global_recorder(recorder);
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/auth/login", post(routes::auth::login))
+        .route("/api/auth/me", get(routes::auth::me))
+        .route(
+            "/api/customers",
+            post(routes::customers::create).get(routes::customers::list),
+        )
+        .route(
+            "/api/customers/{id}",
+            get(routes::customers::get).patch(routes::customers::patch),
+        )
+        .route(
+            "/api/customers/{id}/history",
+            get(routes::customers::history),
+        )
+        .route("/api/openapi.json", get(routes::ops::openapi))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(routes::ops::healthz))
+        .route("/readyz", get(routes::ops::readyz))
+        .route("/metrics", get(routes::ops::metrics))
+        .fallback(|| async { crate::error::ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("cross-origin-resource-policy"),
+            HeaderValue::from_static("same-origin"),
+        ))
+        .with_state(state)
+}
+
+/// A server that is listening; dropping it does not stop it (the task runs to completion).
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Opens storage, starts projections and serves on `config.listen` (port 0 picks a free one).
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let metrics = metrics_handle()?;
+    let core = open_core(&config).await?;
+    let tokens = Arc::new(auth::token::TokenKeys::new(
+        &token_secret(&config)?,
+        config.token_ttl_seconds,
+    ));
+    let passwords = Arc::new(auth::password::Passwords::new(
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+    )?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let state = AppState {
+        config: Arc::new(config),
+        log: core.stores.log.clone(),
+        bus: core.bus.clone(),
+        runner: core.runner.clone(),
+        tokens,
+        passwords,
+        metrics,
+    };
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let task = tokio::spawn(async move { axum::serve(listener, app).await });
+    tracing::info!(%addr, backend = state.log.backend().as_str(), "serving");
+    Ok(Running { addr, state, task })
+}

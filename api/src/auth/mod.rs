@@ -1,0 +1,6 @@
+//! Authentication: password hashing, tokens, and the extractor that turns a request into an
+//! authenticated actor.
+
+pub mod actor;
+pub mod password;
+pub mod token;

@@ -1,0 +1,249 @@
+//! The `egec` command line. Every subcommand chooses storage the same way: `DATABASE_URL`
+//! (PostgreSQL) or else the embedded store in `--data-dir`.
+
+use crate::config::Config;
+use crate::state::open_core;
+use clap::{Parser, Subcommand};
+use egec_domain::Role;
+use egec_domain::event::Metadata;
+use secrecy::SecretString;
+use std::io::{IsTerminal, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "egec",
+    version,
+    about = "Egec CRM: an event-sourced CRM backend"
+)]
+#[command(
+    after_help = "Configuration comes from the environment and a .env file: EGEC_ENV, DATABASE_URL, EGEC_DATA_DIR, EGEC_LISTEN, EGEC_MASTER_KEY, EGEC_JWT_SECRET, EGEC_DB_POOL_SIZE, EGEC_PHONE_DEFAULT_REGION, EGEC_TOKEN_TTL_SECONDS, RUST_LOG. See README.md."
+)]
+pub struct Cli {
+    /// Directory of the embedded store (ignored when DATABASE_URL is set).
+    #[arg(long, global = true, env = "EGEC_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Migrate, then serve the API.
+    Serve {
+        #[arg(long, env = "EGEC_LISTEN")]
+        listen: Option<SocketAddr>,
+    },
+    /// Create or update the storage schema, then exit.
+    Migrate,
+    /// Manage staff users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Rebuild, verify and inspect the log.
+    Replay {
+        #[command(subcommand)]
+        command: ReplayCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create a staff user (the way to make the first superadmin); works while a server runs.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        role: String,
+        /// Read the password from standard input (required: passwords never go on the command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ReplayCommand {
+    /// Rebuild read models from the log (blue/green: the live tables stay readable).
+    Rebuild {
+        #[arg(long)]
+        projection: Option<String>,
+    },
+    /// Check the hash chain of the whole log; exit status 1 on tampering.
+    Verify,
+    /// Print a stream's events, decrypted, as JSON lines.
+    History {
+        stream: String,
+        #[arg(long)]
+        as_of: Option<String>,
+    },
+}
+
+fn init_tracing() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the command line; the exit code follows the contract: 2 for bad configuration,
+/// 1 for failure (including a tampered log), 0 for success.
+pub async fn main() -> ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    init_tracing();
+    let mut config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(d) = cli.data_dir {
+        config.data_dir = d;
+    }
+    match run(cli.command, config).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(command: Command, mut config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { listen } => {
+            if let Some(l) = listen {
+                config.listen = l;
+            }
+            let running = crate::app::start(config).await?;
+            eprintln!("egec listening on http://{}", running.addr);
+            tokio::select! {
+                r = running.task => { r??; }
+                _ = tokio::signal::ctrl_c() => { tracing::info!("shutting down"); }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            open_core(&config).await?;
+            eprintln!("storage is migrated");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User {
+            command:
+                UserCommand::Create {
+                    email,
+                    name,
+                    role,
+                    password_stdin: _,
+                },
+        } => {
+            let role: Role = role.parse().map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+            let mut password = String::new();
+            std::io::stdin().read_to_string(&mut password)?;
+            let password = SecretString::from(password.trim_end_matches(['\n', '\r']).to_owned());
+            let core = open_core(&config).await?;
+            let runner = core.runner.clone();
+            // Catch the users projection up first so the duplicate-email check sees every
+            // user created so far, even by a running server.
+            let head = core.stores.log.head().await?.position;
+            runner
+                .wait_for(head, std::time::Duration::from_secs(30))
+                .await;
+            let passwords = crate::auth::password::Passwords::new(1)?;
+            let meta = Metadata::system(uuid::Uuid::now_v7(), chrono::Utc::now());
+            let (id, position) = crate::users::create_user(
+                &core.bus,
+                runner.read_models(),
+                &passwords,
+                &email,
+                &name,
+                role,
+                &password,
+                &meta,
+            )
+            .await?;
+            runner
+                .wait_for(position, std::time::Duration::from_secs(30))
+                .await;
+            println!("{id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { command } => replay(command, config).await,
+    }
+}
+
+async fn replay(command: ReplayCommand, config: Config) -> anyhow::Result<ExitCode> {
+    let core = open_core(&config).await?;
+    match command {
+        ReplayCommand::Verify => {
+            let report = egec_replay::verify(core.stores.log.as_ref()).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        ReplayCommand::History { stream, as_of } => {
+            let as_of = match as_of {
+                Some(t) => Some(
+                    chrono::DateTime::parse_from_rfc3339(&t)
+                        .map_err(|_| anyhow::anyhow!("--as-of must be an RFC 3339 time"))?
+                        .with_timezone(&chrono::Utc),
+                ),
+                None => None,
+            };
+            for line in egec_replay::history(&core.bus, &stream, as_of).await? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ReplayCommand::Rebuild { projection } => {
+            let bar = if std::io::stderr().is_terminal() {
+                let b = indicatif::ProgressBar::new(0);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                Some(b)
+            } else {
+                None
+            };
+            let names: Vec<String> = match projection {
+                Some(p) => vec![p],
+                None => egec_projections::ProjectionKind::ALL
+                    .iter()
+                    .map(|k| k.name().to_owned())
+                    .collect(),
+            };
+            for name in names {
+                if let Some(b) = &bar {
+                    b.set_message(name.clone());
+                    b.set_position(0);
+                }
+                let progress = |done: i64, head: i64| {
+                    if let Some(b) = &bar {
+                        b.set_length(head.max(0) as u64);
+                        b.set_position(done.max(0) as u64);
+                    }
+                };
+                let report = core.runner.rebuild(&name, progress).await?;
+                if let Some(b) = &bar {
+                    b.finish();
+                }
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Typed configuration from the environment (and `.env`), validated once at start-up.
+//!
+//! Every problem is collected and reported together, so an operator fixes a broken
+//! deployment in one pass; no secret value is ever echoed in a message.
+
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub env: Environment,
+    pub database_url: Option<SecretString>,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub master_key: Option<SecretString>,
+    pub jwt_secret: Option<SecretString>,
+    pub token_ttl_seconds: i64,
+    pub phone_default_region: Option<String>,
+    pub db_pool_size: usize,
+    /// How long a read waits for the projections to reach a write it follows.
+    pub read_your_writes_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("env", &self.env)
+            .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("master_key", &self.master_key.as_ref().map(|_| "<set>"))
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every problem found in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// Where values come from: the process environment in production, a map in tests.
+pub trait Source {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Source for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Source for std::collections::HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        std::collections::HashMap::get(self, key)
+            .cloned()
+            .filter(|v| !v.is_empty())
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigErrors> {
+        Self::from_source(&ProcessEnv)
+    }
+
+    pub fn from_source(src: &dyn Source) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        let env = match src.get("EGEC_ENV").as_deref() {
+            None | Some("development") => Environment::Development,
+            Some("production") => Environment::Production,
+            Some(_) => {
+                errors.push("EGEC_ENV must be `development` or `production`".to_owned());
+                Environment::Development
+            }
+        };
+        let database_url = src.get("DATABASE_URL");
+        if let Some(url) = &database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            errors.push("DATABASE_URL must start with postgres:// or postgresql://".to_owned());
+        }
+        let data_dir = PathBuf::from(
+            src.get("EGEC_DATA_DIR")
+                .unwrap_or_else(|| "./egec-data".into()),
+        );
+        let listen = match src
+            .get("EGEC_LISTEN")
+            .unwrap_or_else(|| "127.0.0.1:8080".into())
+            .parse()
+        {
+            Ok(a) => a,
+            Err(_) => {
+                errors.push("EGEC_LISTEN must be an address such as 127.0.0.1:8080".to_owned());
+                SocketAddr::from(([127, 0, 0, 1], 8080))
+            }
+        };
+        let master_key = src.get("EGEC_MASTER_KEY");
+        if let Some(k) = &master_key
+            && (k.len() != 64 || !k.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            errors.push("EGEC_MASTER_KEY must be exactly 64 hexadecimal characters".to_owned());
+        }
+        let jwt_secret = src.get("EGEC_JWT_SECRET");
+        if let Some(s) = &jwt_secret
+            && s.len() < 32
+        {
+            errors.push("EGEC_JWT_SECRET must be at least 32 bytes".to_owned());
+        }
+        if env == Environment::Production {
+            if master_key.is_none() {
+                errors.push(
+                    "EGEC_MASTER_KEY is required in production (generated keys are refused)"
+                        .to_owned(),
+                );
+            }
+            if jwt_secret.is_none() {
+                errors.push(
+                    "EGEC_JWT_SECRET is required in production (generated secrets are refused)"
+                        .to_owned(),
+                );
+            }
+        }
+        let mut number = |key: &str, default: u64, min: u64, max: u64| -> u64 {
+            match src.get(key) {
+                None => default,
+                Some(v) => match v.parse::<u64>() {
+                    Ok(n) if (min..=max).contains(&n) => n,
+                    _ => {
+                        errors.push(format!("{key} must be a whole number from {min} to {max}"));
+                        default
+                    }
+                },
+            }
+        };
+        let token_ttl_seconds =
+            number("EGEC_TOKEN_TTL_SECONDS", 12 * 3600, 60, 7 * 24 * 3600) as i64;
+        let db_pool_size = number("EGEC_DB_POOL_SIZE", 16, 1, 512) as usize;
+        let read_your_writes_timeout_ms =
+            number("EGEC_READ_YOUR_WRITES_TIMEOUT_MS", 5000, 10, 60_000);
+        let phone_default_region = src
+            .get("EGEC_PHONE_DEFAULT_REGION")
+            .map(|r| r.to_ascii_uppercase());
+        if let Some(r) = &phone_default_region
+            && egec_domain::values::PhoneE164::parse("+442079460958", Some(r)).is_err()
+        {
+            errors.push(
+                "EGEC_PHONE_DEFAULT_REGION must be an ISO 3166 alpha-2 country code".to_owned(),
+            );
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Config {
+            env,
+            database_url: database_url.map(SecretString::from),
+            data_dir,
+            listen,
+            master_key: master_key.map(SecretString::from),
+            jwt_secret: jwt_secret.map(SecretString::from),
+            token_ttl_seconds,
+            phone_default_region,
+            db_pool_size,
+            read_your_writes_timeout_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn src(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_give_an_embedded_development_server_on_port_8080() {
+        let c = Config::from_source(&src(&[])).unwrap();
+        assert_eq!(c.env, Environment::Development);
+        assert!(c.database_url.is_none());
+        assert_eq!(c.listen.port(), 8080);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_and_no_secret_is_echoed() {
+        let secret = "tooshort-secret-value";
+        let err = Config::from_source(&src(&[
+            ("EGEC_ENV", "staging"),
+            ("EGEC_LISTEN", "nowhere"),
+            ("EGEC_MASTER_KEY", "xyz"),
+            ("EGEC_JWT_SECRET", secret),
+            ("DATABASE_URL", "mysql://x"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.0.len(), 5, "{err}");
+        assert!(!err.to_string().contains(secret));
+        assert!(!err.to_string().contains("xyz"));
+    }
+
+    #[test]
+    fn production_refuses_to_run_on_generated_secrets() {
+        let err = Config::from_source(&src(&[("EGEC_ENV", "production")])).unwrap_err();
+        assert_eq!(err.0.len(), 2);
+    }
+}

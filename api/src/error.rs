@@ -1,0 +1,99 @@
+//! The one error type of the HTTP edge and its single mapping to status codes and bodies.
+//!
+//! Every error body is `{"error": {"code", "message", "fields"?}}` as API.md fixes. Internal
+//! failures are logged once, with their cause chain, and answered with a body that carries
+//! no internals.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("wrong email or password")]
+    InvalidCredentials,
+    #[error("not allowed")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    #[error("the resource changed since version {expected}; it is now at {actual}")]
+    VersionConflict { expected: i64, actual: i64 },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is too large")]
+    PayloadTooLarge,
+    #[error("some fields are not valid")]
+    Validation(BTreeMap<String, String>),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("the service is not ready")]
+    Unavailable,
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn internal(e: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(e.into())
+    }
+
+    pub fn field(name: &str, problem: impl Into<String>) -> Self {
+        ApiError::Validation(BTreeMap::from([(name.to_owned(), problem.into())]))
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Validation(_) | ApiError::Unprocessable(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed")
+            }
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let ApiError::Internal(e) = &self {
+            // The cause chain goes to the log (never personal data: store and codec errors
+            // name positions and fields, not values); the client gets nothing internal.
+            tracing::error!(error = format!("{e:#}"), "request failed");
+            metrics::counter!("egec_http_internal_errors_total").increment(1);
+        }
+        let mut err = Map::new();
+        err.insert("code".into(), json!(code));
+        err.insert("message".into(), json!(self.to_string()));
+        if let ApiError::Validation(fields) = &self {
+            err.insert("fields".into(), json!(fields));
+        }
+        (status, Json(json!({ "error": Value::Object(err) }))).into_response()
+    }
+}
+
+/// Maps a command-handler failure, given how to map the domain's own refusal.
+pub fn from_handler<E: std::error::Error + Send + Sync + 'static>(
+    e: egec_commands::handler::HandlerError<E>,
+    domain: impl FnOnce(E) -> ApiError,
+) -> ApiError {
+    use egec_commands::handler::HandlerError as H;
+    match e {
+        H::Domain(d) => domain(d),
+        H::VersionConflict { expected, actual } => ApiError::VersionConflict { expected, actual },
+        other => ApiError::internal(other),
+    }
+}

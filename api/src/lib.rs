@@ -1,0 +1,13 @@
+//! The HTTP API and the `egec` binary's commands.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod json;
+pub mod openapi;
+pub mod routes;
+pub mod state;
+pub mod users;
+pub mod views;

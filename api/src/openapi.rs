@@ -1,0 +1,45 @@
+//! The OpenAPI document served at `/api/openapi.json`.
+
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Egec CRM", description = "Event-sourced CRM of a study-abroad consultancy. Errors are `{\"error\": {\"code\", \"message\", \"fields\"?}}`."),
+    paths(
+        crate::routes::auth::login,
+        crate::routes::auth::me,
+        crate::routes::customers::create,
+        crate::routes::customers::get,
+        crate::routes::customers::list,
+        crate::routes::customers::patch,
+        crate::routes::customers::history,
+    ),
+    components(schemas(
+        crate::routes::customers::CreateCustomerBody,
+        crate::routes::customers::PatchCustomerBody,
+        crate::views::customer::CustomerView,
+        crate::routes::auth::LoginBody,
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        if let Some(c) = openapi.components.as_mut() {
+            c.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .build(),
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Login and the current user.
+
+use crate::auth::actor::Actor;
+use crate::auth::password::Verified;
+use crate::error::{ApiError, from_handler};
+use crate::json::ApiJson;
+use crate::routes::meta::RequestMeta;
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use chrono::Utc;
+use egec_domain::aggregate::UserAggregate;
+use egec_domain::event::DomainEvent;
+use egec_domain::user::{LoginEvent, UserState, login_stream_id};
+use egec_domain::values::Email;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    pub email: String,
+    #[schema(value_type = String)]
+    pub password: SecretString,
+    pub totp_code: Option<String>,
+    pub backup_code: Option<String>,
+}
+
+pub fn user_json(u: &egec_projections::UserRow) -> Value {
+    json!({
+        "id": u.id,
+        "email": u.email,
+        "name": u.name,
+        "role": u.role.as_str(),
+        "mfa_enabled": false,
+        "active": u.active,
+        "created_at": u.created_at,
+    })
+}
+
+#[utoipa::path(post, path = "/api/auth/login", request_body = LoginBody,
+    responses((status = 200), (status = 401)), tag = "auth")]
+pub async fn login(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    ApiJson(body): ApiJson<LoginBody>,
+) -> Result<Json<Value>, ApiError> {
+    // An unknown or malformed email gets exactly the answer, and takes about the time, of a
+    // wrong password: a password hash is verified either way.
+    let row = match Email::parse(&body.email) {
+        Ok(email) => state
+            .read()
+            .find_user_by_email(&email)
+            .await
+            .map_err(ApiError::internal)?,
+        Err(_) => None,
+    };
+    let user = match &row {
+        Some(r) if r.active => {
+            let id = egec_domain::UserId::from_uuid(r.id);
+            match state
+                .bus
+                .load::<UserAggregate>(&id.stream_id())
+                .await
+                .map_err(|e| from_handler(e, |e| ApiError::internal(e)))?
+            {
+                (UserState::Present(u), _) => Some(u),
+                (UserState::Absent, _) => None,
+            }
+        }
+        _ => None,
+    };
+    let stored = user
+        .as_ref()
+        .and_then(|u| u.password_hash.known())
+        .map(|h| h.as_str().to_owned());
+    let verified = state
+        .passwords
+        .verify(&body.password, stored.as_deref())
+        .await
+        .map_err(ApiError::internal)?;
+    let (Verified::Yes { .. }, Some(user), Some(row)) = (verified, user, row) else {
+        return Err(ApiError::InvalidCredentials);
+    };
+    let now = Utc::now();
+    let session_id = Uuid::now_v7();
+    let mut md = meta.anonymous();
+    md.actor_id = Some(user.id);
+    md.actor_role = Some(user.role);
+    let event = DomainEvent::Login(LoginEvent::Succeeded {
+        user_id: user.id,
+        session_id,
+        at: now,
+    });
+    state
+        .bus
+        .record(
+            &login_stream_id(user.id, now),
+            &user.id.subject(),
+            &md,
+            &[event],
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    let (token, expires_at) = state
+        .tokens
+        .issue(user.id.as_uuid(), session_id, now)
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "token": token,
+        "expires_at": expires_at,
+        "user": user_json(&row),
+        "must_change_password": false,
+    })))
+}
+
+#[utoipa::path(get, path = "/api/auth/me", responses((status = 200), (status = 401)), tag = "auth")]
+pub async fn me(State(state): State<AppState>, actor: Actor) -> Result<Json<Value>, ApiError> {
+    let row = state
+        .read()
+        .get_user(actor.user_id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::Unauthorized)?;
+    Ok(Json(user_json(&row)))
+}

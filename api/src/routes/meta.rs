@@ -1,0 +1,77 @@
+//! Who is asking and from where: the metadata every event of a request carries.
+
+use crate::auth::actor::Actor;
+use crate::error::ApiError;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use chrono::Utc;
+use egec_domain::event::Metadata;
+use egec_domain::personal::Personal;
+use std::net::SocketAddr;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub correlation_id: Uuid,
+    /// From `Idempotency-Key` when the client sends a UUID there, so a retried request is
+    /// applied once; otherwise fresh.
+    pub command_id: Uuid,
+}
+
+impl RequestMeta {
+    pub fn metadata(&self, actor: &Actor) -> Metadata {
+        Metadata {
+            actor_id: Some(actor.user_id),
+            actor_role: Some(actor.role),
+            ..self.anonymous()
+        }
+    }
+
+    pub fn anonymous(&self) -> Metadata {
+        Metadata {
+            actor_id: None,
+            actor_role: None,
+            ip: self.ip.clone().map(Personal::Known),
+            user_agent: self.user_agent.clone().map(Personal::Known),
+            correlation_id: self.correlation_id,
+            causation_id: None,
+            occurred_at: Utc::now(),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        // Trusted-proxy handling of X-Forwarded-For belongs to the network-trust work; until
+        // then the peer address is the only address believed.
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        let correlation_id = header("x-request-id")
+            .and_then(|s| Uuid::parse_str(&s).ok())
+            .unwrap_or_else(Uuid::now_v7);
+        let command_id = match header("idempotency-key") {
+            Some(k) => Uuid::parse_str(&k)
+                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be a UUID".into()))?,
+            None => Uuid::now_v7(),
+        };
+        Ok(RequestMeta {
+            ip,
+            user_agent: header("user-agent").map(|ua| ua.chars().take(512).collect()),
+            correlation_id,
+            command_id,
+        })
+    }
+}

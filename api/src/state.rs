@@ -1,0 +1,134 @@
+//! What every handler shares, and how it is built from configuration.
+
+use crate::auth::password::Passwords;
+use crate::auth::token::TokenKeys;
+use crate::config::{Config, Environment};
+use anyhow::Context;
+use egec_commands::appender::Appender;
+use egec_commands::codec::Codec;
+use egec_commands::handler::CommandBus;
+use egec_commands::master_key::MasterKey;
+use egec_commands::store::{EventLog, open::Stores};
+use egec_commands::vault::Vault;
+use egec_projections::{ProjectionRunner, ReadModels, RunnerHandle};
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub log: Arc<dyn EventLog>,
+    pub bus: Arc<CommandBus>,
+    pub runner: RunnerHandle,
+    pub tokens: Arc<TokenKeys>,
+    pub passwords: Arc<Passwords>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl AppState {
+    /// The read models, as the projection runner keeps them.
+    pub fn read(&self) -> &ReadModels {
+        self.runner.read_models()
+    }
+
+    pub fn ryw_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.read_your_writes_timeout_ms)
+    }
+}
+
+/// The storage, vault, command bus and projection runner of one process.
+pub struct Core {
+    pub stores: Stores,
+    pub bus: Arc<CommandBus>,
+    pub runner: RunnerHandle,
+}
+
+/// Opens storage (running migrations), loads the master key and wires the write side.
+pub async fn open_core(config: &Config) -> anyhow::Result<Core> {
+    let url = config
+        .database_url
+        .as_ref()
+        .map(|u| u.expose_secret().to_owned());
+    let stores =
+        egec_commands::store::open::open(url.as_deref(), &config.data_dir, config.db_pool_size)
+            .await
+            .context("opening storage")?;
+    let master = match &config.master_key {
+        Some(k) => MasterKey::from_hex(k).context("EGEC_MASTER_KEY")?,
+        None => {
+            let (mk, created) =
+                MasterKey::load_or_generate(&config.data_dir).context("development master key")?;
+            if created {
+                tracing::warn!(
+                    path = %config.data_dir.join("master.key").display(),
+                    "generated a development master key; set EGEC_MASTER_KEY in production"
+                );
+            }
+            mk
+        }
+    };
+    let vault = Arc::new(Vault::new(stores.keys.clone(), master, 100_000));
+    let codec = Arc::new(Codec::new(vault));
+    let appender = Appender::spawn(stores.log.clone(), 1000);
+    let bus = Arc::new(CommandBus::new(stores.log.clone(), appender, codec, 10_000));
+    let runner = ProjectionRunner::start(
+        &stores,
+        &config.data_dir,
+        bus.codec().clone(),
+        bus.appender().subscribe_head(),
+    )
+    .await
+    .context("starting projections")?;
+    Ok(Core {
+        stores,
+        bus,
+        runner,
+    })
+}
+
+/// The token signing secret: from configuration, or generated into the data directory in
+/// development (production refuses to start without one; see `Config`).
+pub fn token_secret(config: &Config) -> anyhow::Result<SecretString> {
+    if let Some(s) = &config.jwt_secret {
+        return Ok(s.clone());
+    }
+    anyhow::ensure!(
+        config.env == Environment::Development,
+        "EGEC_JWT_SECRET is required in production"
+    );
+    let path = config.data_dir.join("jwt.secret");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Ok(SecretString::from(s.trim().to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&config.data_dir)?;
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+            let secret = hex::encode(bytes);
+            use std::io::Write;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            match opts.open(&path) {
+                Ok(mut f) => {
+                    f.write_all(secret.as_bytes())?;
+                    f.sync_all()?;
+                    tracing::warn!(
+                        "generated a development token secret; set EGEC_JWT_SECRET in production"
+                    );
+                    Ok(SecretString::from(secret))
+                }
+                // Another process created it between our read and our write: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(SecretString::from(
+                    std::fs::read_to_string(&path)?.trim().to_owned(),
+                )),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,144 @@
+use chrono::{DateTime, Utc};
+use egec_domain::customer::{Customer, CustomerEvent, CustomerState, evolve};
+use egec_domain::event::{DomainEvent, Envelope};
+use egec_domain::masking;
+use egec_domain::personal::{ERASED, Personal};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+/// The customer JSON of API.md.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CustomerView {
+    pub id: Uuid,
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub passport_number: Option<String>,
+    pub country: Option<String>,
+    pub source: Option<String>,
+    pub status: String,
+    pub notes: Option<String>,
+    pub assigned_agent_ids: Vec<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+    pub deleted: bool,
+}
+
+/// Masks a passport number for callers who may not see it; `[ERASED]` stays as it is.
+pub fn passport_shown(p: &str, reveal: bool) -> String {
+    if reveal || p == ERASED {
+        p.to_owned()
+    } else {
+        masking::passport(p)
+    }
+}
+
+fn shown<T: AsRef<str>>(p: &Option<Personal<T>>) -> Option<String> {
+    p.as_ref().map(|v| v.shown().to_owned())
+}
+
+impl CustomerView {
+    pub fn from_row(r: &egec_projections::CustomerRow, reveal: bool) -> Self {
+        Self {
+            id: r.id,
+            name: r.name.clone(),
+            email: r.email.clone(),
+            phone: r.phone.clone(),
+            passport_number: r
+                .passport_number
+                .as_deref()
+                .map(|p| passport_shown(p, reveal)),
+            country: r.country.clone(),
+            source: r.source.clone(),
+            status: r.status.as_str().to_owned(),
+            notes: r.notes.clone(),
+            assigned_agent_ids: r.assigned_agent_ids.clone(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            version: r.version,
+            deleted: r.deleted,
+        }
+    }
+
+    pub fn from_state(c: &Customer, reveal: bool) -> Self {
+        Self {
+            id: c.id.as_uuid(),
+            name: c.name.shown().to_owned(),
+            email: shown(&c.email),
+            phone: shown(&c.phone),
+            passport_number: shown(&c.passport_number).map(|p| passport_shown(&p, reveal)),
+            country: c.country.as_ref().map(|x| x.as_str().to_owned()),
+            source: c.source.as_ref().map(|x| x.as_str().to_owned()),
+            status: c.status.as_str().to_owned(),
+            notes: shown(&c.notes),
+            assigned_agent_ids: c.assigned_agent_ids.iter().map(|a| a.as_uuid()).collect(),
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            version: c.version,
+            deleted: c.deleted,
+        }
+    }
+}
+
+/// Field-by-field differences between two views (ids and bookkeeping fields left out).
+fn diff(before: Option<&CustomerView>, after: &CustomerView) -> Map<String, Value> {
+    let to_map = |v: &CustomerView| -> Map<String, Value> {
+        match serde_json::to_value(v) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        }
+    };
+    let a = to_map(after);
+    let b = before.map(to_map).unwrap_or_default();
+    let mut out = Map::new();
+    for (k, to) in a {
+        if matches!(k.as_str(), "id" | "created_at" | "updated_at" | "version") {
+            continue;
+        }
+        let from = b.get(&k).cloned().unwrap_or(Value::Null);
+        if from != to && !(before.is_none() && to.is_null()) {
+            out.insert(k, json!({ "from": from, "to": to }));
+        }
+    }
+    out
+}
+
+/// The history of API.md: each event with its actor, time and field diffs, masked per role.
+pub fn history_items(events: &[Envelope], reveal: bool) -> Vec<Value> {
+    let mut state = CustomerState::Absent;
+    let mut items = Vec::new();
+    for env in events {
+        let DomainEvent::Customer(e) = &env.event else {
+            continue;
+        };
+        let before = state
+            .customer()
+            .map(|c| CustomerView::from_state(c, reveal));
+        state = evolve(state, e);
+        let Some(after) = state
+            .customer()
+            .map(|c| CustomerView::from_state(c, reveal))
+        else {
+            continue;
+        };
+        let changes = match e {
+            // An erasure blanks fields; listing `from` would defeat it, so it lists none.
+            CustomerEvent::Erased { .. } => Map::new(),
+            _ => diff(before.as_ref(), &after),
+        };
+        items.push(json!({
+            "position": env.position,
+            "version": env.stream_version,
+            "action": e.action(),
+            "occurred_at": env.metadata.occurred_at,
+            "actor": {
+                "id": env.metadata.actor_id.map(|a| a.as_uuid()),
+                "role": env.metadata.actor_role.map(|r| r.as_str()),
+            },
+            "changes": changes,
+        }));
+    }
+    items
+}

@@ -1,0 +1,77 @@
+//! Decoding a batch of stored events for one projection.
+
+use std::sync::Arc;
+
+use egec_commands::codec::Codec;
+use egec_commands::store::RecordedEvent;
+use egec_domain::event::Envelope;
+
+use crate::error::ProjectionError;
+use crate::kind::ProjectionKind;
+
+/// Below this many events a batch is decoded inline; above, it is split over tasks so that
+/// decryption and parsing use every core (a rebuild is bound by this work).
+const PARALLEL_MIN: usize = 512;
+
+/// Decodes (decrypts, upcasts) the events of `records` that `kind` folds, in log order.
+/// Events of other types are skipped without being decrypted. The first event that cannot
+/// be decoded fails the batch: a projection never skips an event silently.
+pub(crate) async fn decode_for(
+    codec: &Arc<Codec>,
+    kind: ProjectionKind,
+    records: Vec<RecordedEvent>,
+) -> Result<Vec<Envelope>, ProjectionError> {
+    let relevant: Vec<RecordedEvent> = records
+        .into_iter()
+        .filter(|r| kind.wants(&r.event_type))
+        .collect();
+    if relevant.len() < PARALLEL_MIN {
+        return decode_chunk(codec, relevant).await;
+    }
+    let parts = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8);
+    let chunk_len = relevant.len().div_ceil(parts);
+    let mut rest = relevant;
+    let mut chunks = Vec::with_capacity(parts);
+    while !rest.is_empty() {
+        let tail = rest.split_off(chunk_len.min(rest.len()));
+        chunks.push(std::mem::replace(&mut rest, tail));
+    }
+    let handles: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let codec = Arc::clone(codec);
+            tokio::spawn(async move { decode_chunk(&codec, chunk).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for h in handles {
+        let part = h.await.map_err(|e| {
+            ProjectionError::Storage(crate::error::StorageError::Join(e.to_string()))
+        })??;
+        out.extend(part);
+    }
+    Ok(out)
+}
+
+async fn decode_chunk(
+    codec: &Codec,
+    records: Vec<RecordedEvent>,
+) -> Result<Vec<Envelope>, ProjectionError> {
+    let mut out = Vec::with_capacity(records.len());
+    for rec in records {
+        match codec.decode(&rec).await {
+            Ok(env) => out.push(env),
+            Err(source) => {
+                return Err(ProjectionError::Decode {
+                    position: rec.global_position,
+                    event_type: rec.event_type,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(out)
+}

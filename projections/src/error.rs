@@ -1,0 +1,44 @@
+//! Errors of the read side. None of them carries personal data: database errors name
+//! tables and constraints, decode errors name the position, the event type and the rule that
+//! failed (value errors never echo their input).
+
+use egec_commands::codec::CodecError;
+use egec_commands::store::StoreError;
+
+/// A failure of the read-model storage itself.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("postgres pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("read model holds data this build cannot read: {0}")]
+    Corrupt(String),
+    #[error("cannot open the read models: {0}")]
+    Open(String),
+    #[error("background task failed: {0}")]
+    Join(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("read models: {0}")]
+    Storage(#[from] StorageError),
+    #[error("event log: {0}")]
+    Log(#[from] StoreError),
+    #[error("cannot decode the event at position {position} ({event_type}): {source}")]
+    Decode {
+        position: i64,
+        event_type: String,
+        #[source]
+        source: CodecError,
+    },
+    #[error("no projection is named {0:?}")]
+    UnknownProjection(String),
+    #[error("a rebuild of {0} is already running")]
+    RebuildRunning(&'static str),
+    #[error("the projection runner was shut down")]
+    Stopped,
+}

@@ -1,0 +1,547 @@
+use super::*;
+use chrono::TimeZone;
+use egec_domain::customer::{
+    CustomerCreated, CustomerState, CustomerStatus, CustomerUpdated, evolve,
+};
+use egec_domain::event::Metadata;
+use egec_domain::user::PasswordHash;
+use egec_domain::values::{Country, Email, Notes, PassportNumber, PersonName, PhoneE164, Source};
+use egec_domain::{CustomerId, Role, UserId};
+use proptest::prelude::*;
+
+fn t(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_700_000_000 + secs, 0).single().unwrap()
+}
+
+fn cid(n: u128) -> CustomerId {
+    CustomerId::from_uuid(Uuid::from_u128(n))
+}
+
+fn uid(n: u128) -> UserId {
+    UserId::from_uuid(Uuid::from_u128(0xA000 + n))
+}
+
+fn created(id: CustomerId, at: DateTime<Utc>) -> CustomerEvent {
+    CustomerEvent::Created(CustomerCreated {
+        customer_id: id,
+        name: Personal::Known(PersonName::parse("Amira Hassan").unwrap()),
+        email: Some(Personal::Known(Email::parse("Amira@Example.com").unwrap())),
+        phone: Some(Personal::Known(
+            PhoneE164::parse("+44 20 7946 0958", None).unwrap(),
+        )),
+        passport_number: Some(Personal::Known(PassportNumber::parse("ab1234567").unwrap())),
+        country: Some(Country::parse("Germany").unwrap()),
+        source: Some(Source::parse("fair").unwrap()),
+        status: CustomerStatus::New,
+        notes: None,
+        assigned_agent_ids: vec![uid(1), uid(2)],
+        at,
+    })
+}
+
+fn updated(id: CustomerId, changes: CustomerChanges, at: DateTime<Utc>) -> CustomerEvent {
+    CustomerEvent::Updated(CustomerUpdated {
+        customer_id: id,
+        changes,
+        at,
+    })
+}
+
+/// Folds events (stream versions 1, 2, … and positions 10, 20, …) into a row.
+fn fold(events: &[CustomerEvent]) -> Option<CustomerRow> {
+    events.iter().enumerate().fold(None, |row, (i, e)| {
+        apply_customer(row, e, i as i64 + 1, (i as i64 + 1) * 10)
+    })
+}
+
+fn envelope(stream_id: String, version: i64, position: i64, event: DomainEvent) -> Envelope {
+    Envelope {
+        position,
+        stream_id,
+        stream_version: version,
+        event_id: Uuid::from_u128(position as u128),
+        command_id: Uuid::from_u128(position as u128),
+        recorded_at: t(position),
+        metadata: Metadata::system(Uuid::nil(), t(position)),
+        event,
+    }
+}
+
+fn customer_env(version: i64, position: i64, event: CustomerEvent) -> Envelope {
+    envelope(
+        event.customer_id().stream_id(),
+        version,
+        position,
+        DomainEvent::Customer(event),
+    )
+}
+
+#[test]
+fn a_created_event_makes_a_row_with_every_field_as_decoded() {
+    let row = fold(&[created(cid(1), t(0))]).unwrap();
+    assert_eq!(
+        row,
+        CustomerRow {
+            id: Uuid::from_u128(1),
+            name: "Amira Hassan".into(),
+            email: Some("amira@example.com".into()),
+            phone: Some("+442079460958".into()),
+            passport_number: Some("AB1234567".into()),
+            country: Some("Germany".into()),
+            source: Some("fair".into()),
+            status: CustomerStatus::New,
+            notes: None,
+            assigned_agent_ids: vec![uid(1).as_uuid(), uid(2).as_uuid()],
+            created_at: t(0),
+            updated_at: t(0),
+            version: 1,
+            deleted: false,
+            erased: false,
+            last_position: 10,
+        }
+    );
+}
+
+#[test]
+fn an_update_changes_only_the_fields_it_names_and_clears_the_ones_it_clears() {
+    let changes = CustomerChanges {
+        status: Some(CustomerStatus::Contacted),
+        phone: Some(None),
+        notes: Some(Some(Personal::Known(Notes::parse("called back").unwrap()))),
+        ..Default::default()
+    };
+    let row = fold(&[created(cid(1), t(0)), updated(cid(1), changes, t(5))]).unwrap();
+    assert_eq!(row.status, CustomerStatus::Contacted);
+    assert_eq!(row.phone, None);
+    assert_eq!(row.notes.as_deref(), Some("called back"));
+    assert_eq!(row.name, "Amira Hassan");
+    assert_eq!(row.email.as_deref(), Some("amira@example.com"));
+    assert_eq!(row.created_at, t(0));
+    assert_eq!(row.updated_at, t(5));
+    assert_eq!(row.version, 2);
+    assert_eq!(row.last_position, 20);
+}
+
+#[test]
+fn an_erasure_leaves_every_personal_field_erased_and_keeps_status_assignment_and_times() {
+    let changes = CustomerChanges {
+        status: Some(CustomerStatus::Qualified),
+        notes: Some(Some(Personal::Known(
+            Notes::parse("prefers email").unwrap(),
+        ))),
+        ..Default::default()
+    };
+    let row = fold(&[
+        created(cid(1), t(0)),
+        updated(cid(1), changes, t(5)),
+        CustomerEvent::Erased {
+            customer_id: cid(1),
+            reason: "art. 17 request".into(),
+            at: t(9),
+        },
+    ])
+    .unwrap();
+    assert_eq!(row.name, ERASED);
+    assert_eq!(row.email.as_deref(), Some(ERASED));
+    assert_eq!(row.phone.as_deref(), Some(ERASED));
+    assert_eq!(row.passport_number.as_deref(), Some(ERASED));
+    assert_eq!(row.notes.as_deref(), Some(ERASED));
+    assert!(row.erased);
+    // What is not personal survives, so the pipeline and the assignment stay countable.
+    assert_eq!(row.status, CustomerStatus::Qualified);
+    assert_eq!(row.country.as_deref(), Some("Germany"));
+    assert_eq!(row.source.as_deref(), Some("fair"));
+    assert_eq!(
+        row.assigned_agent_ids,
+        vec![uid(1).as_uuid(), uid(2).as_uuid()]
+    );
+    assert_eq!(row.created_at, t(0));
+    assert_eq!(row.updated_at, t(9));
+    assert_eq!(row.version, 3);
+    assert!(!search_text(&row).contains("amira"));
+}
+
+#[test]
+fn a_customer_replayed_after_erasure_reads_the_same_as_one_erased_live() {
+    // After the key is destroyed, a rebuild decodes the creation with every stored personal
+    // value erased; it must arrive at the very row the live fold produced.
+    let live = fold(&[
+        created(cid(1), t(0)),
+        CustomerEvent::Erased {
+            customer_id: cid(1),
+            reason: "r".into(),
+            at: t(1),
+        },
+    ])
+    .unwrap();
+    let CustomerEvent::Created(mut c) = created(cid(1), t(0)) else {
+        unreachable!()
+    };
+    c.name = Personal::Erased;
+    c.email = Some(Personal::Erased);
+    c.phone = Some(Personal::Erased);
+    c.passport_number = Some(Personal::Erased);
+    let replayed = fold(&[
+        CustomerEvent::Created(c),
+        CustomerEvent::Erased {
+            customer_id: cid(1),
+            reason: "r".into(),
+            at: t(1),
+        },
+    ])
+    .unwrap();
+    assert_eq!(live, replayed);
+}
+
+#[test]
+fn a_deleted_customer_keeps_its_row_and_is_marked_deleted() {
+    let row = fold(&[
+        created(cid(1), t(0)),
+        CustomerEvent::Deleted {
+            customer_id: cid(1),
+            at: t(3),
+        },
+    ])
+    .unwrap();
+    assert!(row.deleted);
+    assert_eq!(row.name, "Amira Hassan");
+    assert_eq!(row.updated_at, t(3));
+}
+
+#[test]
+fn events_for_a_customer_that_does_not_exist_change_nothing() {
+    let orphan = updated(
+        cid(1),
+        CustomerChanges {
+            status: Some(CustomerStatus::Lost),
+            ..Default::default()
+        },
+        t(1),
+    );
+    assert_eq!(apply_customer(None, &orphan, 1, 10), None);
+}
+
+#[test]
+fn a_second_created_event_changes_nothing() {
+    let first = fold(&[created(cid(1), t(0))]).unwrap();
+    let again = apply_customer(Some(first.clone()), &created(cid(1), t(7)), 2, 20);
+    assert_eq!(again, Some(first));
+}
+
+#[test]
+fn times_are_kept_to_the_microsecond_both_backends_store() {
+    let at = t(0) + chrono::Duration::nanoseconds(1_234_567);
+    let row = fold(&[created(cid(1), at)]).unwrap();
+    assert_eq!(row.created_at, t(0) + chrono::Duration::microseconds(1_234));
+}
+
+#[test]
+fn a_user_row_starts_active_and_never_holds_the_password_hash() {
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
+    let e = UserEvent::Created {
+        user_id: uid(7),
+        email: Personal::Known(Email::parse("ops@example.com").unwrap()),
+        name: Personal::Known(PersonName::parse("Omar Farouk").unwrap()),
+        role: Role::Agent,
+        password_hash: Personal::Known(PasswordHash::parse(hash).unwrap()),
+        at: t(0),
+    };
+    let row = apply_user(None, &e, 1, 4).unwrap();
+    assert_eq!(
+        row,
+        UserRow {
+            id: uid(7).as_uuid(),
+            email: "ops@example.com".into(),
+            name: "Omar Farouk".into(),
+            role: Role::Agent,
+            active: true,
+            created_at: t(0),
+            version: 1,
+            last_position: 4,
+        }
+    );
+    let json = serde_json::to_string(&row).unwrap();
+    assert!(!json.contains("argon2"), "{json}");
+    assert!(!json.contains("password"), "{json}");
+}
+
+#[test]
+fn the_search_text_covers_the_four_searchable_fields_lowercased_and_skips_erased_ones() {
+    let mut row = fold(&[created(cid(1), t(0))]).unwrap();
+    let s = search_text(&row);
+    for part in [
+        "amira hassan",
+        "amira@example.com",
+        "+442079460958",
+        "ab1234567",
+    ] {
+        assert!(s.contains(part), "{s:?} lacks {part:?}");
+    }
+    // Country and notes are not searched.
+    assert!(!s.contains("germany"));
+    row.email = Some(ERASED.into());
+    assert!(!search_text(&row).contains("[erased]"));
+}
+
+#[test]
+fn a_search_term_matches_within_one_field_only() {
+    let row = fold(&[created(cid(1), t(0))]).unwrap();
+    let s = search_text(&row);
+    // The end of the name followed by the start of the email must not match.
+    let across = search_needle("hassanamira").unwrap();
+    assert!(!s.contains(&across));
+    let with_control = search_needle("hassan\u{1f}amira").unwrap();
+    assert!(!s.contains(&with_control));
+}
+
+#[test]
+fn a_search_term_is_trimmed_and_lowercased_and_an_empty_one_is_none() {
+    assert_eq!(search_needle("  AMIRA "), Some("amira".into()));
+    assert_eq!(search_needle("Ünal"), Some("ünal".into()));
+    assert_eq!(search_needle("   "), None);
+    assert_eq!(search_needle("\u{1f}"), None);
+}
+
+#[test]
+fn a_batch_loads_only_rows_whose_stream_began_before_it() {
+    let fresh = cid(1);
+    let old = cid(2);
+    let envs = vec![
+        customer_env(1, 1, created(fresh, t(0))),
+        customer_env(
+            4,
+            2,
+            CustomerEvent::Deleted {
+                customer_id: old,
+                at: t(1),
+            },
+        ),
+        customer_env(
+            2,
+            3,
+            CustomerEvent::Deleted {
+                customer_id: fresh,
+                at: t(2),
+            },
+        ),
+    ];
+    let Work::Customers(plan) = Work::plan(ProjectionKind::Customers, envs) else {
+        panic!("customers work expected");
+    };
+    assert_eq!(plan.load, vec![old.as_uuid()]);
+    assert_eq!(plan.steps.len(), 3);
+}
+
+#[test]
+fn a_batch_skips_events_of_other_projections() {
+    let user = UserEvent::Created {
+        user_id: uid(1),
+        email: Personal::Erased,
+        name: Personal::Erased,
+        role: Role::Admin,
+        password_hash: Personal::Erased,
+        at: t(0),
+    };
+    let envs = vec![
+        envelope(uid(1).stream_id(), 1, 1, DomainEvent::User(user)),
+        customer_env(1, 2, created(cid(1), t(0))),
+    ];
+    assert_eq!(Work::plan(ProjectionKind::Customers, envs.clone()).len(), 1);
+    assert_eq!(Work::plan(ProjectionKind::Users, envs).len(), 1);
+}
+
+#[test]
+fn a_row_touched_many_times_in_a_batch_is_written_once_with_its_final_state() {
+    let envs = vec![
+        customer_env(1, 1, created(cid(1), t(0))),
+        customer_env(1, 2, created(cid(2), t(0))),
+        customer_env(
+            2,
+            3,
+            updated(
+                cid(1),
+                CustomerChanges {
+                    status: Some(CustomerStatus::Contacted),
+                    ..Default::default()
+                },
+                t(1),
+            ),
+        ),
+        customer_env(
+            3,
+            4,
+            CustomerEvent::Deleted {
+                customer_id: cid(1),
+                at: t(2),
+            },
+        ),
+    ];
+    let Work::Customers(plan) = Work::plan(ProjectionKind::Customers, envs) else {
+        panic!("customers work expected");
+    };
+    let touched = fold_customers(&plan, vec![]);
+    assert_eq!(touched.len(), 2);
+    assert_eq!(touched[0].row.id, cid(1).as_uuid());
+    assert!(touched[0].before.is_none());
+    assert_eq!(touched[0].row.status, CustomerStatus::Contacted);
+    assert!(touched[0].row.deleted);
+    assert_eq!(touched[0].row.version, 3);
+    assert_eq!(touched[0].row.last_position, 4);
+    assert_eq!(touched[1].row.id, cid(2).as_uuid());
+}
+
+#[test]
+fn a_batch_folds_on_from_the_stored_row_and_skips_rows_it_does_not_change() {
+    let stored = fold(&[created(cid(1), t(0))]).unwrap();
+    let envs = vec![
+        // A duplicate creation changes nothing, so the row is not rewritten.
+        customer_env(2, 30, created(cid(1), t(5))),
+    ];
+    let Work::Customers(plan) = Work::plan(ProjectionKind::Customers, envs) else {
+        panic!("customers work expected");
+    };
+    assert!(fold_customers(&plan, vec![stored.clone()]).is_empty());
+
+    let envs = vec![customer_env(
+        2,
+        31,
+        CustomerEvent::Deleted {
+            customer_id: cid(1),
+            at: t(6),
+        },
+    )];
+    let Work::Customers(plan) = Work::plan(ProjectionKind::Customers, envs) else {
+        panic!("customers work expected");
+    };
+    let touched = fold_customers(&plan, vec![stored.clone()]);
+    assert_eq!(touched.len(), 1);
+    assert_eq!(touched[0].before.as_ref(), Some(&stored));
+    assert!(touched[0].row.deleted);
+    assert_eq!(touched[0].row.name, stored.name);
+}
+
+#[test]
+fn merged_batches_fold_like_the_batches_one_after_another() {
+    let first = vec![customer_env(1, 1, created(cid(1), t(0)))];
+    let second = vec![
+        customer_env(1, 2, created(cid(2), t(1))),
+        customer_env(
+            2,
+            3,
+            CustomerEvent::Deleted {
+                customer_id: cid(1),
+                at: t(2),
+            },
+        ),
+    ];
+    let third = vec![customer_env(
+        5,
+        4,
+        CustomerEvent::Deleted {
+            customer_id: cid(3),
+            at: t(3),
+        },
+    )];
+    let mut merged = Work::plan(ProjectionKind::Customers, first);
+    merged.extend(Work::plan(ProjectionKind::Customers, second));
+    merged.extend(Work::plan(ProjectionKind::Customers, third));
+    let Work::Customers(plan) = merged else {
+        panic!("customers work expected");
+    };
+    // Customer 1 and 2 began inside the merged batch; customer 3 began before it.
+    assert_eq!(plan.load, vec![cid(3).as_uuid()]);
+    let touched = fold_customers(&plan, vec![]);
+    assert_eq!(touched.len(), 2);
+    assert!(touched[0].row.deleted);
+}
+
+// ---- the row fold agrees with the domain's evolve ---------------------------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    Status(usize),
+    Name(u8),
+    Email(Option<u8>),
+    Phone(Option<u8>),
+    Passport(Option<u8>),
+    Notes(Option<u8>),
+    Country(Option<u8>),
+    Delete,
+    Erase,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0usize..6).prop_map(Op::Status),
+        any::<u8>().prop_map(Op::Name),
+        proptest::option::of(any::<u8>()).prop_map(Op::Email),
+        proptest::option::of(any::<u8>()).prop_map(Op::Phone),
+        proptest::option::of(any::<u8>()).prop_map(Op::Passport),
+        proptest::option::of(any::<u8>()).prop_map(Op::Notes),
+        proptest::option::of(any::<u8>()).prop_map(Op::Country),
+        Just(Op::Delete),
+        Just(Op::Erase),
+    ]
+}
+
+fn event_of(op: &Op, id: CustomerId, at: DateTime<Utc>) -> CustomerEvent {
+    let k = |v: String| Personal::Known(v);
+    let mut ch = CustomerChanges::default();
+    match op {
+        Op::Status(i) => ch.status = Some(CustomerStatus::ALL[*i]),
+        Op::Name(n) => {
+            ch.name = Some(k(format!("Name {n}")).map(|s| PersonName::parse(&s).unwrap()))
+        }
+        Op::Email(v) => {
+            ch.email = Some(
+                v.map(|n| Personal::Known(Email::parse(&format!("p{n}@example.com")).unwrap())),
+            )
+        }
+        Op::Phone(v) => {
+            ch.phone = Some(v.map(|n| {
+                Personal::Known(
+                    PhoneE164::parse(&format!("+2010123456{:02}", n % 100), None).unwrap(),
+                )
+            }))
+        }
+        Op::Passport(v) => {
+            ch.passport_number = Some(
+                v.map(|n| Personal::Known(PassportNumber::parse(&format!("X{n:06}")).unwrap())),
+            )
+        }
+        Op::Notes(v) => {
+            ch.notes = Some(v.map(|n| Personal::Known(Notes::parse(&format!("note {n}")).unwrap())))
+        }
+        Op::Country(v) => {
+            ch.country = Some(v.map(|n| Country::parse(&format!("Land {n}")).unwrap()))
+        }
+        Op::Delete => {
+            return CustomerEvent::Deleted {
+                customer_id: id,
+                at,
+            };
+        }
+        Op::Erase => {
+            return CustomerEvent::Erased {
+                customer_id: id,
+                reason: "r".into(),
+                at,
+            };
+        }
+    }
+    updated(id, ch, at)
+}
+
+proptest! {
+    #[test]
+    fn the_row_fold_agrees_with_the_domain_evolve_for_any_sequence_of_events(
+        ops in proptest::collection::vec(op(), 0..12)
+    ) {
+        let id = cid(42);
+        let mut events = vec![created(id, t(0))];
+        events.extend(ops.iter().enumerate().map(|(i, o)| event_of(o, id, t(i as i64 + 1))));
+        let state = events.iter().fold(CustomerState::Absent, evolve);
+        let from_evolve = state.customer().map(|c| customer_row(c, events.len() as i64 * 10));
+        prop_assert_eq!(fold(&events), from_evolve);
+    }
+}

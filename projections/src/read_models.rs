@@ -1,0 +1,120 @@
+//! The query side the API uses: one handle over whichever backend is open.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use egec_commands::store::Backend;
+use egec_commands::store::open::Stores;
+use egec_domain::values::Email;
+use egec_domain::{CustomerId, UserId};
+
+use crate::error::{ProjectionError, StorageError};
+use crate::kind::ProjectionKind;
+use crate::rows::{CustomerQuery, CustomerRow, UserRow};
+use crate::store::ReadStore;
+use crate::store::postgres::PgReadStore;
+use crate::store::sqlite::SqliteReadStore;
+
+/// The largest page the list query serves, whatever the caller asks for.
+pub const MAX_PER_PAGE: u32 = 500;
+
+/// The read models. Cheap to clone; every clone shares the connections.
+#[derive(Clone)]
+pub struct ReadModels {
+    store: Arc<dyn ReadStore>,
+}
+
+impl std::fmt::Debug for ReadModels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadModels")
+            .field("backend", &self.store.backend())
+            .finish()
+    }
+}
+
+impl ReadModels {
+    /// Opens (creating if needed) `<data_dir>/read.db`.
+    pub async fn open_sqlite(data_dir: &Path) -> Result<Self, ProjectionError> {
+        let dir = data_dir.to_path_buf();
+        let store = tokio::task::spawn_blocking(move || SqliteReadStore::open(&dir))
+            .await
+            .map_err(|e| StorageError::Join(e.to_string()))??;
+        Ok(Self {
+            store: Arc::new(store),
+        })
+    }
+
+    /// Uses schema `crm` of the log's database, creating its tables if needed.
+    pub async fn open_postgres(pool: deadpool_postgres::Pool) -> Result<Self, ProjectionError> {
+        Ok(Self {
+            store: Arc::new(PgReadStore::open(pool).await?),
+        })
+    }
+
+    /// Opens the read models beside the opened log: schema `crm` in the same PostgreSQL
+    /// database, or `read.db` next to the log's SQLite file in `data_dir`.
+    pub async fn open(stores: &Stores, data_dir: &Path) -> Result<Self, ProjectionError> {
+        match &stores.postgres {
+            Some(pg) => Self::open_postgres(pg.pool()).await,
+            None => Self::open_sqlite(data_dir).await,
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.store.backend()
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn ReadStore> {
+        &self.store
+    }
+
+    pub async fn get_customer(
+        &self,
+        id: CustomerId,
+    ) -> Result<Option<CustomerRow>, ProjectionError> {
+        Ok(self.store.get_customer(id.as_uuid()).await?)
+    }
+
+    /// One page (1-based; `per_page` is clamped to 1..=[`MAX_PER_PAGE`]) of the customers
+    /// matching `query`, newest first (ties by id), and the total number of matches.
+    pub async fn list_customers(
+        &self,
+        query: &CustomerQuery,
+        page: u32,
+        per_page: u32,
+    ) -> Result<(Vec<CustomerRow>, u64), ProjectionError> {
+        let per_page = per_page.clamp(1, MAX_PER_PAGE);
+        let offset = u64::from(page.max(1) - 1) * u64::from(per_page);
+        Ok(self.store.list_customers(query, offset, per_page).await?)
+    }
+
+    /// Every customer row, deleted and erased ones included, ordered by id: for exports,
+    /// comparisons after a replay, and tests.
+    pub async fn all_customers(&self) -> Result<Vec<CustomerRow>, ProjectionError> {
+        Ok(self.store.all_customers().await?)
+    }
+
+    pub async fn get_user(&self, id: UserId) -> Result<Option<UserRow>, ProjectionError> {
+        Ok(self.store.get_user(id.as_uuid()).await?)
+    }
+
+    /// The user with this email (emails are stored normalised, as `Email` normalises them).
+    pub async fn find_user_by_email(
+        &self,
+        email: &Email,
+    ) -> Result<Option<UserRow>, ProjectionError> {
+        Ok(self.store.find_user_by_email(email.as_str()).await?)
+    }
+
+    /// Every user, oldest first.
+    pub async fn list_users(&self) -> Result<Vec<UserRow>, ProjectionError> {
+        Ok(self.store.list_users().await?)
+    }
+
+    /// The stored checkpoint (last applied position) of a projection.
+    pub async fn checkpoint(&self, name: &str) -> Result<i64, ProjectionError> {
+        let kind = ProjectionKind::from_name(name)
+            .ok_or_else(|| ProjectionError::UnknownProjection(name.to_owned()))?;
+        Ok(self.store.checkpoint(kind).await?.position)
+    }
+}

@@ -1,0 +1,543 @@
+//! The projection runner: one task per projection that follows the log from the projection's
+//! checkpoint and applies it in batches, each batch committed together with the checkpoint.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use egec_commands::codec::Codec;
+use egec_commands::store::EventLog;
+use egec_commands::store::open::Stores;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::decode::decode_for;
+use crate::error::ProjectionError;
+use crate::fold::Work;
+use crate::kind::ProjectionKind;
+use crate::read_models::ReadModels;
+use crate::rows::{ProjectionStatus, RunState};
+use crate::store::{Applied, Leadership, ReadStore};
+
+/// Events per read when the live runner follows the log. Large, so that a runner that fell
+/// behind (or starts on an empty read model) catches up in big transactions.
+pub(crate) const LIVE_BATCH: usize = 5_000;
+
+/// How often the runner looks at the log without being told: appends of other processes do
+/// not move this process's head channel.
+const POLL: Duration = Duration::from_millis(200);
+
+/// A batch with nothing for a projection moves only its checkpoint. Such checkpoint-only
+/// commits are put off (the events in between change nothing in the projection's tables, so
+/// re-reading them after a crash is harmless) until this many events have gone by, this much
+/// time has passed, or the runner is idle for [`PERSIST_WHEN_IDLE`].
+const PERSIST_EVERY_EVENTS: i64 = 50_000;
+const PERSIST_EVERY: Duration = Duration::from_secs(10);
+const PERSIST_WHEN_IDLE: Duration = Duration::from_secs(1);
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Starts the projection runner.
+pub struct ProjectionRunner;
+
+impl ProjectionRunner {
+    /// Spawns one task per projection on the current tokio runtime. `head` is the log head
+    /// the appender publishes; the runner also polls, so appends by other processes are seen
+    /// within [`POLL`]. A projection whose stored version differs from this build's is
+    /// rebuilt blue/green in the background while the old tables keep serving.
+    pub fn spawn(
+        read_models: ReadModels,
+        log: Arc<dyn EventLog>,
+        codec: Arc<Codec>,
+        head: watch::Receiver<i64>,
+    ) -> RunnerHandle {
+        let (shutdown, _) = watch::channel(false);
+        let slots = ProjectionKind::ALL
+            .into_iter()
+            .map(|kind| Slot {
+                kind,
+                live: tokio::sync::Mutex::new(LivePosition::at(0)),
+                applied: watch::channel(0).0,
+                state: Mutex::new(RunState::Starting),
+                rebuilding: AtomicBool::new(false),
+                known_head: AtomicI64::new(0),
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            read_models,
+            log,
+            codec,
+            head,
+            slots,
+            shutdown,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let handle = RunnerHandle {
+            shared: Arc::clone(&shared),
+            _guard: Arc::new(ShutdownOnDrop(Arc::clone(&shared))),
+        };
+        let mut tasks = Vec::new();
+        for kind in ProjectionKind::ALL {
+            tasks.push(tokio::spawn(run(
+                Arc::clone(&shared),
+                kind,
+                handle.downgrade(),
+            )));
+        }
+        shared.tasks.lock().extend(tasks);
+        handle
+    }
+
+    /// The one-call setup: opens the read models beside the opened log (schema `crm` on
+    /// PostgreSQL, `<data_dir>/read.db` on SQLite) and spawns the runner.
+    pub async fn start(
+        stores: &Stores,
+        data_dir: &Path,
+        codec: Arc<Codec>,
+        head: watch::Receiver<i64>,
+    ) -> Result<RunnerHandle, ProjectionError> {
+        let read_models = ReadModels::open(stores, data_dir).await?;
+        Ok(Self::spawn(
+            read_models,
+            Arc::clone(&stores.log),
+            codec,
+            head,
+        ))
+    }
+}
+
+/// Where the live tables of a projection stand.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LivePosition {
+    /// Every event up to here has taken effect in the live tables.
+    pub applied: i64,
+    /// The checkpoint as stored. Behind `applied` only by events the projection ignores.
+    pub stored: i64,
+    pub stored_at: std::time::Instant,
+}
+
+impl LivePosition {
+    pub fn at(position: i64) -> Self {
+        Self {
+            applied: position,
+            stored: position,
+            stored_at: std::time::Instant::now(),
+        }
+    }
+
+    fn persist_due(&self, to: i64) -> bool {
+        to - self.stored >= PERSIST_EVERY_EVENTS || self.stored_at.elapsed() >= PERSIST_EVERY
+    }
+}
+
+/// One projection's shared state.
+pub(crate) struct Slot {
+    pub kind: ProjectionKind,
+    /// The live checkpoint as this process knows it. Locked for the whole of an apply, and
+    /// by a rebuild while it applies the tail and swaps its tables in: that is the pause of
+    /// the live runner, and the reason a swap can never interleave with an apply.
+    pub live: tokio::sync::Mutex<LivePosition>,
+    /// The applied position, published to `wait_for` and to subscribers.
+    pub applied: watch::Sender<i64>,
+    pub state: Mutex<RunState>,
+    pub rebuilding: AtomicBool,
+    /// The highest log position seen, for the lag metric.
+    pub known_head: AtomicI64,
+}
+
+impl Slot {
+    pub fn publish(&self, position: i64) {
+        self.applied.send_if_modified(|p| {
+            let changed = *p != position;
+            *p = position;
+            changed
+        });
+        self.observe_head(position);
+        metrics::gauge!("egec_projection_position", "projection" => self.kind.name())
+            .set(position as f64);
+        self.export_lag();
+    }
+
+    pub fn observe_head(&self, head: i64) {
+        self.known_head.fetch_max(head, Ordering::Relaxed);
+        self.export_lag();
+    }
+
+    fn lag(&self) -> i64 {
+        (self.known_head.load(Ordering::Relaxed) - *self.applied.borrow()).max(0)
+    }
+
+    fn export_lag(&self) {
+        metrics::gauge!("egec_projection_lag_events", "projection" => self.kind.name())
+            .set(self.lag() as f64);
+    }
+
+    fn set_state(&self, state: RunState) {
+        let mut s = self.state.lock();
+        if *s != state {
+            tracing::info!(projection = self.kind.name(), from = ?*s, to = ?state, "projection state");
+            *s = state;
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub read_models: ReadModels,
+    pub log: Arc<dyn EventLog>,
+    pub codec: Arc<Codec>,
+    pub head: watch::Receiver<i64>,
+    pub slots: Vec<Slot>,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    pub fn slot(&self, kind: ProjectionKind) -> &Slot {
+        // Every kind has a slot: `spawn` creates one per `ProjectionKind::ALL`, in order.
+        let i = ProjectionKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0);
+        &self.slots[i]
+    }
+
+    pub fn store(&self) -> &Arc<dyn ReadStore> {
+        self.read_models.store()
+    }
+}
+
+/// Tells the tasks to stop when the last handle is dropped.
+struct ShutdownOnDrop(Arc<Shared>);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        self.0.shutdown.send_replace(true);
+    }
+}
+
+/// A handle to the running projections. Cheap to clone; the tasks stop when the last handle
+/// is dropped or on [`RunnerHandle::shutdown`].
+#[derive(Clone)]
+pub struct RunnerHandle {
+    pub(crate) shared: Arc<Shared>,
+    _guard: Arc<ShutdownOnDrop>,
+}
+
+/// A handle that does not keep the runner alive (held by the runner's own tasks, which use
+/// it to start a rebuild).
+#[derive(Clone)]
+pub(crate) struct WeakHandle {
+    shared: Arc<Shared>,
+    guard: std::sync::Weak<ShutdownOnDrop>,
+}
+
+impl WeakHandle {
+    pub fn upgrade(&self) -> Option<RunnerHandle> {
+        self.guard.upgrade().map(|g| RunnerHandle {
+            shared: Arc::clone(&self.shared),
+            _guard: g,
+        })
+    }
+}
+
+impl std::fmt::Debug for RunnerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunnerHandle")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl RunnerHandle {
+    fn downgrade(&self) -> WeakHandle {
+        WeakHandle {
+            shared: Arc::clone(&self.shared),
+            guard: Arc::downgrade(&self._guard),
+        }
+    }
+
+    /// The read models the runner writes; the queries live there.
+    pub fn read_models(&self) -> &ReadModels {
+        &self.shared.read_models
+    }
+
+    /// Waits until every operational projection has applied at least `position` (the
+    /// position a write returned), for at most `timeout`. True when they all have: a read
+    /// issued afterwards sees the write. False on timeout, or at once when a projection has
+    /// stopped on an event it cannot decode or the runner was shut down.
+    pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for slot in &self.shared.slots {
+            let mut rx = slot.applied.subscribe();
+            if *rx.borrow_and_update() >= position {
+                continue;
+            }
+            if matches!(*slot.state.lock(), RunState::Failed | RunState::Stopped) {
+                return false;
+            }
+            match tokio::time::timeout_at(deadline, rx.wait_for(|p| *p >= position)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Each projection's position, lag and state, for `/readyz` and operators.
+    pub fn status(&self) -> Vec<ProjectionStatus> {
+        let appended = *self.shared.head.borrow();
+        self.shared
+            .slots
+            .iter()
+            .map(|s| {
+                s.observe_head(appended);
+                let position = *s.applied.borrow();
+                let head = s.known_head.load(Ordering::Relaxed).max(position);
+                ProjectionStatus {
+                    name: s.kind.name(),
+                    version: s.kind.version(),
+                    state: *s.state.lock(),
+                    position,
+                    head,
+                    lag: head - position,
+                    rebuilding: s.rebuilding.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// The applied position of one projection, as a channel that changes with every batch.
+    pub fn subscribe(&self, projection: &str) -> Option<watch::Receiver<i64>> {
+        let kind = ProjectionKind::from_name(projection)?;
+        Some(self.shared.slot(kind).applied.subscribe())
+    }
+
+    /// Stops the tasks and waits for them (a batch being applied is finished or rolled back,
+    /// never half-written).
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.shared.tasks.lock());
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Exponential backoff for storage errors.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(BACKOFF_MIN)
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        d
+    }
+
+    fn reset(&mut self) {
+        self.0 = BACKOFF_MIN;
+    }
+}
+
+/// Sleeps, or returns early (true) when the runner is shutting down.
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+async fn run(shared: Arc<Shared>, kind: ProjectionKind, handle: WeakHandle) {
+    let slot = shared.slot(kind);
+    let store = Arc::clone(shared.store());
+    let mut stop = shared.shutdown.subscribe();
+    let mut head_rx = shared.head.clone();
+    let mut head_open = true;
+    let mut backoff = Backoff::new();
+    let mut leader: Option<Leadership> = None;
+
+    // The starting point: the stored checkpoint.
+    loop {
+        match store.checkpoint(kind).await {
+            Ok(cp) => {
+                *slot.live.lock().await = LivePosition::at(cp.position);
+                slot.publish(cp.position);
+                if cp.version != kind.version() {
+                    tracing::info!(
+                        projection = kind.name(),
+                        stored_version = cp.version,
+                        version = kind.version(),
+                        "projection version changed; rebuilding in the background"
+                    );
+                    if let Some(h) = handle.upgrade() {
+                        tokio::spawn(async move {
+                            if let Err(e) = h.rebuild(kind.name(), |_, _| {}).await {
+                                tracing::error!(projection = kind.name(), error = %e, "background rebuild failed");
+                            }
+                        });
+                    }
+                }
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(projection = kind.name(), error = %e, "cannot read the checkpoint; retrying");
+                if sleep_or_stop(backoff.next(), &mut stop).await {
+                    slot.set_state(RunState::Stopped);
+                    return;
+                }
+            }
+        }
+    }
+    backoff.reset();
+    drop(handle);
+
+    while !*stop.borrow() {
+        // Only the process holding the projection's lock applies; the others follow the
+        // stored checkpoint so that their `wait_for` still answers.
+        if !leader.as_ref().is_some_and(Leadership::is_held) {
+            leader = None;
+            match store.try_lead(kind).await {
+                Ok(Some(l)) => {
+                    leader = Some(l);
+                    slot.set_state(RunState::Running);
+                }
+                Ok(None) => {
+                    slot.set_state(RunState::Standby);
+                    if let Ok(cp) = store.checkpoint(kind).await {
+                        *slot.live.lock().await = LivePosition::at(cp.position);
+                        slot.publish(cp.position);
+                    }
+                    slot.observe_head(*head_rx.borrow());
+                    if sleep_or_stop(POLL, &mut stop).await {
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(projection = kind.name(), error = %e, "cannot take the projection lock; retrying");
+                    if sleep_or_stop(backoff.next(), &mut stop).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+
+        // Mark the head seen before reading, so an append that lands after the read wakes
+        // the wait below.
+        let appended = *head_rx.borrow_and_update();
+        slot.observe_head(appended);
+        let from = slot.live.lock().await.applied;
+        let records = match shared.log.read_all(from, LIVE_BATCH).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(projection = kind.name(), error = %e, "cannot read the log; retrying");
+                if sleep_or_stop(backoff.next(), &mut stop).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let Some(last) = records.last().map(|r| r.global_position) else {
+            // Caught up. Store a checkpoint that was put off, then wait for an append here,
+            // the poll interval, or shutdown.
+            let mut live = slot.live.lock().await;
+            if live.applied == from
+                && live.stored < from
+                && live.stored_at.elapsed() >= PERSIST_WHEN_IDLE
+            {
+                match store
+                    .apply_live(kind, Work::empty(kind), live.stored, from)
+                    .await
+                {
+                    Ok(Applied::Done) => *live = LivePosition::at(from),
+                    Ok(Applied::Moved(stored)) => {
+                        *live = LivePosition::at(stored);
+                        slot.publish(stored);
+                    }
+                    Err(e) => {
+                        tracing::warn!(projection = kind.name(), error = %e, "cannot store the checkpoint; will retry");
+                    }
+                }
+            }
+            drop(live);
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                changed = head_rx.changed(), if head_open => {
+                    if changed.is_err() {
+                        head_open = false;
+                    }
+                }
+                _ = stop.changed() => {}
+            }
+            continue;
+        };
+        slot.observe_head(last);
+
+        let envelopes = match decode_for(&shared.codec, kind, records).await {
+            Ok(e) => e,
+            Err(e @ ProjectionError::Decode { .. }) => {
+                // Skipping would leave the read model silently wrong; stopping makes
+                // `/readyz` fail and tells an operator. The error names the position and
+                // the event type, never a personal value.
+                tracing::error!(projection = kind.name(), error = %e, "projection stopped on an event it cannot decode");
+                slot.set_state(RunState::Failed);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(projection = kind.name(), error = %e, "decoding failed; retrying");
+                if sleep_or_stop(backoff.next(), &mut stop).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let work = Work::plan(kind, envelopes);
+
+        let mut live = slot.live.lock().await;
+        if live.applied != from {
+            // A rebuild swapped its tables in while this batch was read; it already holds
+            // these events.
+            continue;
+        }
+        if work.is_empty() && !live.persist_due(last) {
+            live.applied = last;
+            slot.publish(last);
+            continue;
+        }
+        match store.apply_live(kind, work, live.stored, last).await {
+            Ok(Applied::Done) => {
+                *live = LivePosition::at(last);
+                slot.publish(last);
+                backoff.reset();
+            }
+            Ok(Applied::Moved(stored)) => {
+                tracing::info!(
+                    projection = kind.name(),
+                    expected = live.stored,
+                    stored,
+                    "checkpoint moved elsewhere; following it"
+                );
+                *live = LivePosition::at(stored);
+                slot.publish(stored);
+            }
+            Err(e) => {
+                drop(live);
+                tracing::warn!(projection = kind.name(), error = %e, "cannot apply a batch; retrying");
+                if sleep_or_stop(backoff.next(), &mut stop).await {
+                    break;
+                }
+            }
+        }
+    }
+    slot.set_state(RunState::Stopped);
+}

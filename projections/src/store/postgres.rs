@@ -1,0 +1,784 @@
+//! The production backend: schema `crm` in the log's database, through the log's pool.
+//!
+//! The tables are created here, idempotently, at start-up rather than by a numbered
+//! migration: a rebuild must create the very same tables under a shadow name, so the
+//! definition has to live in code anyway, and keeping it in one place means the live and the
+//! shadow tables can never drift apart.
+//!
+//! Batches are written with one multi-row `INSERT … SELECT FROM unnest(…) ON CONFLICT`
+//! statement per table, so a batch of thousands of rows costs a handful of round trips.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Object, Pool, Transaction};
+use egec_commands::store::Backend;
+use egec_domain::permission::Visibility;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::{Applied, Checkpoint, Leadership, ReadStore, Shadow};
+use crate::error::StorageError;
+use crate::fold::{Touched, Work, fold_customers, fold_users, search_needle, search_text};
+use crate::kind::ProjectionKind;
+use crate::rows::{CustomerQuery, CustomerRow, UserRow};
+
+/// First key of the two-key advisory locks ("EGEC" in ASCII), shared with the log's module
+/// so that everything Egec locks is recognisable in `pg_locks`.
+const LOCK_CLASS: i32 = 0x4547_4543;
+/// Second key of the lock held while the read-model schema is created.
+const SCHEMA_LOCK: i32 = 0x5052_0000;
+/// Second keys of the per-projection leader locks are this plus the projection's index.
+const LEADER_LOCK_BASE: i32 = 0x5052_0100;
+
+struct TableDef {
+    live: &'static str,
+    columns: &'static str,
+    /// `(name suffix, index definition after ON <table>)`.
+    indexes: &'static [(&'static str, &'static str)],
+}
+
+const CUSTOMERS: TableDef = TableDef {
+    live: "customers",
+    columns: "id uuid NOT NULL, \
+              name text NOT NULL, \
+              email text, \
+              phone text, \
+              passport_number text, \
+              country text, \
+              source text, \
+              status text NOT NULL, \
+              notes text, \
+              assigned_agent_ids uuid[] NOT NULL, \
+              created_at timestamptz NOT NULL, \
+              updated_at timestamptz NOT NULL, \
+              version bigint NOT NULL, \
+              deleted boolean NOT NULL, \
+              erased boolean NOT NULL, \
+              last_position bigint NOT NULL, \
+              search_text text NOT NULL",
+    indexes: &[
+        ("created_idx", "(created_at DESC, id)"),
+        ("status_idx", "(status, created_at DESC, id)"),
+        ("agents_idx", "USING gin (assigned_agent_ids)"),
+    ],
+};
+
+const USERS: TableDef = TableDef {
+    live: "users",
+    columns: "id uuid NOT NULL, \
+              email text NOT NULL, \
+              name text NOT NULL, \
+              role text NOT NULL, \
+              active boolean NOT NULL, \
+              created_at timestamptz NOT NULL, \
+              version bigint NOT NULL, \
+              last_position bigint NOT NULL",
+    indexes: &[
+        ("email_idx", "(email)"),
+        ("created_idx", "(created_at, id)"),
+    ],
+};
+
+fn tables(kind: ProjectionKind) -> &'static [TableDef] {
+    match kind {
+        ProjectionKind::Customers => &[CUSTOMERS],
+        ProjectionKind::Users => &[USERS],
+    }
+}
+
+fn leader_lock(kind: ProjectionKind) -> i32 {
+    let index = ProjectionKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(0);
+    LEADER_LOCK_BASE + index as i32
+}
+
+const CUSTOMER_COLUMNS: &str = "id, name, email, phone, passport_number, country, source, \
+     status, notes, assigned_agent_ids, created_at, updated_at, version, deleted, erased, \
+     last_position";
+
+const USER_COLUMNS: &str = "id, email, name, role, active, created_at, version, last_position";
+
+fn create_table_sql(def: &TableDef, name: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS crm.{name} ({}, CONSTRAINT {name}_pkey PRIMARY KEY (id))",
+        def.columns
+    )
+}
+
+fn create_indexes_sql(def: &TableDef, name: &str) -> String {
+    def.indexes
+        .iter()
+        .map(|(suffix, body)| {
+            format!("CREATE INDEX IF NOT EXISTS {name}_{suffix} ON crm.{name} {body};")
+        })
+        .collect()
+}
+
+/// The PostgreSQL read models.
+#[derive(Clone)]
+pub(crate) struct PgReadStore {
+    pool: Pool,
+}
+
+impl PgReadStore {
+    /// Creates schema `crm` and whatever tables are missing.
+    pub async fn open(pool: Pool) -> Result<Self, StorageError> {
+        let store = Self { pool };
+        store.ensure_schema().await?;
+        Ok(store)
+    }
+
+    /// Idempotent, and serialised by an advisory lock so that several processes starting at
+    /// once do not race on `CREATE … IF NOT EXISTS` (which is not atomic in PostgreSQL). A
+    /// projection with a table missing restarts empty at checkpoint 0.
+    async fn ensure_schema(&self) -> Result<(), StorageError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&LOCK_CLASS, &SCHEMA_LOCK],
+        )
+        .await?;
+        tx.batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS crm; \
+             CREATE TABLE IF NOT EXISTS crm.projection_checkpoints (\
+                 projection text PRIMARY KEY, \
+                 position bigint NOT NULL, \
+                 version integer NOT NULL)",
+        )
+        .await?;
+        for kind in ProjectionKind::ALL {
+            let mut complete = true;
+            for def in tables(kind) {
+                let exists: bool = tx
+                    .query_one(
+                        "SELECT to_regclass($1) IS NOT NULL",
+                        &[&format!("crm.{}", def.live)],
+                    )
+                    .await?
+                    .try_get(0)?;
+                complete &= exists;
+                for stale in list_tables(&tx, &format!("{}_retired_%", def.live)).await? {
+                    tx.batch_execute(&format!("DROP TABLE IF EXISTS crm.{stale}"))
+                        .await?;
+                }
+            }
+            if !complete {
+                for def in tables(kind) {
+                    tx.batch_execute(&format!("DROP TABLE IF EXISTS crm.{}", def.live))
+                        .await?;
+                }
+            }
+            for def in tables(kind) {
+                tx.batch_execute(&create_table_sql(def, def.live)).await?;
+                tx.batch_execute(&create_indexes_sql(def, def.live)).await?;
+            }
+            let reset = if complete {
+                "ON CONFLICT (projection) DO NOTHING"
+            } else {
+                "ON CONFLICT (projection) DO UPDATE SET position = 0, version = EXCLUDED.version"
+            };
+            tx.execute(
+                &format!(
+                    "INSERT INTO crm.projection_checkpoints (projection, position, version) \
+                     VALUES ($1, 0, $2) {reset}"
+                ),
+                &[&kind.name(), &kind.version()],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Tables of schema `crm` whose names match a LIKE pattern (with `_` escaped, so that it
+/// matches only itself).
+async fn list_tables(tx: &Transaction<'_>, pattern: &str) -> Result<Vec<String>, StorageError> {
+    let escaped = pattern.replace('_', "\\_");
+    let rows = tx
+        .query(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'crm' AND tablename LIKE $1",
+            &[&escaped],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get::<_, String>(0).map_err(StorageError::from))
+        .collect()
+}
+
+// ---- row mapping ----------------------------------------------------------------------
+
+fn customer_from_row(row: &Row) -> Result<CustomerRow, StorageError> {
+    let status: String = row.try_get(7)?;
+    Ok(CustomerRow {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        email: row.try_get(2)?,
+        phone: row.try_get(3)?,
+        passport_number: row.try_get(4)?,
+        country: row.try_get(5)?,
+        source: row.try_get(6)?,
+        status: status
+            .parse()
+            .map_err(|_| StorageError::Corrupt("crm.customers: unknown status".into()))?,
+        notes: row.try_get(8)?,
+        assigned_agent_ids: row.try_get(9)?,
+        created_at: row.try_get(10)?,
+        updated_at: row.try_get(11)?,
+        version: row.try_get(12)?,
+        deleted: row.try_get(13)?,
+        erased: row.try_get(14)?,
+        last_position: row.try_get(15)?,
+    })
+}
+
+fn user_from_row(row: &Row) -> Result<UserRow, StorageError> {
+    let role: String = row.try_get(3)?;
+    Ok(UserRow {
+        id: row.try_get(0)?,
+        email: row.try_get(1)?,
+        name: row.try_get(2)?,
+        role: role
+            .parse()
+            .map_err(|_| StorageError::Corrupt("crm.users: unknown role".into()))?,
+        active: row.try_get(4)?,
+        created_at: row.try_get(5)?,
+        version: row.try_get(6)?,
+        last_position: row.try_get(7)?,
+    })
+}
+
+// ---- batch application ----------------------------------------------------------------
+
+fn table_for(live: &str, shadow: Option<&Shadow>) -> String {
+    match shadow {
+        Some(s) => s.table(live),
+        None => live.to_owned(),
+    }
+}
+
+/// Prepares a statement of the batch path. Statements on live tables are cached per
+/// connection; statements on shadow tables are not, since each rebuild's tables have new
+/// names and cached statements for them would only pile up.
+async fn prepare(
+    tx: &Transaction<'_>,
+    sql: &str,
+    cached: bool,
+) -> Result<tokio_postgres::Statement, StorageError> {
+    Ok(if cached {
+        tx.prepare_cached(sql).await?
+    } else {
+        tx.prepare(sql).await?
+    })
+}
+
+async fn load_customers(
+    tx: &Transaction<'_>,
+    table: &str,
+    ids: &[Uuid],
+    cached: bool,
+) -> Result<Vec<CustomerRow>, StorageError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!("SELECT {CUSTOMER_COLUMNS} FROM crm.{table} WHERE id = ANY($1)");
+    let stmt = prepare(tx, &sql, cached).await?;
+    let rows = tx.query(&stmt, &[&ids]).await?;
+    rows.iter().map(customer_from_row).collect()
+}
+
+async fn load_users(
+    tx: &Transaction<'_>,
+    table: &str,
+    ids: &[Uuid],
+    cached: bool,
+) -> Result<Vec<UserRow>, StorageError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!("SELECT {USER_COLUMNS} FROM crm.{table} WHERE id = ANY($1)");
+    let stmt = prepare(tx, &sql, cached).await?;
+    let rows = tx.query(&stmt, &[&ids]).await?;
+    rows.iter().map(user_from_row).collect()
+}
+
+/// A uuid list as a PostgreSQL array literal, cast to `uuid[]` in SQL: `unnest` flattens
+/// nested arrays, so per-row arrays travel as text.
+fn uuid_array_literal(ids: &[Uuid]) -> String {
+    let mut s = String::with_capacity(2 + ids.len() * 37);
+    s.push('{');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&id.hyphenated().to_string());
+    }
+    s.push('}');
+    s
+}
+
+async fn write_customers(
+    tx: &Transaction<'_>,
+    table: &str,
+    cached: bool,
+    touched: &[Touched<CustomerRow>],
+) -> Result<(), StorageError> {
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let n = touched.len();
+    let mut id = Vec::with_capacity(n);
+    let mut name = Vec::with_capacity(n);
+    let mut email = Vec::with_capacity(n);
+    let mut phone = Vec::with_capacity(n);
+    let mut passport = Vec::with_capacity(n);
+    let mut country = Vec::with_capacity(n);
+    let mut source = Vec::with_capacity(n);
+    let mut status = Vec::with_capacity(n);
+    let mut notes = Vec::with_capacity(n);
+    let mut agents = Vec::with_capacity(n);
+    let mut created: Vec<DateTime<Utc>> = Vec::with_capacity(n);
+    let mut updated: Vec<DateTime<Utc>> = Vec::with_capacity(n);
+    let mut version = Vec::with_capacity(n);
+    let mut deleted = Vec::with_capacity(n);
+    let mut erased = Vec::with_capacity(n);
+    let mut last = Vec::with_capacity(n);
+    let mut search = Vec::with_capacity(n);
+    for t in touched {
+        let r = &t.row;
+        id.push(r.id);
+        name.push(r.name.as_str());
+        email.push(r.email.as_deref());
+        phone.push(r.phone.as_deref());
+        passport.push(r.passport_number.as_deref());
+        country.push(r.country.as_deref());
+        source.push(r.source.as_deref());
+        status.push(r.status.as_str());
+        notes.push(r.notes.as_deref());
+        agents.push(uuid_array_literal(&r.assigned_agent_ids));
+        created.push(r.created_at);
+        updated.push(r.updated_at);
+        version.push(r.version);
+        deleted.push(r.deleted);
+        erased.push(r.erased);
+        last.push(r.last_position);
+        search.push(search_text(r));
+    }
+    let sql = format!(
+        "INSERT INTO crm.{table} ({CUSTOMER_COLUMNS}, search_text) \
+             SELECT id, name, email, phone, passport_number, country, source, status, notes, \
+                    agents::uuid[], created_at, updated_at, version, deleted, erased, \
+                    last_position, search_text \
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
+                         $11::timestamptz[], $12::timestamptz[], $13::int8[], $14::bool[], \
+                         $15::bool[], $16::int8[], $17::text[]) \
+                  AS u(id, name, email, phone, passport_number, country, source, status, \
+                       notes, agents, created_at, updated_at, version, deleted, erased, \
+                       last_position, search_text) \
+             ON CONFLICT (id) DO UPDATE SET \
+               name = EXCLUDED.name, email = EXCLUDED.email, phone = EXCLUDED.phone, \
+               passport_number = EXCLUDED.passport_number, country = EXCLUDED.country, \
+               source = EXCLUDED.source, status = EXCLUDED.status, notes = EXCLUDED.notes, \
+               assigned_agent_ids = EXCLUDED.assigned_agent_ids, \
+               created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
+               version = EXCLUDED.version, deleted = EXCLUDED.deleted, \
+               erased = EXCLUDED.erased, last_position = EXCLUDED.last_position, \
+               search_text = EXCLUDED.search_text"
+    );
+    let stmt = prepare(tx, &sql, cached).await?;
+    tx.execute(
+        &stmt,
+        &[
+            &id, &name, &email, &phone, &passport, &country, &source, &status, &notes, &agents,
+            &created, &updated, &version, &deleted, &erased, &last, &search,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn write_users(
+    tx: &Transaction<'_>,
+    table: &str,
+    cached: bool,
+    touched: &[Touched<UserRow>],
+) -> Result<(), StorageError> {
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let rows = touched.iter().map(|t| &t.row);
+    let id: Vec<Uuid> = rows.clone().map(|r| r.id).collect();
+    let email: Vec<&str> = rows.clone().map(|r| r.email.as_str()).collect();
+    let name: Vec<&str> = rows.clone().map(|r| r.name.as_str()).collect();
+    let role: Vec<&str> = rows.clone().map(|r| r.role.as_str()).collect();
+    let active: Vec<bool> = rows.clone().map(|r| r.active).collect();
+    let created: Vec<DateTime<Utc>> = rows.clone().map(|r| r.created_at).collect();
+    let version: Vec<i64> = rows.clone().map(|r| r.version).collect();
+    let last: Vec<i64> = rows.map(|r| r.last_position).collect();
+    let sql = format!(
+        "INSERT INTO crm.{table} ({USER_COLUMNS}) \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], \
+                                  $5::bool[], $6::timestamptz[], $7::int8[], $8::int8[]) \
+             ON CONFLICT (id) DO UPDATE SET \
+               email = EXCLUDED.email, name = EXCLUDED.name, role = EXCLUDED.role, \
+               active = EXCLUDED.active, created_at = EXCLUDED.created_at, \
+               version = EXCLUDED.version, last_position = EXCLUDED.last_position"
+    );
+    let stmt = prepare(tx, &sql, cached).await?;
+    tx.execute(
+        &stmt,
+        &[
+            &id, &email, &name, &role, &active, &created, &version, &last,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn apply_work(
+    tx: &Transaction<'_>,
+    shadow: Option<&Shadow>,
+    work: &Work,
+) -> Result<(), StorageError> {
+    let cached = shadow.is_none();
+    match work {
+        Work::Customers(plan) => {
+            let table = table_for(CUSTOMERS.live, shadow);
+            let loaded = load_customers(tx, &table, &plan.load, cached).await?;
+            let touched = fold_customers(plan, loaded);
+            write_customers(tx, &table, cached, &touched).await
+        }
+        Work::Users(plan) => {
+            let table = table_for(USERS.live, shadow);
+            let loaded = load_users(tx, &table, &plan.load, cached).await?;
+            let touched = fold_users(plan, loaded);
+            write_users(tx, &table, cached, &touched).await
+        }
+    }
+}
+
+/// Locks the checkpoint row for the rest of the transaction and answers its position. Every
+/// writer of a projection's live tables takes this lock first, so they never deadlock on
+/// each other and a swap waits for an apply that already started (and vice versa).
+async fn lock_checkpoint(tx: &Transaction<'_>, kind: ProjectionKind) -> Result<i64, StorageError> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT position FROM crm.projection_checkpoints WHERE projection = $1 FOR UPDATE",
+        )
+        .await?;
+    Ok(match tx.query_opt(&stmt, &[&kind.name()]).await? {
+        Some(row) => row.try_get(0)?,
+        None => 0,
+    })
+}
+
+async fn set_checkpoint(
+    tx: &Transaction<'_>,
+    kind: ProjectionKind,
+    to: i64,
+) -> Result<(), StorageError> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO crm.projection_checkpoints (projection, position, version) \
+             VALUES ($1, $2, $3) \
+             ON CONFLICT (projection) DO UPDATE \
+             SET position = EXCLUDED.position, version = EXCLUDED.version",
+        )
+        .await?;
+    tx.execute(&stmt, &[&kind.name(), &to, &kind.version()])
+        .await?;
+    Ok(())
+}
+
+// ---- queries ----------------------------------------------------------------------------
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+fn customer_filter(q: &CustomerQuery) -> (String, Vec<Param>) {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut args: Vec<Param> = Vec::new();
+    if !q.include_deleted {
+        clauses.push("NOT deleted".into());
+    }
+    if let Some(s) = q.status {
+        args.push(Box::new(s.as_str().to_owned()));
+        clauses.push(format!("status = ${}", args.len()));
+    }
+    if let Some(needle) = q.q.as_deref().and_then(search_needle) {
+        args.push(Box::new(needle));
+        clauses.push(format!("strpos(search_text, ${}) > 0", args.len()));
+    }
+    let assigned = match q.visibility {
+        Visibility::All => None,
+        Visibility::AssignedTo(me) => Some(me),
+    };
+    for agent in [q.agent_id, assigned].into_iter().flatten() {
+        args.push(Box::new(vec![agent.as_uuid()]));
+        // `@>` rather than `= ANY`, so the GIN index on the array can answer it.
+        clauses.push(format!("assigned_agent_ids @> ${}::uuid[]", args.len()));
+    }
+    let sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    (sql, args)
+}
+
+fn refs(args: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    args.iter()
+        .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+#[async_trait]
+impl ReadStore for PgReadStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn checkpoint(&self, kind: ProjectionKind) -> Result<Checkpoint, StorageError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached(
+                "SELECT position, version FROM crm.projection_checkpoints WHERE projection = $1",
+            )
+            .await?;
+        Ok(match conn.query_opt(&stmt, &[&kind.name()]).await? {
+            Some(row) => Checkpoint {
+                position: row.try_get(0)?,
+                version: row.try_get(1)?,
+            },
+            None => Checkpoint {
+                position: 0,
+                version: kind.version(),
+            },
+        })
+    }
+
+    async fn apply_live(
+        &self,
+        kind: ProjectionKind,
+        work: Work,
+        from: i64,
+        to: i64,
+    ) -> Result<Applied, StorageError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        let stored = lock_checkpoint(&tx, kind).await?;
+        if stored != from {
+            tx.rollback().await?;
+            return Ok(Applied::Moved(stored));
+        }
+        apply_work(&tx, None, &work).await?;
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE crm.projection_checkpoints SET position = $2 WHERE projection = $1",
+            )
+            .await?;
+        tx.execute(&stmt, &[&kind.name(), &to]).await?;
+        tx.commit().await?;
+        Ok(Applied::Done)
+    }
+
+    async fn create_shadow(&self, kind: ProjectionKind) -> Result<Shadow, StorageError> {
+        let shadow = Shadow::new(kind);
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        for def in tables(kind) {
+            for stale in list_tables(&tx, &format!("{}_rebuild_%", def.live)).await? {
+                tx.batch_execute(&format!("DROP TABLE IF EXISTS crm.{stale}"))
+                    .await?;
+            }
+            tx.batch_execute(&create_table_sql(def, &shadow.table(def.live)))
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(shadow)
+    }
+
+    async fn apply_shadow(&self, shadow: &Shadow, work: Work) -> Result<(), StorageError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        apply_work(&tx, Some(shadow), &work).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn index_shadow(&self, shadow: &Shadow) -> Result<(), StorageError> {
+        let conn = self.pool.get().await?;
+        for def in tables(shadow.kind) {
+            let name = shadow.table(def.live);
+            conn.batch_execute(&create_indexes_sql(def, &name)).await?;
+            // Fresh statistics, so the planner uses the new indexes from the first query.
+            conn.batch_execute(&format!("ANALYZE crm.{name}")).await?;
+        }
+        Ok(())
+    }
+
+    async fn swap(&self, shadow: &Shadow, tail: Work, to: i64) -> Result<(), StorageError> {
+        let kind = shadow.kind;
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        lock_checkpoint(&tx, kind).await?;
+        apply_work(&tx, Some(shadow), &tail).await?;
+        for def in tables(kind) {
+            let live = def.live;
+            let from = shadow.table(live);
+            let mut sql = format!(
+                "DROP TABLE crm.{live}; \
+                 ALTER TABLE crm.{from} RENAME TO {live}; \
+                 ALTER INDEX crm.{from}_pkey RENAME TO {live}_pkey;"
+            );
+            for (suffix, _) in def.indexes {
+                sql.push_str(&format!(
+                    "ALTER INDEX crm.{from}_{suffix} RENAME TO {live}_{suffix};"
+                ));
+            }
+            tx.batch_execute(&sql).await?;
+        }
+        set_checkpoint(&tx, kind, to).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn discard_shadow(&self, shadow: &Shadow) -> Result<(), StorageError> {
+        let conn = self.pool.get().await?;
+        for def in tables(shadow.kind) {
+            conn.batch_execute(&format!(
+                "DROP TABLE IF EXISTS crm.{}",
+                shadow.table(def.live)
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn try_lead(&self, kind: ProjectionKind) -> Result<Option<Leadership>, StorageError> {
+        let conn = self.pool.get().await?;
+        let got: bool = conn
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&LOCK_CLASS, &leader_lock(kind)],
+            )
+            .await?
+            .try_get(0)?;
+        if !got {
+            // Not granted, so this connection holds nothing and goes back to the pool.
+            return Ok(None);
+        }
+        // A session lock lives as long as its connection, so the connection leaves the pool
+        // for good: it is closed (and the lock released) when the leadership is dropped, and
+        // never handed to anyone else while it holds the lock.
+        Ok(Some(Leadership::Postgres(Object::take(conn))))
+    }
+
+    async fn get_customer(&self, id: Uuid) -> Result<Option<CustomerRow>, StorageError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {CUSTOMER_COLUMNS} FROM crm.customers WHERE id = $1"
+            ))
+            .await?;
+        conn.query_opt(&stmt, &[&id])
+            .await?
+            .as_ref()
+            .map(customer_from_row)
+            .transpose()
+    }
+
+    async fn list_customers(
+        &self,
+        query: &CustomerQuery,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<CustomerRow>, u64), StorageError> {
+        let (filter, mut args) = customer_filter(query);
+        let mut conn = self.pool.get().await?;
+        // One snapshot for the total and the page.
+        let tx = conn
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let count = tx
+            .prepare_cached(&format!("SELECT count(*) FROM crm.customers {filter}"))
+            .await?;
+        let total: i64 = tx.query_one(&count, &refs(&args)).await?.try_get(0)?;
+        let n = args.len();
+        args.push(Box::new(i64::from(limit)));
+        args.push(Box::new(i64::try_from(offset).unwrap_or(i64::MAX)));
+        let page = tx
+            .prepare_cached(&format!(
+                "SELECT {CUSTOMER_COLUMNS} FROM crm.customers {filter} \
+                 ORDER BY created_at DESC, id LIMIT ${} OFFSET ${}",
+                n + 1,
+                n + 2
+            ))
+            .await?;
+        let rows = tx.query(&page, &refs(&args)).await?;
+        tx.commit().await?;
+        let items = rows
+            .iter()
+            .map(customer_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((items, u64::try_from(total).unwrap_or(0)))
+    }
+
+    async fn all_customers(&self) -> Result<Vec<CustomerRow>, StorageError> {
+        let conn = self.pool.get().await?;
+        let rows = conn
+            .query(
+                &format!("SELECT {CUSTOMER_COLUMNS} FROM crm.customers ORDER BY id"),
+                &[],
+            )
+            .await?;
+        rows.iter().map(customer_from_row).collect()
+    }
+
+    async fn get_user(&self, id: Uuid) -> Result<Option<UserRow>, StorageError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM crm.users WHERE id = $1"
+            ))
+            .await?;
+        conn.query_opt(&stmt, &[&id])
+            .await?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
+    }
+
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserRow>, StorageError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM crm.users WHERE email = $1 \
+                 ORDER BY created_at, id LIMIT 1"
+            ))
+            .await?;
+        conn.query_opt(&stmt, &[&email])
+            .await?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRow>, StorageError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM crm.users ORDER BY created_at, id"
+            ))
+            .await?;
+        let rows = conn.query(&stmt, &[]).await?;
+        rows.iter().map(user_from_row).collect()
+    }
+}

@@ -1,0 +1,173 @@
+//! Spawns the real application on port 0 with a fresh store, and talks to it over HTTP.
+
+#![allow(dead_code)]
+
+use egec_api::app::Running;
+use egec_api::config::Config;
+use egec_domain::Role;
+use egec_domain::event::Metadata;
+use reqwest::{Client, Method, Response, StatusCode};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Keeps the store alive (temp dir or database) for as long as the test holds it.
+pub enum StoreGuard {
+    Sqlite(tempfile::TempDir),
+    Postgres(egec_commands::testing::PgDropGuard, tempfile::TempDir),
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub running: Running,
+    pub client: Client,
+    pub backend: Backend,
+    pub database_url: Option<String>,
+    pub data_dir: std::path::PathBuf,
+    pub _store: StoreGuard,
+}
+
+pub const PASSWORD: &str = "a long enough test passphrase";
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut env: HashMap<String, String> = HashMap::new();
+        env.insert("EGEC_LISTEN".into(), "127.0.0.1:0".into());
+        env.insert("EGEC_DATA_DIR".into(), dir.path().display().to_string());
+        env.insert(
+            "EGEC_JWT_SECRET".into(),
+            "test-secret-test-secret-test-secret!".into(),
+        );
+        env.insert("EGEC_MASTER_KEY".into(), "11".repeat(32));
+        env.insert("EGEC_PHONE_DEFAULT_REGION".into(), "GB".into());
+        env.insert("EGEC_DB_POOL_SIZE".into(), "8".into());
+        let data_dir = dir.path().to_path_buf();
+        let (guard, url) = match backend {
+            Backend::Sqlite => (StoreGuard::Sqlite(dir), None),
+            Backend::Postgres => {
+                let (url, guard) = egec_commands::testing::fresh_postgres().await;
+                env.insert("DATABASE_URL".into(), url.clone());
+                (StoreGuard::Postgres(guard, dir), Some(url))
+            }
+        };
+        let config = Config::from_source(&env).expect("test config is valid");
+        let running = egec_api::app::start(config).await.expect("app starts");
+        TestApp {
+            base: format!("http://{}", running.addr),
+            running,
+            client: Client::new(),
+            backend,
+            database_url: url,
+            data_dir,
+            _store: guard,
+        }
+    }
+
+    /// Creates a staff user the way `egec user create` does; answers the user id.
+    pub async fn user(&self, email: &str, role: Role) -> uuid::Uuid {
+        let s = &self.running.state;
+        let meta = Metadata::system(uuid::Uuid::now_v7(), chrono::Utc::now());
+        let (id, position) = egec_api::users::create_user(
+            &s.bus,
+            s.read(),
+            &s.passwords,
+            email,
+            "Test User",
+            role,
+            &SecretString::from(PASSWORD.to_owned()),
+            &meta,
+        )
+        .await
+        .expect("user created");
+        assert!(
+            s.runner
+                .wait_for(position, std::time::Duration::from_secs(10))
+                .await
+        );
+        id.as_uuid()
+    }
+
+    pub async fn login(&self, email: &str) -> String {
+        let r = self
+            .post(
+                "/api/auth/login",
+                None,
+                json!({ "email": email, "password": PASSWORD }),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.expect("json");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// A user of the role, logged in: answers (user id, token).
+    pub async fn as_role(&self, role: Role) -> (uuid::Uuid, String) {
+        let email = format!(
+            "{}-{}@egec.example",
+            role.as_str(),
+            uuid::Uuid::now_v7().simple()
+        );
+        let id = self.user(&email, role).await;
+        (id, self.login(&email).await)
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut r = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        self.request(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Response {
+        self.request(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> Response {
+        self.request(Method::PATCH, path, token, Some(body)).await
+    }
+}
+
+pub async fn json_of(r: Response) -> Value {
+    r.json().await.expect("json body")
+}
+
+/// Runs the same async test body on both backends, as two test functions.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn on_sqlite() {
+                ($body)(support::TestApp::spawn(support::Backend::Sqlite).await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn on_postgres() {
+                ($body)(support::TestApp::spawn(support::Backend::Postgres).await).await;
+            }
+        }
+    };
+}
