@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod http_metrics;
 pub mod json;
 pub mod openapi;
 pub mod routes;

@@ -6,7 +6,7 @@ use crate::crypto::{self, CryptoError};
 use crate::store::{NewEvent, RecordedEvent};
 use crate::vault::{SubjectKey, Vault, VaultError};
 use chrono::{DateTime, Datelike, Utc};
-use egec_domain::encoding::{DecodeError, Encoded, split_payload};
+use egec_domain::encoding::{DecodeError, DecryptedEvent, Encoded, split_payload, upcast};
 use egec_domain::event::{DomainEvent, Envelope, Metadata};
 use egec_domain::personal::Personal;
 use serde_json::{Map, Value, json};
@@ -153,13 +153,11 @@ impl Codec {
         Ok(out)
     }
 
-    /// Decrypts, upcasts and decodes one stored event.
-    pub async fn decode(&self, rec: &RecordedEvent) -> Result<Envelope, CodecError> {
+    /// Decrypts one stored event's personal fields (or marks them erased) and upcasts it to
+    /// the current schema, without decoding it into a domain type: the view compliance
+    /// replay prints.
+    pub async fn decrypt(&self, rec: &RecordedEvent) -> Result<DecryptedEvent, CodecError> {
         let position = rec.global_position;
-        let corrupt = |problem: &str| CodecError::Corrupt {
-            position,
-            problem: problem.to_owned(),
-        };
         let (facts, personal) = split_payload(&rec.payload)?;
         let subject = rec.payload.get("subject").and_then(Value::as_str);
         let personal = match subject {
@@ -168,14 +166,25 @@ impl Codec {
                     .await?
             }
             None if personal.is_empty() => BTreeMap::new(),
-            None => return Err(corrupt("personal fields without a subject")),
+            None => {
+                return Err(CodecError::Corrupt {
+                    position,
+                    problem: "personal fields without a subject".to_owned(),
+                });
+            }
         };
-        let event = DomainEvent::decode(Encoded {
+        Ok(upcast(Encoded {
             event_type: rec.event_type.clone(),
             schema_version: rec.schema_version,
             facts,
             personal,
-        })?;
+        })?)
+    }
+
+    /// Decrypts, upcasts and decodes one stored event.
+    pub async fn decode(&self, rec: &RecordedEvent) -> Result<Envelope, CodecError> {
+        let position = rec.global_position;
+        let event = DomainEvent::decode(self.decrypt(rec).await?)?;
         let metadata = self.decode_metadata(rec).await?;
         Ok(Envelope {
             position,

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use egec_commands::handler::CommandBus;
 use egec_commands::store::verify::verify_chain;
 use egec_commands::store::{EventLog, ReadBound, StoreError};
+use egec_domain::encoding::DecryptedEvent;
 use egec_domain::event::Envelope;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -31,17 +32,22 @@ pub async fn verify(log: &dyn EventLog) -> Result<Verification, StoreError> {
     })
 }
 
-/// One decoded event as a JSON object: position, stream, type, actor, time and the event's
-/// facts and (decrypted, or `[ERASED]`) personal fields in their persisted shape.
-pub fn envelope_json(env: &Envelope) -> Value {
-    let enc = env.event.encode();
+/// One event as a JSON object: position, stream, type, actor, time and the event's facts and
+/// personal fields (decrypted, or `[ERASED]` once the subject's key is destroyed) in their
+/// persisted shape, upcast to the current schema.
+pub fn envelope_json(env: &Envelope, decrypted: &DecryptedEvent) -> Value {
+    let personal: serde_json::Map<String, Value> = decrypted
+        .personal
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.shown().to_owned())))
+        .collect();
     json!({
         "position": env.position,
         "stream_id": env.stream_id,
         "version": env.stream_version,
         "event_id": env.event_id,
-        "event_type": enc.event_type,
-        "schema_version": enc.schema_version,
+        "event_type": decrypted.event_type,
+        "schema_version": decrypted.schema_version,
         "action": env.event.action(),
         "recorded_at": env.recorded_at,
         "occurred_at": env.metadata.occurred_at,
@@ -50,8 +56,8 @@ pub fn envelope_json(env: &Envelope) -> Value {
             "role": env.metadata.actor_role.map(|r| r.as_str()),
         },
         "correlation_id": env.metadata.correlation_id,
-        "facts": enc.facts,
-        "personal": enc.personal,
+        "facts": decrypted.facts,
+        "personal": personal,
     })
 }
 
@@ -62,9 +68,11 @@ pub async fn history(
     as_of: Option<DateTime<Utc>>,
 ) -> anyhow::Result<Vec<String>> {
     let bound = as_of.map(ReadBound::Time).unwrap_or(ReadBound::None);
-    let events = bus.stream_events(stream, bound).await?;
-    Ok(events
-        .iter()
-        .map(|e| envelope_json(e).to_string())
-        .collect())
+    let mut lines = Vec::new();
+    for rec in bus.log().read_stream(stream, 1, bound).await? {
+        let decrypted = bus.codec().decrypt(&rec).await?;
+        let env = bus.codec().decode(&rec).await?;
+        lines.push(envelope_json(&env, &decrypted).to_string());
+    }
+    Ok(lines)
 }

@@ -15,6 +15,8 @@ both_backends!(
         assert_eq!(body["status"], "ready");
         let metrics = app.get("/metrics", None).await.text().await.unwrap();
         assert!(metrics.contains("egec_projection"), "{metrics}");
+        assert!(metrics.contains("egec_http_requests_total"), "{metrics}");
+        assert!(metrics.contains("route=\"/healthz\""), "{metrics}");
         let doc: Value = app
             .get("/api/openapi.json", None)
             .await
