@@ -163,10 +163,12 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<ExitCode> {
                 &core.bus,
                 runner.read_models(),
                 &passwords,
-                &email,
-                &name,
-                role,
-                &password,
+                crate::users::NewUser {
+                    email: &email,
+                    name: &name,
+                    role,
+                    password: &password,
+                },
                 &meta,
             )
             .await?;

@@ -29,16 +29,27 @@ pub enum CreateUserError {
 /// the identity work).
 pub const MIN_PASSWORD_LEN: usize = 12;
 
+/// What a new staff user is made of, as given (not yet validated).
+pub struct NewUser<'a> {
+    pub email: &'a str,
+    pub name: &'a str,
+    pub role: Role,
+    pub password: &'a SecretString,
+}
+
 pub async fn create_user(
     bus: &CommandBus,
     read: &ReadModels,
     passwords: &Passwords,
-    email: &str,
-    name: &str,
-    role: Role,
-    password: &SecretString,
+    new: NewUser<'_>,
     meta: &Metadata,
 ) -> Result<(UserId, i64), CreateUserError> {
+    let NewUser {
+        email,
+        name,
+        role,
+        password,
+    } = new;
     let email = Email::parse(email).map_err(|e| CreateUserError::Invalid {
         field: "email",
         problem: e.to_string(),

@@ -64,7 +64,7 @@ pub async fn login(
                 .bus
                 .load::<UserAggregate>(&id.stream_id())
                 .await
-                .map_err(|e| from_handler(e, |e| ApiError::internal(e)))?
+                .map_err(|e| from_handler(e, ApiError::internal))?
             {
                 (UserState::Present(u), _) => Some(u),
                 (UserState::Absent, _) => None,

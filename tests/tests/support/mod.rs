@@ -78,10 +78,12 @@ impl TestApp {
             &s.bus,
             s.read(),
             &s.passwords,
-            email,
-            "Test User",
-            role,
-            &SecretString::from(PASSWORD.to_owned()),
+            egec_api::users::NewUser {
+                email,
+                name: "Test User",
+                role,
+                password: &SecretString::from(PASSWORD.to_owned()),
+            },
             &meta,
         )
         .await
