@@ -36,9 +36,25 @@ impl PhoneE164 {
         ))
     }
 
-    /// Rebuilds a value that was stored in E.164 form by this type.
+    /// Rebuilds a value that this type stored in E.164 form.
+    ///
+    /// The number was checked against the numbering plan when it was written; re-running
+    /// libphonenumber on every read would dominate replay time and could even refuse a number
+    /// that was valid when recorded but not under newer metadata. History must read back as
+    /// it was, so only the E.164 shape is checked here: `+`, then 8 to 15 digits (the ITU
+    /// E.164 maximum), the first not zero.
     pub fn from_stored(s: &str) -> Result<Self, Invalid> {
-        Self::parse(s, None)
+        let digits = s
+            .strip_prefix('+')
+            .ok_or(Invalid("stored phone is not in E.164 form"))?;
+        let shape_ok = (8..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0');
+        if shape_ok {
+            Ok(PhoneE164(s.to_owned()))
+        } else {
+            Err(Invalid("stored phone is not in E.164 form"))
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -81,6 +97,14 @@ mod tests {
                 .as_str(),
             "+201012345678"
         );
+    }
+
+    #[test]
+    fn stored_values_are_read_back_by_shape_without_reparsing() {
+        assert_eq!(PhoneE164::from_stored("+442079460958").unwrap().as_str(), "+442079460958");
+        for bad in ["442079460958", "+0442079460958", "+44 20", "+4420794609581234", "+44a2079460958"] {
+            assert!(PhoneE164::from_stored(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
