@@ -1,0 +1,414 @@
+//! `egec-bench`: measures the write path and the rebuild speed on PostgreSQL and SQLite, next
+//! to the database's own limits with the same row shape, measured in the same run.
+//!
+//! Run with `cargo run --release -p egec-bench -- [--quick]`. The last line printed is one
+//! line of JSON with every figure, for scripts; everything above it is for people.
+
+mod batch_sizes;
+mod dblimits;
+mod profile;
+mod projections;
+mod rebuild;
+mod report;
+mod rng;
+mod setup;
+mod workload;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use egec_commands::codec::Codec;
+use egec_commands::crypto::Key;
+use egec_commands::master_key::MasterKey;
+use egec_commands::vault::Vault;
+use egec_domain::CustomerId;
+use egec_domain::event::DomainEvent;
+use uuid::Uuid;
+
+use crate::batch_sizes::BatchSizes;
+use crate::dblimits::Shape;
+use crate::rebuild::MemKeys;
+use crate::report::{BackendReport, CommandRow, RebuildRow};
+use crate::setup::{PgDatabase, write_side};
+use crate::workload::{RunConfig, Samples};
+
+/// The maintenance database the benchmark databases are created from.
+const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Client counts of the command runs (and connection counts of the single-row INSERTs).
+const CLIENTS: [usize; 2] = [16, 64];
+
+/// Aggregate and key cache size of the command runs: big enough that every customer a
+/// client may update is still cached, as on a server that has been running a while.
+const COMMAND_CACHE: usize = 100_000;
+
+#[derive(Debug, Parser)]
+#[command(about = "Egec write-path and rebuild benchmark (PostgreSQL and SQLite)")]
+struct Args {
+    /// Short run: 2 s measured windows and 100,000 events for the rebuild.
+    #[arg(long)]
+    quick: bool,
+    /// Local PostgreSQL maintenance database; benchmark databases are created beside it and
+    /// dropped afterwards.
+    #[arg(long, env = "EGEC_BENCH_PG_URL", default_value = DEFAULT_ADMIN_URL)]
+    pg_admin_url: String,
+    /// Leave PostgreSQL out.
+    #[arg(long)]
+    skip_postgres: bool,
+    /// Leave SQLite out.
+    #[arg(long)]
+    skip_sqlite: bool,
+    /// Leave the seeding and rebuild measurements out (they take the longest).
+    #[arg(long)]
+    skip_rebuild: bool,
+    /// Connection pool size of the write side (the server's default is 16).
+    #[arg(long, default_value_t = 16)]
+    pool_size: usize,
+    /// Most requests the appender writes in one transaction.
+    #[arg(long, default_value_t = 1024)]
+    max_batch: usize,
+    /// Events to seed for the rebuild (default 1,000,000; 100,000 with --quick).
+    #[arg(long)]
+    events: Option<u64>,
+    /// Events per customer in the seeded log (one create, the rest updates).
+    #[arg(long, default_value_t = 10)]
+    events_per_customer: u64,
+    /// Only measure the codec's CPU cost (encode and decode of one create, keys in memory,
+    /// no database) for this many seconds each, then exit: a short target for a profiler.
+    #[arg(long)]
+    codec_only: Option<f64>,
+}
+
+/// Durations and sizes of one invocation.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    warmup: Duration,
+    measure: Duration,
+    events: u64,
+    customers: u64,
+    pool_size: usize,
+    max_batch: usize,
+    rebuild: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(seconds) = args.codec_only {
+        return codec_only(seconds).await;
+    }
+    setup::ensure_local(&args.pg_admin_url)?;
+    let events = args
+        .events
+        .unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
+    let plan = Plan {
+        warmup: Duration::from_secs(1),
+        measure: Duration::from_secs(if args.quick { 2 } else { 5 }),
+        events,
+        customers: events.div_ceil(args.events_per_customer.max(1)),
+        pool_size: args.pool_size.max(1),
+        max_batch: args.max_batch.max(1),
+        rebuild: !args.skip_rebuild,
+    };
+    let batch_sizes = BatchSizes::install()?;
+    let samples = Arc::new(Samples::new()?);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "egec-bench: {cores} cores, warm-up {:?}, window {:?}, {} clients, {} events to rebuild",
+        plan.warmup,
+        plan.measure,
+        CLIENTS.map(|c| c.to_string()).join("/"),
+        plan.events
+    );
+
+    let mut reports = Vec::new();
+    if !args.skip_postgres {
+        reports.push(postgres(&args.pg_admin_url, plan, &samples, &batch_sizes).await);
+    }
+    if !args.skip_sqlite {
+        reports.push(sqlite(plan, &samples, &batch_sizes).await);
+    }
+
+    report::print_table(&reports, plan.measure, plan.warmup);
+    println!(
+        "{}",
+        report::json_line(&reports, cores, args.quick, plan.measure, plan.warmup)
+    );
+    if reports.iter().any(|r| !r.errors.is_empty()) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The codec's CPU cost alone, with an in-memory key table.
+async fn codec_only(seconds: f64) -> anyhow::Result<()> {
+    let samples = Samples::new()?;
+    let master = MasterKey::from_key(Key::generate()?);
+    let vault = Vault::new(Arc::new(MemKeys::default()), master, 1024);
+    let codec = Codec::new(Arc::new(vault));
+    let budget = Duration::from_secs_f64(seconds.clamp(0.1, 600.0));
+    let (encode_us, decode_us) = profile::codec_costs(&codec, &samples, budget).await?;
+    println!("Codec::encode of a create: {encode_us:.2} µs");
+    println!("Codec::decode of a create (key cached): {decode_us:.2} µs");
+    // Decoding re-validates the stored phone number through libphonenumber; time that alone
+    // to show its share of the decode.
+    let started = std::time::Instant::now();
+    let mut n = 0_u64;
+    while started.elapsed() < budget {
+        egec_domain::values::PhoneE164::from_stored("+442079460001")?;
+        n += 1;
+    }
+    println!(
+        "PhoneE164::from_stored (part of every decode with a phone): {:.2} µs",
+        started.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64
+    );
+    Ok(())
+}
+
+/// Every PostgreSQL measurement, each phase in a fresh database that is dropped afterwards
+/// whatever happened.
+async fn postgres(
+    admin_url: &str,
+    plan: Plan,
+    samples: &Arc<Samples>,
+    batch_sizes: &BatchSizes,
+) -> BackendReport {
+    let mut report = BackendReport::new("postgres");
+    let scratch_dir = match tempfile::Builder::new().prefix("egec-bench-").tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            report.errors.push(format!("temp dir: {e}"));
+            return report;
+        }
+    };
+    eprintln!("postgres: commands and database limits ...");
+    match PgDatabase::create(admin_url, "cmd").await {
+        Ok(db) => {
+            let url = db.url.clone();
+            let outcome =
+                commands_and_limits(Some(&url), scratch_dir.path(), plan, samples, batch_sizes)
+                    .await;
+            absorb(&mut report, outcome);
+            if let Err(e) = db.drop_now().await {
+                report.errors.push(format!("{e:#}"));
+            }
+        }
+        Err(e) => report.errors.push(format!("{e:#}")),
+    }
+    if plan.rebuild {
+        eprintln!(
+            "postgres: seeding {} events and rebuilding ...",
+            plan.events
+        );
+        match PgDatabase::create(admin_url, "rebuild").await {
+            Ok(db) => {
+                let url = db.url.clone();
+                match seed_and_rebuild(Some(&url), scratch_dir.path(), plan, samples).await {
+                    Ok(row) => report.rebuild = Some(row),
+                    Err(e) => report.errors.push(format!("rebuild: {e:#}")),
+                }
+                if let Err(e) = db.drop_now().await {
+                    report.errors.push(format!("{e:#}"));
+                }
+            }
+            Err(e) => report.errors.push(format!("{e:#}")),
+        }
+    }
+    report
+}
+
+/// Every SQLite measurement, each phase in a fresh temporary directory.
+async fn sqlite(plan: Plan, samples: &Arc<Samples>, batch_sizes: &BatchSizes) -> BackendReport {
+    let mut report = BackendReport::new("sqlite");
+    let dirs = (
+        tempfile::Builder::new().prefix("egec-bench-").tempdir(),
+        tempfile::Builder::new().prefix("egec-bench-").tempdir(),
+    );
+    let (Ok(cmd_dir), Ok(rebuild_dir)) = dirs else {
+        report
+            .errors
+            .push("cannot create temporary directories".into());
+        return report;
+    };
+    eprintln!("sqlite: commands and database limits ...");
+    let outcome = commands_and_limits(None, cmd_dir.path(), plan, samples, batch_sizes).await;
+    absorb(&mut report, outcome);
+    if plan.rebuild {
+        eprintln!("sqlite: seeding {} events and rebuilding ...", plan.events);
+        match seed_and_rebuild(None, rebuild_dir.path(), plan, samples).await {
+            Ok(row) => report.rebuild = Some(row),
+            Err(e) => report.errors.push(format!("rebuild: {e:#}")),
+        }
+    }
+    report
+}
+
+fn absorb(report: &mut BackendReport, outcome: anyhow::Result<CommandsOutcome>) {
+    match outcome {
+        Ok(o) => {
+            report.commands = o.rows;
+            report.db_batch500_rows_per_s = Some(o.batch500);
+            report.profile = Some(o.profile);
+        }
+        Err(e) => report.errors.push(format!("{e:#}")),
+    }
+}
+
+/// What the command phase of one backend measured.
+struct CommandsOutcome {
+    rows: Vec<CommandRow>,
+    batch500: f64,
+    profile: profile::Profile,
+}
+
+/// The command runs at every client count, the stage profile, then the database's limits on
+/// the same database (after the write side has closed its connections, so the two never
+/// compete).
+async fn commands_and_limits(
+    url: Option<&str>,
+    dir: &Path,
+    plan: Plan,
+    samples: &Arc<Samples>,
+    batch_sizes: &BatchSizes,
+) -> anyhow::Result<CommandsOutcome> {
+    let ws = write_side(url, dir, plan.pool_size, COMMAND_CACHE, plan.max_batch).await?;
+
+    // A real encoded create (five encrypted fields, encrypted IP and user agent) is the row
+    // shape of the scratch-table measurements.
+    let id = CustomerId::from_uuid(Uuid::now_v7());
+    let sample = ws
+        .codec
+        .encode(
+            &id.subject(),
+            Uuid::now_v7(),
+            &DomainEvent::Customer(samples.created_event(id, 1)?),
+            &samples.metadata(1),
+        )
+        .await?;
+    let shape = Shape::from_event(&sample);
+
+    let mut runs = Vec::new();
+    for clients in CLIENTS {
+        let cfg = RunConfig {
+            clients,
+            warmup: plan.warmup,
+            measure: plan.measure,
+        };
+        let result = workload::run(&ws.bus, samples, batch_sizes, cfg).await?;
+        eprintln!(
+            "  {clients} clients: {:.0} commands/s, p99 {:.2} ms, mean batch {:.1}",
+            result.per_second(),
+            result.p99_ms(),
+            result.batches.mean
+        );
+        runs.push(result);
+    }
+    let profile = profile::run(
+        &ws,
+        samples,
+        &sample,
+        batch_sizes,
+        CLIENTS[CLIENTS.len() - 1],
+        plan.warmup,
+        plan.measure,
+    )
+    .await
+    .context("profiling the stages")?;
+    for stage in &profile.stages {
+        eprintln!("  stage {}: {:.0}/s", stage.name, stage.per_s);
+    }
+    drop(ws);
+    // The appender task and the pool close once their last handle is gone; give them a
+    // moment so the limit measurements below start on an idle database.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut rows = Vec::new();
+    let batch = match url {
+        Some(url) => {
+            dblimits::pg_prepare(url).await?;
+            let single_counter = Arc::new(AtomicI64::new(1));
+            for run in runs {
+                let single = dblimits::pg_single_inserts(
+                    url,
+                    run.clients,
+                    &shape,
+                    &single_counter,
+                    plan.warmup,
+                    plan.measure,
+                )
+                .await?;
+                eprintln!(
+                    "  {} connections: {single:.0} single-row INSERT/s",
+                    run.clients
+                );
+                rows.push(CommandRow::new(run, single, shape.json_bytes()));
+            }
+            let batch_counter = Arc::new(AtomicI64::new(1));
+            dblimits::pg_batch_inserts(url, &shape, &batch_counter, plan.warmup, plan.measure)
+                .await?
+        }
+        None => {
+            let (single, batch) =
+                dblimits::sqlite_limits(&dir.join("scratch.db"), &shape, plan.warmup, plan.measure)
+                    .await?;
+            eprintln!("  one writer: {single:.0} single-row INSERT/s");
+            for run in runs {
+                rows.push(CommandRow::new(run, single, shape.json_bytes()));
+            }
+            batch
+        }
+    };
+    eprintln!("  500-row transactions: {batch:.0} rows/s");
+    Ok(CommandsOutcome {
+        rows,
+        batch500: batch,
+        profile,
+    })
+}
+
+/// Seeds a fresh log and times the rebuild passes over it.
+async fn seed_and_rebuild(
+    url: Option<&str>,
+    dir: &Path,
+    plan: Plan,
+    samples: &Arc<Samples>,
+) -> anyhow::Result<RebuildRow> {
+    let ws = write_side(url, dir, plan.pool_size, COMMAND_CACHE, plan.max_batch).await?;
+    let seeded = rebuild::seed(&ws, samples, plan.events, plan.customers)
+        .await
+        .context("seeding the log")?;
+    eprintln!(
+        "  seeded {} events ({} customers) in {:.1} s, keys copied in {:.1} s",
+        seeded.events, seeded.customers, seeded.append_seconds, seeded.key_seconds
+    );
+    // The key cache holds every customer, as a rebuilding process would size it; evictions
+    // would measure re-reading keys, not rebuilding.
+    let cache = usize::try_from(plan.customers)?.saturating_add(1024);
+    let codec = rebuild::cold_codec(&ws.stores, &ws.master, cache);
+    let full = rebuild::rebuild(&ws.stores, &codec).await?;
+    eprintln!(
+        "  read+decrypt+decode+fold (cold keys): {} events in {:.2} s = {:.0} events/s",
+        full.events,
+        full.seconds,
+        full.per_second()
+    );
+    let warm = rebuild::rebuild(&ws.stores, &codec).await?;
+    eprintln!(
+        "  read+decrypt+decode+fold (keys cached): {:.0} events/s",
+        warm.per_second()
+    );
+    let read = rebuild::read_only(&ws.stores).await?;
+    eprintln!("  read only: {:.0} events/s", read.per_second());
+    let projections = projections::rebuild(&ws, dir).await;
+    Ok(RebuildRow {
+        seeded,
+        full,
+        warm,
+        read,
+        projections,
+    })
+}
