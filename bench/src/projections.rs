@@ -9,7 +9,6 @@ use crate::setup::WriteSide;
 /// What the projections' rebuild measured, or why it was not measured.
 pub enum ProjectionsOutcome {
     // Only built with the feature; without it every outcome is `NotMeasured`.
-    #[cfg_attr(not(feature = "projections"), allow(dead_code))]
     Measured {
         /// Events the blue/green rebuild read.
         events: u64,
