@@ -168,6 +168,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<ExitCode> {
                     name: &name,
                     role,
                     password: &password,
+                    policy: config.password_policy,
                 },
                 &meta,
             )

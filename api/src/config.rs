@@ -24,6 +24,7 @@ pub struct Config {
     pub token_ttl_seconds: i64,
     pub phone_default_region: Option<String>,
     pub db_pool_size: usize,
+    pub password_policy: egec_domain::password_policy::PasswordPolicy,
     /// How long a read waits for the projections to reach a write it follows.
     pub read_your_writes_timeout_ms: u64,
 }
@@ -156,6 +157,18 @@ impl Config {
                 "EGEC_PHONE_DEFAULT_REGION must be an ISO 3166 alpha-2 country code".to_owned(),
             );
         }
+        let password_policy = match src
+            .get("EGEC_PASSWORD_POLICY")
+            .as_deref()
+            .unwrap_or("nist")
+            .parse()
+        {
+            Ok(p) => p,
+            Err(_) => {
+                errors.push("EGEC_PASSWORD_POLICY must be `nist` or `composition`".to_owned());
+                egec_domain::password_policy::PasswordPolicy::Nist
+            }
+        };
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -169,6 +182,7 @@ impl Config {
             token_ttl_seconds,
             phone_default_region,
             db_pool_size,
+            password_policy,
             read_your_writes_timeout_ms,
         })
     }

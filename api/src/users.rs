@@ -5,6 +5,7 @@ use anyhow::Context;
 use egec_commands::handler::{CommandBus, HandlerError};
 use egec_domain::aggregate::UserAggregate;
 use egec_domain::event::Metadata;
+use egec_domain::password_policy::{self, PasswordContext, PasswordPolicy};
 use egec_domain::user::{CreateUser, PasswordHash, UserCommand};
 use egec_domain::values::{Email, PersonName};
 use egec_domain::{Role, UserId};
@@ -14,6 +15,8 @@ use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CreateUserError {
+    #[error("{0}")]
+    WeakPassword(#[from] egec_domain::password_policy::WeakPassword),
     #[error("{field}: {problem}")]
     Invalid {
         field: &'static str,
@@ -25,16 +28,13 @@ pub enum CreateUserError {
     Internal(#[from] anyhow::Error),
 }
 
-/// Minimum password length for staff accounts (NIST SP 800-63B; the full policy is part of
-/// the identity work).
-pub const MIN_PASSWORD_LEN: usize = 12;
-
 /// What a new staff user is made of, as given (not yet validated).
 pub struct NewUser<'a> {
     pub email: &'a str,
     pub name: &'a str,
     pub role: Role,
     pub password: &'a SecretString,
+    pub policy: PasswordPolicy,
 }
 
 pub async fn create_user(
@@ -49,6 +49,7 @@ pub async fn create_user(
         name,
         role,
         password,
+        policy,
     } = new;
     let email = Email::parse(email).map_err(|e| CreateUserError::Invalid {
         field: "email",
@@ -58,13 +59,14 @@ pub async fn create_user(
         field: "name",
         problem: e.to_string(),
     })?;
-    let len = password.expose_secret().chars().count();
-    if !(MIN_PASSWORD_LEN..=128).contains(&len) {
-        return Err(CreateUserError::Invalid {
-            field: "password",
-            problem: format!("must be {MIN_PASSWORD_LEN} to 128 characters"),
-        });
-    }
+    password_policy::check(
+        policy,
+        password.expose_secret(),
+        &PasswordContext {
+            email: Some(email.as_str()),
+            name: Some(name.as_str()),
+        },
+    )?;
     // Known limitation: this check reads the projection, so two simultaneous creations with
     // one email could both pass; a reservation stream per email closes that race later.
     if read

@@ -92,6 +92,25 @@ async fn users_are_created_from_stdin_once_per_email(store: Store) {
         Some("short"),
     );
     assert_eq!(short.status.code(), Some(1));
+    let common = store.run(
+        &[
+            "user",
+            "create",
+            "--email",
+            "z@egec.example",
+            "--name",
+            "Zed",
+            "--role",
+            "agent",
+            "--password-stdin",
+        ],
+        Some("password1234"),
+    );
+    assert_eq!(common.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&common.stderr).contains("password"),
+        "the reason is given"
+    );
 }
 
 async fn verify_passes_on_an_untouched_log_and_exits_1_on_tampering(store: Store) {

@@ -10,6 +10,7 @@ pub mod encoding;
 pub mod event;
 pub mod ids;
 pub mod masking;
+pub mod password_policy;
 pub mod permission;
 pub mod personal;
 pub mod role;

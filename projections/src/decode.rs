@@ -13,6 +13,10 @@ use crate::kind::ProjectionKind;
 /// decryption and parsing use every core (a rebuild is bound by this work).
 const PARALLEL_MIN: usize = 512;
 
+/// Tasks a large batch is split over. More than there are cores: with a cold key cache each
+/// new data subject costs a round trip to the key table, and many tasks overlap those waits.
+const DECODE_TASKS: usize = 16;
+
 /// Decodes (decrypts, upcasts) the events of `records` that `kind` folds, in log order.
 /// Events of other types are skipped without being decrypted. The first event that cannot
 /// be decoded fails the batch: a projection never skips an event silently.
@@ -28,13 +32,9 @@ pub(crate) async fn decode_for(
     if relevant.len() < PARALLEL_MIN {
         return decode_chunk(codec, relevant).await;
     }
-    let parts = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 8);
-    let chunk_len = relevant.len().div_ceil(parts);
+    let chunk_len = relevant.len().div_ceil(DECODE_TASKS);
     let mut rest = relevant;
-    let mut chunks = Vec::with_capacity(parts);
+    let mut chunks = Vec::with_capacity(DECODE_TASKS);
     while !rest.is_empty() {
         let tail = rest.split_off(chunk_len.min(rest.len()));
         chunks.push(std::mem::replace(&mut rest, tail));

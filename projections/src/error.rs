@@ -10,7 +10,7 @@ use egec_commands::store::StoreError;
 pub enum StorageError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg_summary(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -41,4 +41,15 @@ pub enum ProjectionError {
     RebuildRunning(&'static str),
     #[error("the projection runner was shut down")]
     Stopped,
+}
+
+/// A PostgreSQL error without its `DETAIL`, `HINT` and `WHERE` parts: those may quote the
+/// values of a row ("Failing row contains …"), and in these tables the values are personal
+/// data, which must not reach the logs. The SQLSTATE and the primary message name the
+/// problem and the constraint or column, which is what an operator needs.
+fn pg_summary(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
+    }
 }

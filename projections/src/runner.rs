@@ -21,13 +21,38 @@ use crate::read_models::ReadModels;
 use crate::rows::{ProjectionStatus, RunState};
 use crate::store::{Applied, Leadership, ReadStore};
 
-/// Events per read when the live runner follows the log. Large, so that a runner that fell
-/// behind (or starts on an empty read model) catches up in big transactions.
-pub(crate) const LIVE_BATCH: usize = 5_000;
+/// Tuning of the runner and of rebuilds. The defaults suit production; tests shrink the
+/// batches to drive many of them through small logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerOptions {
+    /// Events per read when the live runner follows the log. Large, so that a runner that
+    /// fell behind catches up in big transactions.
+    pub live_batch: usize,
+    /// Events per read during a rebuild: big batches spread each read's and each
+    /// transaction's fixed cost thin.
+    pub rebuild_batch: usize,
+    /// Rows a rebuild folds in memory before writing them out and starting afresh (a
+    /// customer row takes roughly half a kilobyte).
+    pub rebuild_cache_rows: usize,
+    /// A projection that starts empty on a log at least this long is built by a rebuild
+    /// (bulk reads, in-memory fold, indexes built once) rather than batch by batch.
+    pub fresh_rebuild_min: i64,
+    /// How often the runner looks at the log without being told: appends of other
+    /// processes do not move this process's head channel.
+    pub poll: Duration,
+}
 
-/// How often the runner looks at the log without being told: appends of other processes do
-/// not move this process's head channel.
-const POLL: Duration = Duration::from_millis(200);
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        Self {
+            live_batch: 5_000,
+            rebuild_batch: 10_000,
+            rebuild_cache_rows: 250_000,
+            fresh_rebuild_min: 20_000,
+            poll: Duration::from_millis(200),
+        }
+    }
+}
 
 /// A batch with nothing for a projection moves only its checkpoint. Such checkpoint-only
 /// commits are put off (the events in between change nothing in the projection's tables, so
@@ -46,14 +71,30 @@ pub struct ProjectionRunner;
 impl ProjectionRunner {
     /// Spawns one task per projection on the current tokio runtime. `head` is the log head
     /// the appender publishes; the runner also polls, so appends by other processes are seen
-    /// within [`POLL`]. A projection whose stored version differs from this build's is
-    /// rebuilt blue/green in the background while the old tables keep serving.
+    /// within [`RunnerOptions::poll`]. A projection whose stored version differs from this
+    /// build's is rebuilt blue/green in the background while the old tables keep serving.
     pub fn spawn(
         read_models: ReadModels,
         log: Arc<dyn EventLog>,
         codec: Arc<Codec>,
         head: watch::Receiver<i64>,
     ) -> RunnerHandle {
+        Self::spawn_with(read_models, log, codec, head, RunnerOptions::default())
+    }
+
+    /// [`ProjectionRunner::spawn`] with other tuning than the default.
+    pub fn spawn_with(
+        read_models: ReadModels,
+        log: Arc<dyn EventLog>,
+        codec: Arc<Codec>,
+        head: watch::Receiver<i64>,
+        options: RunnerOptions,
+    ) -> RunnerHandle {
+        let options = RunnerOptions {
+            live_batch: options.live_batch.max(1),
+            rebuild_batch: options.rebuild_batch.max(1),
+            ..options
+        };
         let (shutdown, _) = watch::channel(false);
         let slots = ProjectionKind::ALL
             .into_iter()
@@ -67,6 +108,7 @@ impl ProjectionRunner {
             })
             .collect();
         let shared = Arc::new(Shared {
+            options,
             read_models,
             log,
             codec,
@@ -185,6 +227,7 @@ impl Slot {
 }
 
 pub(crate) struct Shared {
+    pub options: RunnerOptions,
     pub read_models: ReadModels,
     pub log: Arc<dyn EventLog>,
     pub codec: Arc<Codec>,
@@ -309,6 +352,16 @@ impl RunnerHandle {
             .collect()
     }
 
+    /// Whether every projection is applying (here or in another process) and at most
+    /// `max_lag` events behind the head this process knows of: the projections' part of
+    /// `/readyz`. A rebuild alone does not make the read models unready, since the live
+    /// tables keep serving while it runs.
+    pub fn ready(&self, max_lag: i64) -> bool {
+        self.status()
+            .iter()
+            .all(|s| matches!(s.state, RunState::Running | RunState::Standby) && s.lag <= max_lag)
+    }
+
     /// The applied position of one projection, as a channel that changes with every batch.
     pub fn subscribe(&self, projection: &str) -> Option<watch::Receiver<i64>> {
         let kind = ProjectionKind::from_name(projection)?;
@@ -356,6 +409,52 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
+/// Rebuilds at start-up when that is the better way to get going: in the background while
+/// the old tables serve, when their version is not this build's; in place of catching up
+/// batch by batch, when the projection is empty and the log is long.
+async fn start_with_rebuild(
+    shared: &Arc<Shared>,
+    kind: ProjectionKind,
+    checkpoint: crate::store::Checkpoint,
+    handle: &WeakHandle,
+) {
+    let Some(h) = handle.upgrade() else {
+        return;
+    };
+    if checkpoint.version != kind.version() {
+        tracing::info!(
+            projection = kind.name(),
+            stored_version = checkpoint.version,
+            version = kind.version(),
+            "projection version changed; rebuilding in the background"
+        );
+        tokio::spawn(async move {
+            if let Err(e) = h.rebuild(kind.name(), |_, _| {}).await {
+                tracing::error!(projection = kind.name(), error = %e, "background rebuild failed");
+            }
+        });
+        return;
+    }
+    if checkpoint.position != 0 {
+        return;
+    }
+    match shared.log.head().await {
+        Ok(head) if head.position >= shared.options.fresh_rebuild_min => {
+            tracing::info!(
+                projection = kind.name(),
+                head = head.position,
+                "empty projection on a long log; building it by a rebuild"
+            );
+            if let Err(e) = h.rebuild(kind.name(), |_, _| {}).await {
+                // Not fatal: the runner catches up batch by batch instead.
+                tracing::warn!(projection = kind.name(), error = %e, "initial rebuild failed; catching up batch by batch");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(projection = kind.name(), error = %e, "cannot read the log head"),
+    }
+}
+
 async fn run(shared: Arc<Shared>, kind: ProjectionKind, handle: WeakHandle) {
     let slot = shared.slot(kind);
     let store = Arc::clone(shared.store());
@@ -366,28 +465,9 @@ async fn run(shared: Arc<Shared>, kind: ProjectionKind, handle: WeakHandle) {
     let mut leader: Option<Leadership> = None;
 
     // The starting point: the stored checkpoint.
-    loop {
+    let checkpoint = loop {
         match store.checkpoint(kind).await {
-            Ok(cp) => {
-                *slot.live.lock().await = LivePosition::at(cp.position);
-                slot.publish(cp.position);
-                if cp.version != kind.version() {
-                    tracing::info!(
-                        projection = kind.name(),
-                        stored_version = cp.version,
-                        version = kind.version(),
-                        "projection version changed; rebuilding in the background"
-                    );
-                    if let Some(h) = handle.upgrade() {
-                        tokio::spawn(async move {
-                            if let Err(e) = h.rebuild(kind.name(), |_, _| {}).await {
-                                tracing::error!(projection = kind.name(), error = %e, "background rebuild failed");
-                            }
-                        });
-                    }
-                }
-                break;
-            }
+            Ok(cp) => break cp,
             Err(e) => {
                 tracing::warn!(projection = kind.name(), error = %e, "cannot read the checkpoint; retrying");
                 if sleep_or_stop(backoff.next(), &mut stop).await {
@@ -396,8 +476,23 @@ async fn run(shared: Arc<Shared>, kind: ProjectionKind, handle: WeakHandle) {
                 }
             }
         }
-    }
+    };
+    *slot.live.lock().await = LivePosition::at(checkpoint.position);
+    slot.publish(checkpoint.position);
     backoff.reset();
+
+    // Only the process that will apply the projection decides to rebuild it.
+    match store.try_lead(kind).await {
+        Ok(Some(l)) => {
+            leader = Some(l);
+            slot.set_state(RunState::Running);
+            start_with_rebuild(&shared, kind, checkpoint, &handle).await;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(projection = kind.name(), error = %e, "cannot take the projection lock; retrying");
+        }
+    }
     drop(handle);
 
     while !*stop.borrow() {
@@ -417,7 +512,7 @@ async fn run(shared: Arc<Shared>, kind: ProjectionKind, handle: WeakHandle) {
                         slot.publish(cp.position);
                     }
                     slot.observe_head(*head_rx.borrow());
-                    if sleep_or_stop(POLL, &mut stop).await {
+                    if sleep_or_stop(shared.options.poll, &mut stop).await {
                         break;
                     }
                     continue;
@@ -437,7 +532,7 @@ async fn run(shared: Arc<Shared>, kind: ProjectionKind, handle: WeakHandle) {
         let appended = *head_rx.borrow_and_update();
         slot.observe_head(appended);
         let from = slot.live.lock().await.applied;
-        let records = match shared.log.read_all(from, LIVE_BATCH).await {
+        let records = match shared.log.read_all(from, shared.options.live_batch).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(projection = kind.name(), error = %e, "cannot read the log; retrying");
@@ -471,7 +566,7 @@ async fn run(shared: Arc<Shared>, kind: ProjectionKind, handle: WeakHandle) {
             }
             drop(live);
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep(shared.options.poll) => {}
                 changed = head_rx.changed(), if head_open => {
                     if changed.is_err() {
                         head_open = false;

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Env, NewCustomer, WAIT, agent, sample_customer};
+use common::{Env, NewCustomer, WAIT, agent, sample_customer, tiny};
 use egec_commands::store::{AppendRequest, ExpectedVersion, NewEvent};
 use egec_domain::customer::{CustomerChanges, CustomerStatus};
 use egec_domain::permission::Visibility;
 use egec_domain::personal::{ERASED, Personal};
 use egec_domain::values::{Email, Notes};
 use egec_domain::{CustomerId, Role};
-use egec_projections::{CustomerQuery, RunState};
+use egec_projections::{CustomerQuery, RunState, RunnerOptions};
 use uuid::Uuid;
 
 /// Runs each listed test body once per backend, as `sqlite::<name>` and `postgres::<name>`.
@@ -41,6 +41,8 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     a_projection_rebuilt_from_scratch_equals_the_one_built_incrementally,
+    a_rebuild_in_many_small_batches_through_a_small_cache_equals_the_log,
+    a_fresh_read_model_on_a_long_log_is_built_by_a_rebuild_at_start,
     the_checkpoint_and_the_rows_commit_together,
     wait_for_is_true_once_the_runner_applied_a_position_and_false_on_timeout,
     a_rebuild_while_writes_continue_ends_equal_to_the_log_and_reads_answer_throughout,
@@ -136,6 +138,60 @@ async fn a_projection_rebuilt_from_scratch_equals_the_one_built_incrementally(en
     assert_eq!(rm.checkpoint("users").await.unwrap(), head);
 }
 
+async fn a_rebuild_in_many_small_batches_through_a_small_cache_equals_the_log(env: Env) {
+    let runner = env.start_with(tiny()).await;
+    mixed_history(&env, 40).await;
+    let head = env.head().await;
+    assert!(runner.wait_for(head, WAIT).await);
+    let expected = env.expected().await;
+    let rm = runner.read_models();
+    assert_eq!(rm.all_customers().await.unwrap(), expected.0);
+    let done = std::sync::Mutex::new(Vec::new());
+    let report = runner
+        .rebuild("customers", |pos, _| done.lock().unwrap().push(pos))
+        .await
+        .unwrap();
+    assert_eq!(report.position, head);
+    // Progress came batch by batch, in order.
+    let done = done.into_inner().unwrap();
+    assert!(done.len() > 10, "{done:?}");
+    assert!(done.windows(2).all(|w| w[0] <= w[1]), "{done:?}");
+    assert_eq!(done.last(), Some(&head));
+    runner.rebuild("users", |_, _| {}).await.unwrap();
+    assert_eq!(
+        (
+            rm.all_customers().await.unwrap(),
+            rm.list_users().await.unwrap()
+        ),
+        expected
+    );
+}
+
+async fn a_fresh_read_model_on_a_long_log_is_built_by_a_rebuild_at_start(env: Env) {
+    mixed_history(&env, 30).await;
+    let head = env.head().await;
+    let runner = env
+        .start_with(RunnerOptions {
+            fresh_rebuild_min: 10,
+            ..tiny()
+        })
+        .await;
+    assert!(runner.wait_for(head, WAIT).await);
+    let rm = runner.read_models();
+    assert_eq!(
+        (
+            rm.all_customers().await.unwrap(),
+            rm.list_users().await.unwrap()
+        ),
+        env.expected().await
+    );
+    assert_eq!(rm.checkpoint("customers").await.unwrap(), head);
+    // And it carries on live from there.
+    let (id, pos) = env.create(&NewCustomer::named("After Start")).await;
+    assert!(runner.wait_for(pos, WAIT).await);
+    assert!(rm.get_customer(id).await.unwrap().is_some());
+}
+
 async fn the_checkpoint_and_the_rows_commit_together(env: Env) {
     let runner = env.start().await;
     let (_, first) = env.create(&NewCustomer::named("Before All")).await;
@@ -186,6 +242,7 @@ async fn wait_for_is_true_once_the_runner_applied_a_position_and_false_on_timeou
         assert!(status.position >= pos, "{status:?}");
         assert_eq!(status.state, RunState::Running);
     }
+    assert!(runner.ready(0));
 
     let started = Instant::now();
     assert!(
@@ -208,9 +265,17 @@ async fn a_rebuild_while_writes_continue_ends_equal_to_the_log_and_reads_answer_
     env: Env,
 ) {
     let env = Arc::new(env);
-    let runner = env.start().await;
+    // Batches small enough that the rebuild goes through many of them, flushes its cache
+    // several times, and meets the live runner's batches along the way.
+    let runner = env
+        .start_with(RunnerOptions {
+            live_batch: 50,
+            rebuild_batch: 100,
+            rebuild_cache_rows: 300,
+            ..RunnerOptions::default()
+        })
+        .await;
     let seeded = 1_500;
-    let t0 = Instant::now();
     let ids = env.create_many(0..seeded).await;
     assert!(runner.wait_for(env.head().await, WAIT).await);
 
@@ -276,9 +341,7 @@ async fn a_rebuild_while_writes_continue_ends_equal_to_the_log_and_reads_answer_
         })
     };
 
-    eprintln!("TIMING seeded {:?}", t0.elapsed());
     let report = runner.rebuild("customers", |_, _| {}).await.unwrap();
-    eprintln!("TIMING rebuilt {:?} {report:?}", t0.elapsed());
     // Keep writing a little after the swap, so the live runner has to carry on from the
     // rebuilt tables' checkpoint.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -295,9 +358,7 @@ async fn a_rebuild_while_writes_continue_ends_equal_to_the_log_and_reads_answer_
 
     let head = env.head().await;
     assert!(runner.wait_for(head, WAIT).await);
-    eprintln!("TIMING caught up {:?}", t0.elapsed());
     let (expected, _) = env.expected().await;
-    eprintln!("TIMING expected {:?}", t0.elapsed());
     let live = runner.read_models().all_customers().await.unwrap();
     assert_eq!(live.len(), expected.len());
     assert!(live == expected, "live tables differ from the log's fold");
@@ -582,6 +643,7 @@ async fn a_projection_stops_at_an_event_it_cannot_decode_instead_of_skipping_it(
     let bad = env
         .appender
         .append(AppendRequest {
+            new_keys: vec![],
             stream_id: "customer-broken".into(),
             expected: ExpectedVersion::Any,
             command_id: Uuid::now_v7(),
@@ -610,6 +672,10 @@ async fn a_projection_stops_at_an_event_it_cannot_decode_instead_of_skipping_it(
     assert!(started.elapsed() < Duration::from_secs(2));
     // The users projection ignores customer events and carries on.
     assert_eq!(status[1].state, RunState::Running);
+    assert!(
+        !runner.ready(i64::MAX),
+        "a stopped projection must fail readiness"
+    );
 }
 
 async fn two_runners_on_the_same_read_models_apply_every_event_exactly_once(env: Env) {

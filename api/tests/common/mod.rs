@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const PASSWORD: &str = "crash test passphrase 1";
+pub const PASSWORD: &str = "quiet lantern orchard 2291 moss";
 
 pub struct Store {
     pub dir: tempfile::TempDir,

@@ -101,8 +101,17 @@ mod tests {
 
     #[test]
     fn stored_values_are_read_back_by_shape_without_reparsing() {
-        assert_eq!(PhoneE164::from_stored("+442079460958").unwrap().as_str(), "+442079460958");
-        for bad in ["442079460958", "+0442079460958", "+44 20", "+4420794609581234", "+44a2079460958"] {
+        assert_eq!(
+            PhoneE164::from_stored("+442079460958").unwrap().as_str(),
+            "+442079460958"
+        );
+        for bad in [
+            "442079460958",
+            "+0442079460958",
+            "+44 20",
+            "+4420794609581234",
+            "+44a2079460958",
+        ] {
             assert!(PhoneE164::from_stored(bad).is_err(), "{bad:?} accepted");
         }
     }

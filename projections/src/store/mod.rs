@@ -9,7 +9,7 @@ use egec_commands::store::Backend;
 use uuid::Uuid;
 
 use crate::error::StorageError;
-use crate::fold::Work;
+use crate::fold::{Changes, Rows, Work};
 use crate::kind::ProjectionKind;
 use crate::rows::{CustomerQuery, CustomerRow, UserRow};
 
@@ -41,11 +41,12 @@ pub(crate) struct Shadow {
 
 impl Shadow {
     pub fn new(kind: ProjectionKind) -> Self {
-        // Time-ordered and unique enough: one rebuild per projection runs at a time.
-        let token = Uuid::now_v7().simple().to_string();
+        // The millisecond timestamp and 32 random bits of a UUIDv7: unique, and short
+        // enough that the longest index name stays well within PostgreSQL's 63 bytes.
+        let id = Uuid::now_v7().simple().to_string();
         Self {
             kind,
-            token: token[..16].to_owned(),
+            token: format!("{}{}", &id[..12], &id[24..]),
         }
     }
 
@@ -104,13 +105,22 @@ pub(crate) trait ReadStore: Send + Sync + 'static {
     /// thrown away and started again).
     async fn apply_shadow(&self, shadow: &Shadow, work: Work) -> Result<(), StorageError>;
 
+    /// Loads rows of the shadow tables by id (ids not found are left out).
+    async fn load_shadow(&self, shadow: &Shadow, ids: Vec<Uuid>) -> Result<Rows, StorageError>;
+
+    /// Writes rows folded in memory into the shadow tables, in one transaction.
+    async fn write_shadow(&self, shadow: &Shadow, changes: Changes) -> Result<(), StorageError>;
+
     /// Builds the shadow tables' secondary indexes.
     async fn index_shadow(&self, shadow: &Shadow) -> Result<(), StorageError>;
 
     /// In one transaction: folds the tail into the shadow tables, puts them in place of the
-    /// live ones and sets the checkpoint to `to` at the projection's current version. The
-    /// retired live tables are dropped (at once, or right after on SQLite).
+    /// live ones and sets the checkpoint to `to` at the projection's current version.
     async fn swap(&self, shadow: &Shadow, tail: Work, to: i64) -> Result<(), StorageError>;
+
+    /// Drops the tables a swap retired, where that is slow enough to be worth doing after
+    /// the live runner was released (SQLite's `secure_delete` rewrites every freed page).
+    async fn drop_retired(&self, shadow: &Shadow) -> Result<(), StorageError>;
 
     /// Drops a shadow that will not be swapped in (a failed rebuild).
     async fn discard_shadow(&self, shadow: &Shadow) -> Result<(), StorageError>;

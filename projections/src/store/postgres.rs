@@ -19,7 +19,9 @@ use uuid::Uuid;
 
 use super::{Applied, Checkpoint, Leadership, ReadStore, Shadow};
 use crate::error::StorageError;
-use crate::fold::{Touched, Work, fold_customers, fold_users, search_needle, search_text};
+use crate::fold::{
+    Changes, Rows, Touched, Work, fold_customers, fold_users, search_needle, search_text,
+};
 use crate::kind::ProjectionKind;
 use crate::rows::{CustomerQuery, CustomerRow, UserRow};
 
@@ -94,6 +96,9 @@ fn leader_lock(kind: ProjectionKind) -> i32 {
         .unwrap_or(0);
     LEADER_LOCK_BASE + index as i32
 }
+
+/// Rows per multi-row statement when a rebuild writes its in-memory fold.
+const WRITE_CHUNK: usize = 10_000;
 
 const CUSTOMER_COLUMNS: &str = "id, name, email, phone, passport_number, country, source, \
      status, notes, assigned_agent_ids, created_at, updated_at, version, deleted, erased, \
@@ -610,6 +615,41 @@ impl ReadStore for PgReadStore {
         Ok(())
     }
 
+    async fn load_shadow(&self, shadow: &Shadow, ids: Vec<Uuid>) -> Result<Rows, StorageError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        let rows = match shadow.kind {
+            ProjectionKind::Customers => Rows::Customers(
+                load_customers(&tx, &shadow.table(CUSTOMERS.live), &ids, false).await?,
+            ),
+            ProjectionKind::Users => {
+                Rows::Users(load_users(&tx, &shadow.table(USERS.live), &ids, false).await?)
+            }
+        };
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    async fn write_shadow(&self, shadow: &Shadow, changes: Changes) -> Result<(), StorageError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        // Chunks keep each statement's parameter arrays to a sensible size.
+        match &changes {
+            Changes::Customers(rows) => {
+                for chunk in rows.chunks(WRITE_CHUNK) {
+                    write_customers(&tx, &shadow.table(CUSTOMERS.live), false, chunk).await?;
+                }
+            }
+            Changes::Users(rows) => {
+                for chunk in rows.chunks(WRITE_CHUNK) {
+                    write_users(&tx, &shadow.table(USERS.live), false, chunk).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn index_shadow(&self, shadow: &Shadow) -> Result<(), StorageError> {
         let conn = self.pool.get().await?;
         for def in tables(shadow.kind) {
@@ -644,6 +684,12 @@ impl ReadStore for PgReadStore {
         }
         set_checkpoint(&tx, kind, to).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn drop_retired(&self, _shadow: &Shadow) -> Result<(), StorageError> {
+        // The swap dropped the old tables in its own transaction: in PostgreSQL that only
+        // unlinks their files at commit, so it costs nothing while the live runner waits.
         Ok(())
     }
 

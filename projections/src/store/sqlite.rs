@@ -28,7 +28,9 @@ use uuid::Uuid;
 
 use super::{Applied, Checkpoint, Leadership, ReadStore, Shadow};
 use crate::error::StorageError;
-use crate::fold::{Touched, Work, fold_customers, fold_users, search_needle, search_text};
+use crate::fold::{
+    Changes, Rows, Touched, Work, fold_customers, fold_users, search_needle, search_text,
+};
 use crate::kind::ProjectionKind;
 use crate::rows::{CustomerQuery, CustomerRow, UserRow};
 
@@ -205,10 +207,12 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StorageEr
         }
     }
     // FULL: a committed checkpoint must survive a power cut, or rows would be applied twice
-    // or not at all. A larger page cache keeps a rebuild's index pages in memory.
+    // or not at all. A larger page cache keeps a rebuild's index pages in memory. A rebuild
+    // writes hundreds of megabytes through the WAL; the size limit makes SQLite shrink the
+    // file back after checkpoints instead of keeping it at its largest.
     conn.execute_batch(
         "PRAGMA synchronous=FULL; PRAGMA secure_delete=ON; PRAGMA cache_size=-32768; \
-         PRAGMA temp_store=MEMORY;",
+         PRAGMA temp_store=MEMORY; PRAGMA journal_size_limit=67108864;",
     )?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
@@ -412,7 +416,7 @@ fn table_for(live: &str, shadow: Option<&Shadow>) -> String {
 }
 
 fn load_customers(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     table: &str,
     ids: &[Uuid],
 ) -> Result<Vec<CustomerRow>, StorageError> {
@@ -430,11 +434,7 @@ fn load_customers(
     Ok(rows)
 }
 
-fn load_users(
-    tx: &Transaction<'_>,
-    table: &str,
-    ids: &[Uuid],
-) -> Result<Vec<UserRow>, StorageError> {
+fn load_users(tx: &Connection, table: &str, ids: &[Uuid]) -> Result<Vec<UserRow>, StorageError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -451,7 +451,7 @@ fn load_users(
 /// Writes the changed customer rows and their assignment rows. Answers whether any row was
 /// erased by this batch.
 fn write_customers(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     table: &str,
     agents_table: &str,
     touched: &[Touched<CustomerRow>],
@@ -518,7 +518,7 @@ fn write_customers(
 }
 
 fn write_users(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     table: &str,
     touched: &[Touched<UserRow>],
 ) -> Result<(), StorageError> {
@@ -555,21 +555,9 @@ fn apply_work(
         Work::Customers(plan) => {
             let table = table_for(CUSTOMERS.live, shadow);
             let agents = table_for(CUSTOMER_AGENTS.live, shadow);
-            let t = std::time::Instant::now();
             let loaded = load_customers(tx, &table, &plan.load)?;
-            let t1 = t.elapsed();
             let touched = fold_customers(plan, loaded);
-            let t2 = t.elapsed();
-            let r = write_customers(tx, &table, &agents, &touched);
-            eprintln!(
-                "TIMING apply {} steps load {} ({t1:?}) fold ({:?}) write {} ({:?})",
-                plan.steps.len(),
-                plan.load.len(),
-                t2 - t1,
-                touched.len(),
-                t.elapsed() - t2
-            );
-            r
+            write_customers(tx, &table, &agents, &touched)
         }
         Work::Users(plan) => {
             let table = table_for(USERS.live, shadow);
@@ -581,9 +569,10 @@ fn apply_work(
     }
 }
 
-/// After an erasure the write-ahead log still holds the page images with the person's data
-/// in clear; copying it back and truncating it removes them. Best effort: a reader holding
-/// old frames makes it a no-op, and the next erasure (or SQLite's own checkpoints) retries.
+/// After an erasure (or a swap) the write-ahead log still holds page images with personal
+/// data that is gone from the tables; copying it back and truncating it removes them. Best
+/// effort: a reader holding old frames makes it a no-op, and the next erasure (or SQLite's
+/// own checkpoints) retries.
 fn checkpoint_wal_after_erasure(conn: &Connection) {
     match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
         r.get::<_, i64>(0)
@@ -705,9 +694,45 @@ impl ReadStore for SqliteReadStore {
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             apply_work(&tx, Some(&shadow), &work)?;
-            let t = std::time::Instant::now();
             tx.commit()?;
-            eprintln!("TIMING commit {:?}", t.elapsed());
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_shadow(&self, shadow: &Shadow, ids: Vec<Uuid>) -> Result<Rows, StorageError> {
+        let shadow = shadow.clone();
+        // A reader connection: shadow rows are committed, and reading them must not wait
+        // for the writer.
+        self.read(move |conn| {
+            Ok(match shadow.kind {
+                ProjectionKind::Customers => {
+                    Rows::Customers(load_customers(conn, &shadow.table(CUSTOMERS.live), &ids)?)
+                }
+                ProjectionKind::Users => {
+                    Rows::Users(load_users(conn, &shadow.table(USERS.live), &ids)?)
+                }
+            })
+        })
+        .await
+    }
+
+    async fn write_shadow(&self, shadow: &Shadow, changes: Changes) -> Result<(), StorageError> {
+        let shadow = shadow.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            match &changes {
+                Changes::Customers(rows) => {
+                    write_customers(
+                        &tx,
+                        &shadow.table(CUSTOMERS.live),
+                        &shadow.table(CUSTOMER_AGENTS.live),
+                        rows,
+                    )?;
+                }
+                Changes::Users(rows) => write_users(&tx, &shadow.table(USERS.live), rows)?,
+            }
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -731,7 +756,9 @@ impl ReadStore for SqliteReadStore {
         self.write(move |conn| {
             let kind = shadow.kind;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let erased = apply_work(&tx, Some(&shadow), &tail)?;
+            // An erasure in the tail is taken care of by `drop_retired`, which truncates the
+            // WAL right after the live runner is released.
+            apply_work(&tx, Some(&shadow), &tail)?;
             for def in tables(kind) {
                 tx.execute_batch(&format!(
                     "ALTER TABLE {live} RENAME TO {retired}; \
@@ -749,19 +776,24 @@ impl ReadStore for SqliteReadStore {
                 params![kind.name(), to, kind.version()],
             )?;
             tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
 
-            // Dropping the retired tables rewrites every page they held (secure_delete), so
-            // it runs after the swap has committed, outside the pause of the live runner.
+    async fn drop_retired(&self, shadow: &Shadow) -> Result<(), StorageError> {
+        let shadow = shadow.clone();
+        self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let retired: Vec<String> = tables(kind)
+            let retired: Vec<String> = tables(shadow.kind)
                 .iter()
                 .map(|def| shadow.retired(def.live))
                 .collect();
             drop_tables(&tx, &retired)?;
             tx.commit()?;
-            if erased {
-                checkpoint_wal_after_erasure(conn);
-            }
+            // A rebuild pushed the whole projection through the WAL, next to page images
+            // of the retired tables; copy it back and truncate it.
+            checkpoint_wal_after_erasure(conn);
             Ok(())
         })
         .await

@@ -27,7 +27,9 @@ use egec_domain::user::{PasswordHash, UserEvent};
 use egec_domain::values::{Country, Email, PassportNumber, PersonName, PhoneE164, Source};
 use egec_domain::{CustomerId, Role, UserId};
 use egec_projections::fold::{apply_customer, apply_user};
-use egec_projections::{CustomerRow, ProjectionRunner, ReadModels, RunnerHandle, UserRow};
+use egec_projections::{
+    CustomerRow, ProjectionRunner, ReadModels, RunnerHandle, RunnerOptions, UserRow,
+};
 use uuid::Uuid;
 
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -77,6 +79,18 @@ pub fn sample_customer(n: u32) -> NewCustomer {
         passport: Some(format!("P{:07}", n % 10_000_000)),
         status: CustomerStatus::ALL[(n % 6) as usize],
         agents: vec![agent((n % 3) as u128)],
+    }
+}
+
+/// Batches of a few events and a cache of a few rows, so that small logs go through many
+/// batches, cache flushes and reloads.
+pub fn tiny() -> RunnerOptions {
+    RunnerOptions {
+        live_batch: 3,
+        rebuild_batch: 7,
+        rebuild_cache_rows: 5,
+        fresh_rebuild_min: i64::MAX,
+        ..RunnerOptions::default()
     }
 }
 
@@ -159,6 +173,17 @@ impl Env {
         .expect("start runner")
     }
 
+    /// A runner with other tuning than the default.
+    pub async fn start_with(&self, options: RunnerOptions) -> RunnerHandle {
+        ProjectionRunner::spawn_with(
+            self.read_models().await,
+            Arc::clone(&self.stores.log),
+            Arc::clone(&self.codec),
+            self.appender.subscribe_head(),
+            options,
+        )
+    }
+
     /// A runner on read models opened separately (another "process" on the same storage).
     pub async fn start_another(&self) -> RunnerHandle {
         ProjectionRunner::spawn(
@@ -188,6 +213,7 @@ impl Env {
     pub async fn append(&self, stream_id: String, events: Vec<NewEvent>) -> AppendOutcome {
         self.appender
             .append(AppendRequest {
+                new_keys: vec![],
                 stream_id,
                 expected: ExpectedVersion::Any,
                 command_id: Uuid::now_v7(),
@@ -231,6 +257,7 @@ impl Env {
         (
             id,
             AppendRequest {
+                new_keys: vec![],
                 stream_id: id.stream_id(),
                 expected: ExpectedVersion::Exact(0),
                 command_id: Uuid::now_v7(),

@@ -33,7 +33,7 @@ pub struct TestApp {
     pub _store: StoreGuard,
 }
 
-pub const PASSWORD: &str = "a long enough test passphrase";
+pub const PASSWORD: &str = "violet tractor harbour 1987 spoon";
 
 impl TestApp {
     pub async fn spawn(backend: Backend) -> TestApp {
@@ -83,6 +83,7 @@ impl TestApp {
                 name: "Test User",
                 role,
                 password: &SecretString::from(PASSWORD.to_owned()),
+                policy: egec_domain::password_policy::PasswordPolicy::Nist,
             },
             &meta,
         )
