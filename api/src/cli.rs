@@ -83,9 +83,11 @@ pub enum ReplayCommand {
     },
 }
 
-fn init_tracing() {
+/// Logs go to stderr. The server logs at `info` by default; one-shot commands at `warn`, so
+/// their own output (and the rebuild progress bar) is not buried. `RUST_LOG` overrides both.
+fn init_tracing(default: &str) {
     let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -97,7 +99,10 @@ fn init_tracing() {
 pub async fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "warn",
+    });
     let mut config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
