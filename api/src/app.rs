@@ -45,6 +45,11 @@ pub fn router(state: AppState) -> Router {
             "/api/customers/{id}/history",
             get(routes::customers::history),
         )
+        .route(
+            "/api/users",
+            post(routes::users::create).get(routes::users::list),
+        )
+        .route("/api/users/{id}", get(routes::users::get))
         .route("/api/openapi.json", get(routes::ops::openapi))
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,

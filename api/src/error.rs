@@ -32,6 +32,8 @@ pub enum ApiError {
     Validation(BTreeMap<String, String>),
     #[error("{0}")]
     Unprocessable(String),
+    #[error("{0}")]
+    WeakPassword(String),
     #[error("the service is not ready")]
     Unavailable,
     #[error("internal error")]
@@ -60,6 +62,7 @@ impl ApiError {
             ApiError::Validation(_) | ApiError::Unprocessable(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed")
             }
+            ApiError::WeakPassword(_) => (StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -13,12 +13,16 @@ use utoipa::OpenApi;
         crate::routes::customers::list,
         crate::routes::customers::patch,
         crate::routes::customers::history,
+        crate::routes::users::create,
+        crate::routes::users::list,
+        crate::routes::users::get,
     ),
     components(schemas(
         crate::routes::customers::CreateCustomerBody,
         crate::routes::customers::PatchCustomerBody,
         crate::views::customer::CustomerView,
         crate::routes::auth::LoginBody,
+        crate::routes::users::CreateUserBody,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

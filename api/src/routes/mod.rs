@@ -2,3 +2,4 @@ pub mod auth;
 pub mod customers;
 pub mod meta;
 pub mod ops;
+pub mod users;

@@ -1,0 +1,120 @@
+//! Staff user management: create, list, read.
+
+use crate::auth::actor::Actor;
+use crate::error::ApiError;
+use crate::json::ApiJson;
+use crate::routes::auth::user_json;
+use crate::routes::meta::RequestMeta;
+use crate::state::AppState;
+use crate::users::{CreateUserError, NewUser, create_user};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use egec_domain::permission::Action;
+use egec_domain::{Role, UserId};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserBody {
+    pub email: String,
+    pub name: String,
+    pub role: String,
+    #[schema(value_type = String)]
+    pub password: SecretString,
+}
+
+/// Whether `actor` may create or change a user holding `role`: only a superadmin manages
+/// admins and superadmins; an admin manages every other role.
+fn may_manage(actor: &Actor, role: Role) -> bool {
+    actor.can(Action::UsersManage)
+        && match role {
+            Role::Superadmin | Role::Admin => actor.role == Role::Superadmin,
+            _ => true,
+        }
+}
+
+#[utoipa::path(post, path = "/api/users", request_body = CreateUserBody,
+    responses((status = 201), (status = 403), (status = 409), (status = 422)), tag = "users")]
+pub async fn create(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    ApiJson(body): ApiJson<CreateUserBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    actor.require(Action::UsersManage)?;
+    let role: Role = body
+        .role
+        .parse()
+        .map_err(|e: egec_domain::role::UnknownRole| ApiError::field("role", e.to_string()))?;
+    if !may_manage(&actor, role) {
+        return Err(ApiError::Forbidden);
+    }
+    let new = NewUser {
+        email: &body.email,
+        name: &body.name,
+        role,
+        password: &body.password,
+        policy: state.config.password_policy,
+    };
+    let (id, position) = create_user(
+        &state.bus,
+        state.read(),
+        &state.passwords,
+        new,
+        &meta.metadata(&actor),
+    )
+    .await
+    .map_err(|e| match e {
+        CreateUserError::Invalid { field, problem } => ApiError::field(field, problem),
+        CreateUserError::WeakPassword(w) => ApiError::WeakPassword(w.to_string()),
+        CreateUserError::EmailTaken => {
+            ApiError::Conflict("a user with this email already exists".into())
+        }
+        CreateUserError::Internal(e) => ApiError::Internal(e),
+    })?;
+    if !state.runner.wait_for(position, state.ryw_timeout()).await {
+        tracing::warn!(position, "read-your-writes wait timed out");
+    }
+    let row = state
+        .read()
+        .get_user(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    Ok((StatusCode::CREATED, Json(user_json(&row))))
+}
+
+#[utoipa::path(get, path = "/api/users", responses((status = 200), (status = 403)), tag = "users")]
+pub async fn list(State(state): State<AppState>, actor: Actor) -> Result<Json<Value>, ApiError> {
+    actor.require(Action::UsersView)?;
+    let users = state
+        .read()
+        .list_users()
+        .await
+        .map_err(ApiError::internal)?;
+    let items: Vec<Value> = users.iter().map(user_json).collect();
+    Ok(Json(json!({ "items": items, "total": items.len() })))
+}
+
+#[utoipa::path(get, path = "/api/users/{id}", params(("id" = Uuid, Path)), responses((status = 200), (status = 404)), tag = "users")]
+pub async fn get(
+    State(state): State<AppState>,
+    actor: Actor,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    // Everyone may read their own account; reading others needs users:view.
+    if id != actor.user_id.as_uuid() {
+        actor.require(Action::UsersView)?;
+    }
+    let row = state
+        .read()
+        .get_user(UserId::from_uuid(id))
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(user_json(&row)))
+}
