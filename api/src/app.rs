@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
             post(routes::users::create).get(routes::users::list),
         )
         .route("/api/users/{id}", get(routes::users::get))
+        .route("/api/users/{id}/unlock", post(routes::users::unlock))
         .route("/api/openapi.json", get(routes::ops::openapi))
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,

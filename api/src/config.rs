@@ -25,6 +25,7 @@ pub struct Config {
     pub phone_default_region: Option<String>,
     pub db_pool_size: usize,
     pub password_policy: egec_domain::password_policy::PasswordPolicy,
+    pub lockout: egec_domain::user::lockout::LockoutPolicy,
     /// How long a read waits for the projections to reach a write it follows.
     pub read_your_writes_timeout_ms: u64,
 }
@@ -145,6 +146,15 @@ impl Config {
         let token_ttl_seconds =
             number("EGEC_TOKEN_TTL_SECONDS", 12 * 3600, 60, 7 * 24 * 3600) as i64;
         let db_pool_size = number("EGEC_DB_POOL_SIZE", 16, 1, 512) as usize;
+        let lockout = egec_domain::user::lockout::LockoutPolicy {
+            threshold: number("EGEC_LOCKOUT_THRESHOLD", 5, 1, 100) as u32,
+            lock_for: chrono::Duration::seconds(number(
+                "EGEC_LOCKOUT_SECONDS",
+                900,
+                1,
+                7 * 24 * 3600,
+            ) as i64),
+        };
         let read_your_writes_timeout_ms =
             number("EGEC_READ_YOUR_WRITES_TIMEOUT_MS", 5000, 10, 60_000);
         let phone_default_region = src
@@ -183,6 +193,7 @@ impl Config {
             phone_default_region,
             db_pool_size,
             password_policy,
+            lockout,
             read_your_writes_timeout_ms,
         })
     }

@@ -34,6 +34,8 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{0}")]
     WeakPassword(String),
+    #[error("the account is locked after too many failed attempts")]
+    AccountLocked { retry_after_seconds: i64 },
     #[error("the service is not ready")]
     Unavailable,
     #[error("internal error")]
@@ -63,6 +65,7 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed")
             }
             ApiError::WeakPassword(_) => (StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
+            ApiError::AccountLocked { .. } => (StatusCode::LOCKED, "account_locked"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -83,6 +86,22 @@ impl IntoResponse for ApiError {
         err.insert("message".into(), json!(self.to_string()));
         if let ApiError::Validation(fields) = &self {
             err.insert("fields".into(), json!(fields));
+        }
+        if let ApiError::AccountLocked {
+            retry_after_seconds,
+        } = &self
+        {
+            err.insert("retry_after_seconds".into(), json!(retry_after_seconds));
+            let mut resp = (
+                status,
+                Json(json!({ "error": Value::Object(err), "retry_after_seconds": retry_after_seconds })),
+            )
+                .into_response();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&retry_after_seconds.to_string()) {
+                resp.headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, v);
+            }
+            return resp;
         }
         (status, Json(json!({ "error": Value::Object(err) }))).into_response()
     }

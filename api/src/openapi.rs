@@ -16,6 +16,7 @@ use utoipa::OpenApi;
         crate::routes::users::create,
         crate::routes::users::list,
         crate::routes::users::get,
+        crate::routes::users::unlock,
     ),
     components(schemas(
         crate::routes::customers::CreateCustomerBody,

@@ -89,3 +89,95 @@ both_backends!(
         assert!(!login.metadata.to_string().contains("127.0.0.1"));
     }
 );
+
+both_backends!(
+    five_failures_lock_the_account_even_against_the_right_password_until_an_admin_unlocks,
+    |app: support::TestApp| async move {
+        let (_, admin) = app.as_role(Role::Admin).await;
+        let victim = app.user("victim@egec.example", Role::Agent).await;
+        let wrong =
+            json!({ "email": "victim@egec.example", "password": "definitely not it at all" });
+        for _ in 0..4 {
+            let r = app.post("/api/auth/login", None, wrong.clone()).await;
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        }
+        let r = app.post("/api/auth/login", None, wrong.clone()).await;
+        assert_eq!(r.status(), StatusCode::LOCKED);
+        assert_eq!(r.headers()["retry-after"], "900");
+        let body = json_of(r).await;
+        assert_eq!(body["error"]["code"], "account_locked");
+        assert_eq!(body["retry_after_seconds"], 900);
+        let right = json!({ "email": "victim@egec.example", "password": support::PASSWORD });
+        let r = app.post("/api/auth/login", None, right.clone()).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::LOCKED,
+            "the right password is refused while locked"
+        );
+        let secs = json_of(r).await["retry_after_seconds"].as_i64().unwrap();
+        assert!((1..=900).contains(&secs));
+        // An agent may not unlock; an admin may.
+        let (_, agent) = app.as_role(Role::Agent).await;
+        let unlock = format!("/api/users/{victim}/unlock");
+        assert_eq!(
+            app.post(&unlock, Some(&agent), json!({})).await.status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            app.post(&unlock, Some(&admin), json!({})).await.status(),
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            app.post("/api/auth/login", None, right).await.status(),
+            StatusCode::OK
+        );
+        // Every attempt is an event in the log.
+        let types: Vec<String> = app
+            .running
+            .state
+            .log
+            .read_all(0, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect();
+        assert_eq!(types.iter().filter(|t| *t == "LoginFailed").count(), 6);
+        assert_eq!(
+            types.iter().filter(|t| *t == "LoginAccountLocked").count(),
+            1
+        );
+        assert_eq!(
+            types
+                .iter()
+                .filter(|t| *t == "LoginAccountUnlocked")
+                .count(),
+            1
+        );
+    }
+);
+
+both_backends!(
+    a_successful_login_resets_the_failure_count,
+    |app: support::TestApp| async move {
+        app.user("reset@egec.example", Role::Agent).await;
+        let wrong =
+            json!({ "email": "reset@egec.example", "password": "definitely not it at all" });
+        let right = json!({ "email": "reset@egec.example", "password": support::PASSWORD });
+        for _ in 0..4 {
+            app.post("/api/auth/login", None, wrong.clone()).await;
+        }
+        assert_eq!(
+            app.post("/api/auth/login", None, right).await.status(),
+            StatusCode::OK
+        );
+        for _ in 0..4 {
+            assert_eq!(
+                app.post("/api/auth/login", None, wrong.clone())
+                    .await
+                    .status(),
+                StatusCode::UNAUTHORIZED
+            );
+        }
+    }
+);

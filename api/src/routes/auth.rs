@@ -8,10 +8,11 @@ use crate::routes::meta::RequestMeta;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
-use chrono::Utc;
+use egec_commands::handler::now_micros;
+use egec_commands::store::ReadBound;
 use egec_domain::aggregate::UserAggregate;
 use egec_domain::event::DomainEvent;
-use egec_domain::user::{LoginEvent, UserState, login_stream_id};
+use egec_domain::user::{LoginEvent, UserState, lockout, login_stream_id, recent_login_stream_ids};
 use egec_domain::values::Email;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -81,29 +82,48 @@ pub async fn login(
         .verify(&body.password, stored.as_deref())
         .await
         .map_err(ApiError::internal)?;
-    let (Verified::Yes { .. }, Some(user), Some(row)) = (verified, user, row) else {
+    let (Some(user), Some(row)) = (user, row) else {
         return Err(ApiError::InvalidCredentials);
     };
-    let now = Utc::now();
-    let session_id = Uuid::now_v7();
+    let now = now_micros();
     let mut md = meta.anonymous();
     md.actor_id = Some(user.id);
     md.actor_role = Some(user.role);
-    let event = DomainEvent::Login(LoginEvent::Succeeded {
+    let lock_state = lockout_state(&state, user.id, now).await?;
+    let password_ok = matches!(verified, Verified::Yes { .. });
+    let stream = login_stream_id(user.id, now);
+    let subject = user.id.subject();
+    let record = async |events: Vec<LoginEvent>| -> Result<i64, ApiError> {
+        let events: Vec<DomainEvent> = events.into_iter().map(DomainEvent::Login).collect();
+        state
+            .bus
+            .record(&stream, &subject, &md, &events)
+            .await
+            .map_err(ApiError::internal)
+    };
+    match lockout::attempt(&lock_state, user.id, password_ok, state.config.lockout, now) {
+        lockout::Attempt::WrongPassword(events) => {
+            record(events).await?;
+            return Err(ApiError::InvalidCredentials);
+        }
+        lockout::Attempt::Locked {
+            events,
+            retry_after_seconds,
+        } => {
+            record(events).await?;
+            return Err(ApiError::AccountLocked {
+                retry_after_seconds,
+            });
+        }
+        lockout::Attempt::Allowed(_) => {}
+    }
+    let session_id = Uuid::now_v7();
+    record(vec![LoginEvent::Succeeded {
         user_id: user.id,
         session_id,
         at: now,
-    });
-    state
-        .bus
-        .record(
-            &login_stream_id(user.id, now),
-            &user.id.subject(),
-            &md,
-            &[event],
-        )
-        .await
-        .map_err(ApiError::internal)?;
+    }])
+    .await?;
     let (token, expires_at) = state
         .tokens
         .issue(user.id.as_uuid(), session_id, now)
@@ -114,6 +134,28 @@ pub async fn login(
         "user": user_json(&row),
         "must_change_password": false,
     })))
+}
+
+/// The user's lockout state, folded from the previous and the current month's activity.
+pub async fn lockout_state(
+    state: &AppState,
+    user: egec_domain::UserId,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<lockout::LockoutState, ApiError> {
+    let mut ls = lockout::LockoutState::default();
+    for stream in recent_login_stream_ids(user, now) {
+        for env in state
+            .bus
+            .stream_events(&stream, ReadBound::None)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            if let DomainEvent::Login(e) = &env.event {
+                ls = lockout::evolve(ls, e);
+            }
+        }
+    }
+    Ok(ls)
 }
 
 #[utoipa::path(get, path = "/api/auth/me", responses((status = 200), (status = 401)), tag = "auth")]

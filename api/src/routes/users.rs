@@ -10,7 +10,9 @@ use crate::users::{CreateUserError, NewUser, create_user};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use egec_domain::event::DomainEvent;
 use egec_domain::permission::Action;
+use egec_domain::user::{LoginEvent, login_stream_id};
 use egec_domain::{Role, UserId};
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -117,4 +119,41 @@ pub async fn get(
         .map_err(ApiError::internal)?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(user_json(&row)))
+}
+
+#[utoipa::path(post, path = "/api/users/{id}/unlock", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 403), (status = 404)), tag = "users")]
+pub async fn unlock(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    actor.require(Action::UsersManage)?;
+    let user = UserId::from_uuid(id);
+    let row = state
+        .read()
+        .get_user(user)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    if !may_manage(&actor, row.role) {
+        return Err(ApiError::Forbidden);
+    }
+    let now = egec_commands::handler::now_micros();
+    let event = DomainEvent::Login(LoginEvent::Unlocked {
+        user_id: user,
+        at: now,
+    });
+    state
+        .bus
+        .record(
+            &login_stream_id(user, now),
+            &user.subject(),
+            &meta.metadata(&actor),
+            &[event],
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(StatusCode::NO_CONTENT)
 }

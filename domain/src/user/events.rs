@@ -101,16 +101,68 @@ pub enum LoginEvent {
         session_id: uuid::Uuid,
         at: DateTime<Utc>,
     },
+    /// A refused attempt: wrong password, or any attempt while locked.
+    Failed {
+        user_id: UserId,
+        reason: LoginFailure,
+        at: DateTime<Utc>,
+    },
+    /// Too many failures in a row: attempts are refused until `until`.
+    Locked {
+        user_id: UserId,
+        until: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// An administrator lifted the lock (the actor is in the metadata).
+    Unlocked { user_id: UserId, at: DateTime<Utc> },
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFailure {
+    WrongPassword,
+    Locked,
+}
+
+impl LoginFailure {
+    fn as_str(self) -> &'static str {
+        match self {
+            LoginFailure::WrongPassword => "wrong_password",
+            LoginFailure::Locked => "locked",
+        }
+    }
 }
 
 pub const LOGIN_SUCCEEDED: &str = "LoginSucceeded";
+pub const LOGIN_FAILED: &str = "LoginFailed";
+pub const ACCOUNT_LOCKED: &str = "LoginAccountLocked";
+pub const ACCOUNT_UNLOCKED: &str = "LoginAccountUnlocked";
 
 impl LoginEvent {
     pub fn action(&self) -> &'static str {
         match self {
             LoginEvent::Succeeded { .. } => "LOGIN",
+            LoginEvent::Failed { .. } => "LOGIN_FAILED",
+            LoginEvent::Locked { .. } => "ACCOUNT_LOCKED",
+            LoginEvent::Unlocked { .. } => "ACCOUNT_UNLOCKED",
         }
     }
+}
+
+/// The streams whose events decide a login at `at`: the previous month's and the current
+/// month's activity, oldest first.
+pub fn recent_login_stream_ids(user: UserId, at: DateTime<Utc>) -> [String; 2] {
+    let first_of_month = at.date_naive().with_day(1).unwrap_or(at.date_naive());
+    let last_month = first_of_month.pred_opt().unwrap_or(first_of_month);
+    [
+        format!(
+            "login-{}-{:04}{:02}",
+            user,
+            last_month.year(),
+            last_month.month()
+        ),
+        login_stream_id(user, at),
+    ]
 }
 
 /// The stream holding a user's login activity in the month of `at`.
@@ -129,6 +181,21 @@ impl EventCodec for LoginEvent {
                 .fact("user_id", user_id.to_string())
                 .fact("session_id", session_id.to_string())
                 .fact("at", time_fact(*at)),
+            LoginEvent::Failed {
+                user_id,
+                reason,
+                at,
+            } => EncodedEvent::new(LOGIN_FAILED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("reason", reason.as_str())
+                .fact("at", time_fact(*at)),
+            LoginEvent::Locked { user_id, until, at } => EncodedEvent::new(ACCOUNT_LOCKED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("until", time_fact(*until))
+                .fact("at", time_fact(*at)),
+            LoginEvent::Unlocked { user_id, at } => EncodedEvent::new(ACCOUNT_UNLOCKED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("at", time_fact(*at)),
         }
     }
 
@@ -137,6 +204,24 @@ impl EventCodec for LoginEvent {
             (LOGIN_SUCCEEDED, 1) => Ok(LoginEvent::Succeeded {
                 user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
                 session_id: fact_uuid(e, "session_id")?,
+                at: fact_time(e, "at")?,
+            }),
+            (LOGIN_FAILED, 1) => Ok(LoginEvent::Failed {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                reason: match fact_str(e, "reason")? {
+                    "wrong_password" => LoginFailure::WrongPassword,
+                    "locked" => LoginFailure::Locked,
+                    _ => return Err(DecodeError::new("bad login failure reason")),
+                },
+                at: fact_time(e, "at")?,
+            }),
+            (ACCOUNT_LOCKED, 1) => Ok(LoginEvent::Locked {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                until: fact_time(e, "until")?,
+                at: fact_time(e, "at")?,
+            }),
+            (ACCOUNT_UNLOCKED, 1) => Ok(LoginEvent::Unlocked {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
                 at: fact_time(e, "at")?,
             }),
             (t, v) => Err(DecodeError(format!("unknown login event {t} v{v}"))),

@@ -3,9 +3,12 @@
 
 mod decide;
 mod events;
+pub mod lockout;
 
 pub use decide::{CreateUser, User, UserCommand, UserError, UserState, decide, evolve};
-pub use events::{LoginEvent, PasswordHash, UserEvent, login_stream_id};
+pub use events::{
+    LoginEvent, LoginFailure, PasswordHash, UserEvent, login_stream_id, recent_login_stream_ids,
+};
 
 #[cfg(test)]
 mod tests;

@@ -34,7 +34,34 @@ fn the_persisted_json_of_every_user_and_login_event_type_is_pinned() {
         session_id: uuid::Uuid::from_u128(5),
         at: now,
     };
-    for enc in [created.encode(), login.encode()] {
+    let uid = created.user_id();
+    let failed = LoginEvent::Failed {
+        user_id: uid,
+        reason: LoginFailure::WrongPassword,
+        at: now,
+    };
+    let locked = LoginEvent::Locked {
+        user_id: uid,
+        until: now + chrono::Duration::seconds(900),
+        at: now,
+    };
+    let unlocked = LoginEvent::Unlocked {
+        user_id: uid,
+        at: now,
+    };
+    for e in [&failed, &locked, &unlocked] {
+        assert_eq!(
+            &LoginEvent::decode(&e.encode().into_decrypted()).unwrap(),
+            e
+        );
+    }
+    for enc in [
+        created.encode(),
+        login.encode(),
+        failed.encode(),
+        locked.encode(),
+        unlocked.encode(),
+    ] {
         let json = crate::encoding::payload_json(&enc.facts, &enc.personal);
         insta::assert_json_snapshot!(format!("{}_v{}", enc.event_type, enc.schema_version), json);
     }
