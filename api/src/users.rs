@@ -89,14 +89,7 @@ pub async fn create_user(
         password_hash,
     }));
     let done = bus
-        .execute::<UserAggregate>(
-            &id.stream_id(),
-            &id.subject(),
-            None,
-            Uuid::now_v7(),
-            meta,
-            cmd,
-        )
+        .execute_new::<UserAggregate>(&id.stream_id(), &id.subject(), Uuid::now_v7(), meta, cmd)
         .await
         .map_err(|e| match e {
             HandlerError::Domain(_) => CreateUserError::EmailTaken,

@@ -4,6 +4,10 @@
 //! Run with `cargo run --release -p egec-bench -- [--quick]`. The last line printed is one
 //! line of JSON with every figure, for scripts; everything above it is for people.
 
+// The same allocator as the `egec` binary, so measured figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod batch_sizes;
 mod dblimits;
 mod profile;

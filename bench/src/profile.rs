@@ -136,6 +136,7 @@ pub async fn run(
             let id = CustomerId::from_uuid(Uuid::now_v7());
             appender
                 .append(AppendRequest {
+                    new_keys: vec![],
                     stream_id: id.stream_id(),
                     expected: ExpectedVersion::Exact(0),
                     command_id: Uuid::now_v7(),

@@ -239,6 +239,7 @@ async fn encode_batch(
             )
             .await?;
         batch.push(AppendRequest {
+            new_keys: vec![],
             stream_id: id.stream_id(),
             expected: ExpectedVersion::Exact(i64::try_from(round)?),
             command_id: Uuid::now_v7(),

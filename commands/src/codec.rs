@@ -2,9 +2,10 @@
 //! decrypts (or marks erased) and upcasts on the way out. Every read path goes through
 //! [`Codec::decode`], so upcasting and erasure apply everywhere alike.
 
+use crate::crypto::Key;
 use crate::crypto::{self, CryptoError};
 use crate::store::{NewEvent, RecordedEvent};
-use crate::vault::{SubjectKey, Vault, VaultError};
+use crate::vault::{PendingKey, SubjectKey, Vault, VaultError};
 use chrono::{DateTime, Datelike, Utc};
 use egec_domain::encoding::{DecodeError, DecryptedEvent, Encoded, split_payload, upcast};
 use egec_domain::event::{DomainEvent, Envelope, Metadata};
@@ -44,9 +45,11 @@ impl Codec {
         &self.vault
     }
 
+    /// Encrypts `fields` under `key` if given, else under the subject's current key.
     async fn encrypt_map(
         &self,
         subject: &str,
+        key: Option<&Key>,
         event_id: Uuid,
         fields: &BTreeMap<String, String>,
     ) -> Result<Map<String, Value>, CodecError> {
@@ -54,7 +57,10 @@ impl Codec {
         if fields.is_empty() {
             return Ok(out);
         }
-        let (version, key) = self.vault.for_write(subject).await?;
+        let (version, key) = match key {
+            Some(k) => (1, k.clone()),
+            None => self.vault.for_write(subject).await?,
+        };
         for (name, plain) in fields {
             let aad = crypto::field_aad(&event_id, subject, name);
             out.insert(
@@ -74,8 +80,39 @@ impl Codec {
         event: &DomainEvent,
         meta: &Metadata,
     ) -> Result<NewEvent, CodecError> {
+        Ok(self
+            .encode_inner(subject, None, event_id, event, meta)
+            .await?
+            .0)
+    }
+
+    /// Like [`Codec::encode`], but encrypts the subject's personal fields under a pending
+    /// first key instead of asking the vault. Also answers whether the key was used (the
+    /// event had personal fields): only then must the key be stored with the event.
+    pub async fn encode_with_pending(
+        &self,
+        pending: &PendingKey,
+        event_id: Uuid,
+        event: &DomainEvent,
+        meta: &Metadata,
+    ) -> Result<(NewEvent, bool), CodecError> {
+        self.encode_inner(&pending.subject, Some(&pending.key), event_id, event, meta)
+            .await
+    }
+
+    async fn encode_inner(
+        &self,
+        subject: &str,
+        key: Option<&Key>,
+        event_id: Uuid,
+        event: &DomainEvent,
+        meta: &Metadata,
+    ) -> Result<(NewEvent, bool), CodecError> {
         let enc = event.encode();
-        let personal = self.encrypt_map(subject, event_id, &enc.personal).await?;
+        let used_key = !enc.personal.is_empty();
+        let personal = self
+            .encrypt_map(subject, key, event_id, &enc.personal)
+            .await?;
         let mut payload = Map::new();
         payload.insert("facts".into(), Value::Object(enc.facts));
         payload.insert("personal".into(), Value::Object(personal));
@@ -90,7 +127,7 @@ impl Codec {
         }
         let retention = retention_subject(meta.occurred_at);
         let meta_enc = self
-            .encrypt_map(&retention, event_id, &meta_personal)
+            .encrypt_map(&retention, None, event_id, &meta_personal)
             .await?;
         let mut metadata = json!({
             "actor_id": meta.actor_id.map(|a| a.to_string()),
@@ -105,13 +142,14 @@ impl Codec {
             m.insert("retention_subject".into(), Value::String(retention));
             m.insert("personal".into(), Value::Object(meta_enc));
         }
-        Ok(NewEvent {
+        let stored = NewEvent {
             event_id,
             event_type: enc.event_type,
             schema_version: enc.schema_version,
             payload: Value::Object(payload),
             metadata,
-        })
+        };
+        Ok((stored, used_key))
     }
 
     async fn decrypt_map(
@@ -179,6 +217,35 @@ impl Codec {
             facts,
             personal,
         })?)
+    }
+
+    /// Decodes a batch of stored events, loading the keys of all their subjects (payload
+    /// subjects and metadata retention subjects) that are not cached yet with one query
+    /// first, instead of one query per subject. Answers each event on its own, in order.
+    pub async fn decode_batch(&self, recs: &[RecordedEvent]) -> Vec<Result<Envelope, CodecError>> {
+        let mut subjects: Vec<String> = Vec::new();
+        for rec in recs {
+            if let Some(s) = rec.payload.get("subject").and_then(Value::as_str) {
+                subjects.push(s.to_owned());
+            }
+            if let Some(s) = rec
+                .metadata
+                .get("retention_subject")
+                .and_then(Value::as_str)
+            {
+                subjects.push(s.to_owned());
+            }
+        }
+        if let Err(e) = self.vault.preload(&subjects).await {
+            // Not fatal: decoding below asks for each missing key on its own and reports
+            // the failure against the event it belongs to.
+            tracing::warn!(error = %e, "bulk key load failed; decoding event by event");
+        }
+        let mut out = Vec::with_capacity(recs.len());
+        for rec in recs {
+            out.push(self.decode(rec).await);
+        }
+        out
     }
 
     /// Decrypts, upcasts and decodes one stored event.

@@ -4,6 +4,7 @@
 use crate::appender::{AppendError, Appender};
 use crate::codec::{Codec, CodecError};
 use crate::store::{AppendRequest, EventLog, ExpectedVersion, ReadBound, StoreError};
+use crate::vault::SubjectKey;
 use chrono::Utc;
 use egec_domain::aggregate::Aggregate;
 use egec_domain::event::{DomainEvent, Envelope, Metadata};
@@ -180,11 +181,24 @@ impl CommandBus {
         );
     }
 
+    /// The cached state and version of an aggregate, without asking the log.
+    fn cached<A: Aggregate>(&self, stream_id: &str) -> Option<(A::State, i64)> {
+        let cached = self.cache.lock().get(stream_id).cloned()?;
+        cached
+            .state
+            .downcast_ref::<A::State>()
+            .map(|s| (s.clone(), cached.version))
+    }
+
     /// Runs a command against an aggregate.
     ///
     /// `if_match` is the version the client last saw: when given, any other current version
     /// is a [`HandlerError::VersionConflict`]. Without it, conflicts with concurrent writers
     /// are retried (reload, decide again) up to a bound.
+    ///
+    /// A cached aggregate is decided on without reading the log: the append expects the
+    /// cached version, so if another process wrote meanwhile the store answers a conflict,
+    /// the cache entry is dropped and the next attempt loads afresh.
     pub async fn execute<A: Aggregate>(
         &self,
         stream_id: &str,
@@ -194,11 +208,65 @@ impl CommandBus {
         meta: &Metadata,
         command: A::Command,
     ) -> Result<Executed<A::State, A::Event>, HandlerError<A::Error>> {
+        self.run::<A>(
+            stream_id, subject, if_match, false, command_id, meta, command,
+        )
+        .await
+    }
+
+    /// Runs a command that creates a new aggregate under an id the caller just made up (a
+    /// fresh UUIDv7), so the stream cannot exist yet: decides on the default state at
+    /// version 0 without reading the log. Should the stream exist after all, the append
+    /// conflicts and the command is retried like any other, on the loaded state.
+    pub async fn execute_new<A: Aggregate>(
+        &self,
+        stream_id: &str,
+        subject: &str,
+        command_id: Uuid,
+        meta: &Metadata,
+        command: A::Command,
+    ) -> Result<Executed<A::State, A::Event>, HandlerError<A::Error>> {
+        self.run::<A>(stream_id, subject, None, true, command_id, meta, command)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run<A: Aggregate>(
+        &self,
+        stream_id: &str,
+        subject: &str,
+        if_match: Option<i64>,
+        assume_new: bool,
+        command_id: Uuid,
+        meta: &Metadata,
+        command: A::Command,
+    ) -> Result<Executed<A::State, A::Event>, HandlerError<A::Error>> {
+        // Set once the store refused to create the subject's first key because it already
+        // had one (or was erased): from then on the key comes from the vault.
+        let mut key_taken = false;
+        // Set when a decision on the cached state must be checked against the log.
+        let mut verify_cache = false;
         for attempt in 0..self.max_attempts {
-            if attempt > 0 {
+            if attempt > 0 && !verify_cache {
                 backoff(attempt).await;
             }
-            let (state, version) = self.load::<A>(stream_id).await?;
+            let cached = if verify_cache {
+                None
+            } else {
+                self.cached::<A>(stream_id)
+            };
+            verify_cache = false;
+            let from_cache = cached.is_some() && !(attempt == 0 && assume_new);
+            let (state, version) = match (attempt == 0 && assume_new, cached) {
+                (true, _) => (A::State::default(), 0),
+                // A client that saw another version than the cached one may have seen a
+                // newer write by another process: only a fresh load can tell.
+                (false, Some((_, cached))) if if_match.is_some_and(|m| m != cached) => {
+                    self.load::<A>(stream_id).await?
+                }
+                (false, Some(cached)) => cached,
+                (false, None) => self.load::<A>(stream_id).await?,
+            };
             if let Some(expected) = if_match
                 && expected != version
             {
@@ -207,9 +275,22 @@ impl CommandBus {
                     actual: version,
                 });
             }
-            let events =
-                A::decide(&state, command.clone(), now_micros()).map_err(HandlerError::Domain)?;
+            // A refusal or "nothing to do" appends nothing, so the store never checks the
+            // version it was decided on: when that came from the cache, which another process
+            // may have made stale, confirm the answer on the log's current state.
+            let events = match A::decide(&state, command.clone(), now_micros()) {
+                Err(_) if from_cache => {
+                    verify_cache = true;
+                    continue;
+                }
+                Err(e) => return Err(HandlerError::Domain(e)),
+                Ok(events) => events,
+            };
             if events.is_empty() {
+                if from_cache {
+                    verify_cache = true;
+                    continue;
+                }
                 return Ok(Executed {
                     state,
                     events,
@@ -217,26 +298,65 @@ impl CommandBus {
                     position: None,
                 });
             }
+
+            // The first events of a stream usually introduce a new data subject. Its key is
+            // then made here and stored by the append, in the same transaction as the events,
+            // instead of in a transaction of its own; if the subject turns out to have a key
+            // already, the append is refused and the next attempt uses that key.
+            let pending = if version == 0
+                && !key_taken
+                && matches!(
+                    self.codec.vault().cached(subject),
+                    None | Some(SubjectKey::Missing)
+                ) {
+                Some(
+                    self.codec
+                        .vault()
+                        .new_pending_key(subject)
+                        .map_err(CodecError::from)?,
+                )
+            } else {
+                None
+            };
             let mut stored = Vec::with_capacity(events.len());
+            let mut key_used = false;
             for e in &events {
                 let domain_event = A::wrap(e.clone());
-                stored.push(
-                    self.codec
-                        .encode(subject, Uuid::now_v7(), &domain_event, meta)
-                        .await?,
-                );
+                let event_id = Uuid::now_v7();
+                match &pending {
+                    Some(p) => {
+                        let (event, used) = self
+                            .codec
+                            .encode_with_pending(p, event_id, &domain_event, meta)
+                            .await?;
+                        key_used |= used;
+                        stored.push(event);
+                    }
+                    None => {
+                        stored.push(
+                            self.codec
+                                .encode(subject, event_id, &domain_event, meta)
+                                .await?,
+                        );
+                    }
+                }
             }
-            let req = AppendRequest {
-                stream_id: stream_id.to_owned(),
-                expected: ExpectedVersion::Exact(version),
+            let mut req = AppendRequest::new(
+                stream_id,
+                ExpectedVersion::Exact(version),
                 command_id,
-                events: stored,
-            };
+                stored,
+            );
+            let pending = pending.filter(|_| key_used);
+            if let Some(p) = &pending {
+                req.new_keys.push((p.subject.clone(), p.wrapped.clone()));
+            }
             match self.appender.append(req).await {
                 Ok(outcome) => {
                     if outcome.duplicate {
                         // The command had already been applied; what we decided now is not
                         // what was stored, so report the stored result and reload next time.
+                        // The pending key was not stored, so it is dropped.
                         self.forget(stream_id);
                         let (state, version) = self.load::<A>(stream_id).await?;
                         return Ok(Executed {
@@ -246,6 +366,9 @@ impl CommandBus {
                             position: Some(outcome.last_position),
                         });
                     }
+                    if let Some(p) = pending {
+                        self.codec.vault().adopt(p);
+                    }
                     let new_state = events.iter().fold(state, A::evolve);
                     self.remember(stream_id, outcome.stream_version, new_state.clone());
                     return Ok(Executed {
@@ -254,6 +377,13 @@ impl CommandBus {
                         version: outcome.stream_version,
                         position: Some(outcome.last_position),
                     });
+                }
+                Err(AppendError::Conflict(c)) if pending.is_some() && c.actual == c.expected => {
+                    // The stream was where we expected it, so it was the subject's key that
+                    // collided: another writer created it, or the subject was erased. Encrypt
+                    // again under whatever the key table holds (or fail as erased).
+                    key_taken = true;
+                    self.codec.vault().forget(subject);
                 }
                 Err(AppendError::Conflict(c)) => {
                     self.forget(stream_id);
@@ -282,12 +412,7 @@ impl CommandBus {
         for e in events {
             stored.push(self.codec.encode(subject, Uuid::now_v7(), e, meta).await?);
         }
-        let req = AppendRequest {
-            stream_id: stream_id.to_owned(),
-            expected: ExpectedVersion::Any,
-            command_id: Uuid::now_v7(),
-            events: stored,
-        };
+        let req = AppendRequest::new(stream_id, ExpectedVersion::Any, Uuid::now_v7(), stored);
         self.appender
             .append(req)
             .await

@@ -32,6 +32,25 @@ pub enum VaultError {
     Erased,
 }
 
+/// The first key of a subject that has none yet, generated and wrapped locally so that it can
+/// be stored in the same transaction as the first events encrypted under it (see
+/// [`crate::store::AppendRequest::new_keys`]). It is not cached until that append succeeded:
+/// if the append is refused, the key never existed.
+pub struct PendingKey {
+    pub subject: String,
+    pub key: Key,
+    pub wrapped: WrappedKey,
+}
+
+impl std::fmt::Debug for PendingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingKey")
+            .field("subject", &self.subject)
+            .field("fingerprint", &self.wrapped.fingerprint)
+            .finish()
+    }
+}
+
 pub struct Vault {
     table: Arc<dyn KeyTable>,
     master: MasterKey,
@@ -100,6 +119,70 @@ impl Vault {
             .map(|w| self.unwrap_key(subject, w))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(SubjectKey::Live(Arc::new(keys)))
+    }
+
+    /// What the cache holds for a subject, without asking the key table.
+    pub fn cached(&self, subject: &str) -> Option<SubjectKey> {
+        self.cache.lock().get(subject).cloned()
+    }
+
+    /// A fresh first key (version 1) for a subject, wrapped by the master key, stored
+    /// nowhere yet.
+    pub fn new_pending_key(&self, subject: &str) -> Result<PendingKey, VaultError> {
+        let key = Key::generate()?;
+        let wrapped = self.wrap(subject, 1, &key)?;
+        Ok(PendingKey {
+            subject: subject.to_owned(),
+            key,
+            wrapped,
+        })
+    }
+
+    /// Caches a pending key once the append that stored it has committed.
+    pub fn adopt(&self, pending: PendingKey) {
+        self.cache.lock().put(
+            pending.subject,
+            SubjectKey::Live(Arc::new(vec![pending.key])),
+        );
+    }
+
+    /// Loads the keys of every listed subject that is not cached yet, with one query, so that
+    /// decoding a batch of events does not ask the key table once per subject.
+    pub async fn preload(&self, subjects: &[String]) -> Result<(), VaultError> {
+        let missing: Vec<String> = {
+            let cache = self.cache.lock();
+            let mut missing: Vec<String> = subjects
+                .iter()
+                .filter(|s| !cache.contains(s.as_str()))
+                .cloned()
+                .collect();
+            missing.sort_unstable();
+            missing.dedup();
+            missing
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let loaded = self.table.load_many(&missing).await?;
+        let mut unwrapped = Vec::with_capacity(loaded.len());
+        for (subject, keys) in loaded {
+            let k = match keys {
+                // Not cached, like `for_read`: the key may be created any moment.
+                SubjectKeys::None => continue,
+                SubjectKeys::Erased => SubjectKey::Erased,
+                SubjectKeys::Active(keys) => self.unwrap_all(&subject, &keys)?,
+            };
+            unwrapped.push((subject, k));
+        }
+        let mut cache = self.cache.lock();
+        for (subject, k) in unwrapped {
+            // A concurrent `destroy` may have cached `Erased` meanwhile; never overwrite it
+            // with keys read before the erasure.
+            if !matches!(cache.peek(&subject), Some(SubjectKey::Erased)) {
+                cache.put(subject, k);
+            }
+        }
+        Ok(())
     }
 
     /// The subject's keys for reading: never creates one.

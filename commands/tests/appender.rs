@@ -102,6 +102,7 @@ impl EventLog for ScriptedLog {
 
 fn request(stream: &str, expected: ExpectedVersion) -> AppendRequest {
     AppendRequest {
+        new_keys: vec![],
         stream_id: stream.into(),
         expected,
         command_id: Uuid::now_v7(),

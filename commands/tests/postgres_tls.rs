@@ -92,6 +92,7 @@ async fn the_servers_own_certificate_as_root_gives_an_encrypted_connection() {
     drop(conn);
     let answers = log
         .append_batch(vec![AppendRequest {
+            new_keys: vec![],
             stream_id: "tls".into(),
             expected: ExpectedVersion::Exact(0),
             command_id: Uuid::now_v7(),

@@ -208,6 +208,7 @@ fn new_event(n: i64) -> NewEvent {
 
 fn request(stream: &str, expected: ExpectedVersion, events: usize) -> AppendRequest {
     AppendRequest {
+        new_keys: vec![],
         stream_id: stream.into(),
         expected,
         command_id: Uuid::now_v7(),
@@ -850,6 +851,181 @@ async fn a_create_racing_a_destroy_never_leaves_a_key_beside_the_tombstone(env: 
     assert!(keys.all_keys().await.expect("all").is_empty());
 }
 
+fn creating(stream: &str, subject: &str, tag: &str) -> AppendRequest {
+    let mut req = request(stream, ExpectedVersion::Exact(0), 1);
+    req.new_keys.push((subject.to_owned(), key(tag)));
+    req
+}
+
+async fn a_new_subjects_key_is_stored_with_its_first_events(env: Env) {
+    let log = env.log();
+    let answers = log
+        .append_batch(vec![
+            creating("customer-1", "s1", "one"),
+            request("other", ExpectedVersion::Any, 1),
+            creating("customer-2", "s2", "two"),
+        ])
+        .await
+        .expect("storage");
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(
+        env.keys().load("s1").await.expect("load"),
+        SubjectKeys::Active(vec![key("one")])
+    );
+    assert_eq!(
+        env.keys().load("s2").await.expect("load"),
+        SubjectKeys::Active(vec![key("two")])
+    );
+    assert_eq!(positions(&read_everything(log).await), vec![1, 2, 3]);
+    let report = verify_chain(log, 4).await.expect("verify");
+    assert!(report.ok, "{report:?}");
+    // A repeated command creates nothing more and is answered as a duplicate.
+    let mut again = creating("customer-3", "s3", "three");
+    let first = append_ok(log, again.clone()).await;
+    again.new_keys = vec![("s3".to_owned(), key("other"))];
+    let dup = append_ok(log, again).await;
+    assert!(dup.duplicate);
+    assert_eq!(dup.last_position, first.last_position);
+    assert_eq!(
+        env.keys().load("s3").await.expect("load"),
+        SubjectKeys::Active(vec![key("three")])
+    );
+}
+
+async fn a_request_whose_subject_was_erased_is_refused_and_appends_nothing(env: Env) {
+    let log = env.log();
+    env.keys().destroy("gone").await.expect("destroy");
+    let answers = log
+        .append_batch(vec![
+            creating("customer-gone", "gone", "late"),
+            creating("customer-ok", "fine", "ok"),
+        ])
+        .await
+        .expect("storage");
+    // The stream itself was fine, so the conflict names its version twice.
+    assert_eq!(
+        answers[0],
+        Err(Conflict {
+            expected: 0,
+            actual: 0
+        })
+    );
+    let ok = answers[1].clone().expect("the neighbour is appended");
+    assert_eq!((ok.first_position, ok.last_position), (1, 1));
+    assert_eq!(
+        log.stream_version("customer-gone").await.expect("version"),
+        0
+    );
+    assert_eq!(
+        env.keys().load("gone").await.expect("load"),
+        SubjectKeys::Erased
+    );
+    assert_eq!(
+        env.keys().all_keys().await.expect("all"),
+        vec![("fine".to_owned(), key("ok"))]
+    );
+    let report = verify_chain(log, 4).await.expect("verify");
+    assert!(report.ok, "{report:?}");
+}
+
+async fn a_request_whose_subject_already_has_a_key_is_refused(env: Env) {
+    let log = env.log();
+    env.keys()
+        .create("known", key("stored"))
+        .await
+        .expect("create");
+    let answers = log
+        .append_batch(vec![
+            creating("customer-a", "known", "mine"),
+            creating("customer-b", "twice", "first"),
+            // The same new subject twice in one batch: only the first creates it.
+            creating("customer-c", "twice", "second"),
+        ])
+        .await
+        .expect("storage");
+    assert_eq!(
+        answers[0],
+        Err(Conflict {
+            expected: 0,
+            actual: 0
+        })
+    );
+    assert!(answers[1].is_ok());
+    assert_eq!(
+        answers[2],
+        Err(Conflict {
+            expected: 0,
+            actual: 0
+        })
+    );
+    assert_eq!(positions(&read_everything(log).await), vec![1]);
+    assert_eq!(
+        env.keys().load("known").await.expect("load"),
+        SubjectKeys::Active(vec![key("stored")])
+    );
+    assert_eq!(
+        env.keys().load("twice").await.expect("load"),
+        SubjectKeys::Active(vec![key("first")])
+    );
+}
+
+async fn an_append_creating_a_key_racing_a_destroy_never_leaves_a_key_beside_the_tombstone(
+    env: Env,
+) {
+    let log = env.stores.log.clone();
+    let keys = env.stores.keys.clone();
+    for i in 0..20 {
+        let subject = format!("append-race-{i}");
+        let appender = {
+            let log = log.clone();
+            let req = creating(&format!("stream-{i}"), &subject, "k");
+            tokio::spawn(async move { log.append_batch(vec![req]).await })
+        };
+        let destroyer = {
+            let keys = keys.clone();
+            let subject = subject.clone();
+            tokio::spawn(async move { keys.destroy(&subject).await })
+        };
+        let appended = appender.await.expect("join").expect("storage").remove(0);
+        let destroyed = destroyer.await.expect("join").expect("destroy");
+        match appended {
+            Ok(_) => assert_eq!(destroyed, vec!["fp-k".to_owned()]),
+            Err(_) => assert!(destroyed.is_empty()),
+        }
+        assert_eq!(
+            keys.load(&subject).await.expect("load"),
+            SubjectKeys::Erased
+        );
+    }
+    assert!(keys.all_keys().await.expect("all").is_empty());
+}
+
+async fn many_subjects_load_in_one_call(env: Env) {
+    let keys = env.keys();
+    keys.create("a", key("a")).await.expect("create");
+    keys.create("b", key("b")).await.expect("create");
+    keys.destroy("b").await.expect("destroy");
+    keys.destroy("c").await.expect("destroy");
+    let asked: Vec<String> = ["a", "b", "c", "d", "a"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let loaded = keys.load_many(&asked).await.expect("load_many");
+    assert_eq!(loaded.len(), 4);
+    assert_eq!(loaded["a"], SubjectKeys::Active(vec![key("a")]));
+    assert_eq!(loaded["b"], SubjectKeys::Erased);
+    assert_eq!(loaded["c"], SubjectKeys::Erased);
+    assert_eq!(loaded["d"], SubjectKeys::None);
+    for subject in ["a", "b", "c", "d"] {
+        assert_eq!(
+            loaded[subject],
+            keys.load(subject).await.expect("load"),
+            "{subject}"
+        );
+    }
+    assert!(keys.load_many(&[]).await.expect("empty").is_empty());
+}
+
 async fn rewrapping_replaces_the_wrapping_but_never_the_key(env: Env) {
     let keys = env.keys();
     keys.create("s", key("k")).await.expect("create");
@@ -909,6 +1085,7 @@ async fn writer(appender: Appender, log: Arc<dyn EventLog>, id: usize) -> Writer
         loop {
             let read = log.stream_version(&stream).await.expect("read version");
             let req = AppendRequest {
+                new_keys: vec![],
                 stream_id: stream.clone(),
                 expected: ExpectedVersion::Exact(read),
                 command_id: Uuid::now_v7(),
@@ -1133,6 +1310,11 @@ conformance!(
     destroying_a_subject_returns_its_fingerprints_and_refuses_new_keys,
     a_create_racing_a_destroy_never_leaves_a_key_beside_the_tombstone,
     rewrapping_replaces_the_wrapping_but_never_the_key,
+    a_new_subjects_key_is_stored_with_its_first_events,
+    a_request_whose_subject_was_erased_is_refused_and_appends_nothing,
+    a_request_whose_subject_already_has_a_key_is_refused,
+    an_append_creating_a_key_racing_a_destroy_never_leaves_a_key_beside_the_tombstone,
+    many_subjects_load_in_one_call,
     opening_an_existing_database_again_keeps_its_data,
     sixteen_writers_through_one_appender_lose_no_update_and_leave_no_gap,
     two_instances_on_one_database_keep_positions_dense,

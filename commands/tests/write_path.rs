@@ -256,6 +256,7 @@ async fn a_legacy_v1_event_in_the_log_is_upcast_on_every_read_path(e: Env) {
     e.stores
         .log
         .append_batch(vec![AppendRequest {
+            new_keys: vec![],
             stream_id: id.stream_id(),
             expected: ExpectedVersion::Exact(0),
             command_id: Uuid::now_v7(),
@@ -377,6 +378,174 @@ async fn a_stale_if_match_is_refused_without_appending(e: Env) {
     assert_eq!(e.stores.log.head().await.unwrap().position, before);
 }
 
+async fn run_new(
+    bus: &CommandBus,
+    id: CustomerId,
+) -> Result<i64, HandlerError<egec_domain::customer::CustomerError>> {
+    bus.execute_new::<CustomerAggregate>(
+        &id.stream_id(),
+        &id.subject(),
+        Uuid::now_v7(),
+        &meta(),
+        create(id),
+    )
+    .await
+    .map(|x| x.version)
+}
+
+fn name_of(state: &CustomerState) -> Personal<String> {
+    state
+        .customer()
+        .expect("present")
+        .name
+        .clone()
+        .map(|n| n.as_str().to_owned())
+}
+
+async fn a_new_customers_key_is_stored_with_its_first_event(e: Env) {
+    let ids: Vec<CustomerId> = (0..8)
+        .map(|_| CustomerId::from_uuid(Uuid::now_v7()))
+        .collect();
+    let mut tasks = Vec::new();
+    for id in ids.clone() {
+        let bus = e.bus.clone();
+        tasks.push(tokio::spawn(async move { run_new(&bus, id).await }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), 1);
+    }
+    for id in &ids {
+        assert!(matches!(
+            e.stores.keys.load(&id.subject()).await.unwrap(),
+            SubjectKeys::Active(k) if k.len() == 1
+        ));
+    }
+    // Another process, with cold caches, decodes every event through one bulk key load.
+    let cold = env_like(&e);
+    let all = e.stores.log.read_all(0, 1000).await.unwrap();
+    let decoded = cold.codec().decode_batch(&all).await;
+    assert_eq!(decoded.len(), ids.len());
+    for d in decoded {
+        let env = d.unwrap();
+        assert_eq!(
+            env.metadata.ip,
+            Some(Personal::Known("203.0.113.77".into()))
+        );
+    }
+    let (state, _) = cold
+        .load::<CustomerAggregate>(&ids[0].stream_id())
+        .await
+        .unwrap();
+    assert_eq!(name_of(&state), Personal::Known("Omar Khalilsecret".into()));
+    // An existing id given to `execute_new` conflicts, reloads, and the domain refuses it.
+    let again = run_new(&e.bus, ids[0]).await;
+    assert!(matches!(again, Err(HandlerError::Domain(_))), "{again:?}");
+}
+
+async fn a_create_whose_subject_already_has_a_key_uses_that_key(e: Env) {
+    let id = CustomerId::from_uuid(Uuid::now_v7());
+    // Another process made the subject's key; this bus has not seen it.
+    let cold = env_like(&e);
+    let (_, made) = cold.codec().vault().for_write(&id.subject()).await.unwrap();
+    assert_eq!(run_new(&e.bus, id).await.unwrap(), 1);
+    let SubjectKeys::Active(keys) = e.stores.keys.load(&id.subject()).await.unwrap() else {
+        panic!("the key stays")
+    };
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].fingerprint, made.fingerprint());
+    let (state, _) = env_like(&e)
+        .load::<CustomerAggregate>(&id.stream_id())
+        .await
+        .unwrap();
+    assert_eq!(name_of(&state), Personal::Known("Omar Khalilsecret".into()));
+}
+
+async fn a_create_for_an_erased_subject_appends_nothing(e: Env) {
+    let id = CustomerId::from_uuid(Uuid::now_v7());
+    e.stores.keys.destroy(&id.subject()).await.unwrap();
+    let r = run_new(&e.bus, id).await;
+    assert!(
+        matches!(r, Err(HandlerError::Codec(_))),
+        "an erased subject's key is never re-created: {r:?}"
+    );
+    assert_eq!(
+        e.stores.log.stream_version(&id.stream_id()).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        e.stores.keys.load(&id.subject()).await.unwrap(),
+        SubjectKeys::Erased
+    );
+}
+
+async fn a_stale_cached_aggregate_is_caught_by_the_version_check(e: Env) {
+    let id = CustomerId::from_uuid(Uuid::now_v7());
+    run(&e, id, create(id)).await.unwrap();
+    let other = env_like(&e);
+    let status = |s: &str| {
+        CustomerCommand::Update(UpdateCustomer {
+            notes: Some(Some(Notes::parse(s).unwrap())),
+            ..Default::default()
+        })
+    };
+    // Another process writes; this bus's cache still says version 1.
+    let v = other
+        .execute::<CustomerAggregate>(
+            &id.stream_id(),
+            &id.subject(),
+            None,
+            Uuid::now_v7(),
+            &meta(),
+            status("lost"),
+        )
+        .await
+        .unwrap()
+        .version;
+    assert_eq!(v, 2);
+    // A client that saw version 2 is right, though the cache is behind.
+    let done = e
+        .bus
+        .execute::<CustomerAggregate>(
+            &id.stream_id(),
+            &id.subject(),
+            Some(2),
+            Uuid::now_v7(),
+            &meta(),
+            status("contacted"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.version, 3);
+    other
+        .execute::<CustomerAggregate>(
+            &id.stream_id(),
+            &id.subject(),
+            None,
+            Uuid::now_v7(),
+            &meta(),
+            status("lost"),
+        )
+        .await
+        .unwrap();
+    // Without If-Match, the stale cache costs one conflict and a reload, never a lost write.
+    let done = run(&e, id, status("contacted")).await.unwrap();
+    assert_eq!(done, 5);
+    let (state, version) = env_like(&e)
+        .load::<CustomerAggregate>(&id.stream_id())
+        .await
+        .unwrap();
+    assert_eq!(version, 5);
+    assert_eq!(
+        state
+            .customer()
+            .unwrap()
+            .notes
+            .clone()
+            .map(|n| n.map(|n| n.as_str().to_owned())),
+        Some(Personal::Known("contacted".to_owned()))
+    );
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod sqlite { use super::*; $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(env(false).await).await } )* }
@@ -390,4 +559,8 @@ both!(
     a_legacy_v1_event_in_the_log_is_upcast_on_every_read_path,
     concurrent_updates_to_one_customer_all_land_through_retries,
     a_stale_if_match_is_refused_without_appending,
+    a_new_customers_key_is_stored_with_its_first_event,
+    a_create_whose_subject_already_has_a_key_uses_that_key,
+    a_create_for_an_erased_subject_appends_nothing,
+    a_stale_cached_aggregate_is_caught_by_the_version_check,
 );

@@ -29,6 +29,13 @@ pub(crate) async fn decode_for(
         .into_iter()
         .filter(|r| kind.wants(&r.event_type))
         .collect();
+    // One query fetches the keys of every subject in the batch; without it each subject not
+    // yet cached costs its own round trip to the key table. A failed preload is not fatal:
+    // decoding then loads keys one by one, as it always could.
+    let subjects = batch_subjects(&relevant);
+    if let Err(e) = codec.vault().preload(&subjects).await {
+        tracing::warn!(error = %e, "key preload failed; decoding with per-subject loads");
+    }
     if relevant.len() < PARALLEL_MIN {
         return decode_chunk(codec, relevant).await;
     }
@@ -54,6 +61,24 @@ pub(crate) async fn decode_for(
         out.extend(part);
     }
     Ok(out)
+}
+
+/// The data subjects whose keys decoding `records` needs: each payload's subject and each
+/// metadata's retention subject, without repeats.
+fn batch_subjects(records: &[RecordedEvent]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    records
+        .iter()
+        .flat_map(|r| {
+            [
+                r.payload.get("subject").and_then(|v| v.as_str()),
+                r.metadata.get("retention_subject").and_then(|v| v.as_str()),
+            ]
+        })
+        .flatten()
+        .filter(|s| seen.insert(*s))
+        .map(str::to_owned)
+        .collect()
 }
 
 async fn decode_chunk(

@@ -423,3 +423,28 @@ both_backends!(
         );
     }
 );
+
+both_backends!(
+    a_retried_create_with_the_same_idempotency_key_returns_the_same_customer,
+    |app: TestApp| async move {
+        let (_, admin) = app.as_role(Role::Admin).await;
+        let key = uuid::Uuid::now_v7().to_string();
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let r = app
+                .client
+                .post(format!("{}/api/customers", app.base))
+                .bearer_auth(&admin)
+                .header("idempotency-key", &key)
+                .json(&json!({ "name": "Retried Create" }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            ids.push(json_of(r).await["id"].clone());
+        }
+        assert_eq!(ids[0], ids[1]);
+        let list = json_of(app.get("/api/customers?q=retried", Some(&admin)).await).await;
+        assert_eq!(list["total"], 1);
+    }
+);

@@ -115,6 +115,19 @@ impl Fields {
     }
 }
 
+/// Namespace of customer ids derived from idempotency keys.
+const CUSTOMER_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6e3f_0b1a_4c5d_4e2f_9a8b_7c6d_5e4f_3a2b);
+
+/// A new customer's id: derived from the client's idempotency key when it sent one, so that
+/// a retried create lands on the same stream and is recognised as already applied; otherwise
+/// a fresh time-ordered id.
+fn new_customer_id(meta: &RequestMeta) -> CustomerId {
+    CustomerId::from_uuid(match meta.idempotency_key {
+        Some(k) => Uuid::new_v5(&CUSTOMER_ID_NAMESPACE, k.as_bytes()),
+        None => Uuid::now_v7(),
+    })
+}
+
 fn domain_error(e: CustomerError) -> ApiError {
     match e {
         CustomerError::NotFound | CustomerError::Deleted => ApiError::NotFound,
@@ -208,7 +221,7 @@ pub async fn create(
     f.finish()?;
     let name = name.ok_or_else(|| ApiError::field("name", "name is required"))?;
     let cmd = CreateCustomer {
-        customer_id: CustomerId::from_uuid(Uuid::now_v7()),
+        customer_id: new_customer_id(&meta),
         name,
         email,
         phone,
@@ -234,10 +247,9 @@ pub async fn create(
     let id = cmd.customer_id;
     let done = state
         .bus
-        .execute::<CustomerAggregate>(
+        .execute_new::<CustomerAggregate>(
             &id.stream_id(),
             &id.subject(),
-            None,
             meta.command_id,
             &meta.metadata(&actor),
             CustomerCommand::Create(Box::new(cmd)),

@@ -18,6 +18,8 @@ pub struct RequestMeta {
     /// From `Idempotency-Key` when the client sends a UUID there, so a retried request is
     /// applied once; otherwise fresh.
     pub command_id: Uuid,
+    /// The client's `Idempotency-Key`, when it sent one.
+    pub idempotency_key: Option<Uuid>,
 }
 
 impl RequestMeta {
@@ -62,16 +64,20 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
         let correlation_id = header("x-request-id")
             .and_then(|s| Uuid::parse_str(&s).ok())
             .unwrap_or_else(Uuid::now_v7);
-        let command_id = match header("idempotency-key") {
-            Some(k) => Uuid::parse_str(&k)
-                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be a UUID".into()))?,
-            None => Uuid::now_v7(),
+        let idempotency_key = match header("idempotency-key") {
+            Some(k) => Some(
+                Uuid::parse_str(&k)
+                    .map_err(|_| ApiError::BadRequest("Idempotency-Key must be a UUID".into()))?,
+            ),
+            None => None,
         };
+        let command_id = idempotency_key.unwrap_or_else(Uuid::now_v7);
         Ok(RequestMeta {
             ip,
             user_agent: header("user-agent").map(|ua| ua.chars().take(512).collect()),
             correlation_id,
             command_id,
+            idempotency_key,
         })
     }
 }

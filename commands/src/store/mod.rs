@@ -56,6 +56,23 @@ pub trait KeyTable: Send + Sync + 'static {
     /// All live key versions of a subject, or `Erased` once the subject was erased.
     async fn load(&self, subject: &str) -> Result<SubjectKeys, StoreError>;
 
+    /// [`KeyTable::load`] for many subjects in one query, for decoding a batch of events.
+    /// Every subject asked for is in the answer (`SubjectKeys::None` when it has no key).
+    /// Both backends answer with one query; this default, one `load` per subject, serves
+    /// other implementations (test doubles).
+    async fn load_many(
+        &self,
+        subjects: &[String],
+    ) -> Result<std::collections::HashMap<String, SubjectKeys>, StoreError> {
+        let mut out = std::collections::HashMap::with_capacity(subjects.len());
+        for subject in subjects {
+            if !out.contains_key(subject) {
+                out.insert(subject.clone(), self.load(subject).await?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Inserts the first key of a subject. Answers with the key that won if another writer
     /// created one first, and with `Erased` if the subject was erased: an erased subject's key
     /// is never re-created.

@@ -7,13 +7,15 @@
 //! the counter row, so the two backends cannot drift apart in their duplicate and conflict
 //! semantics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::hash::{HashInput, link};
-use super::types::{AppendOutcome, AppendRequest, ChainHead, Conflict, ExpectedVersion, NewEvent};
+use super::types::{
+    AppendOutcome, AppendRequest, ChainHead, Conflict, ExpectedVersion, NewEvent, WrappedKey,
+};
 
 /// One row to insert, borrowing its event from the batch.
 pub(crate) struct PlannedRow<'a> {
@@ -31,6 +33,8 @@ pub(crate) struct PlannedRow<'a> {
 pub(crate) struct Plan<'a> {
     pub answers: Vec<Result<AppendOutcome, Conflict>>,
     pub rows: Vec<PlannedRow<'a>>,
+    /// First keys of new subjects, to insert in the same transaction as the rows.
+    pub keys: Vec<(&'a str, &'a WrappedKey)>,
     pub new_head: ChainHead,
 }
 
@@ -51,17 +55,25 @@ pub(crate) fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
 /// stream is at version 0). Requests are taken in order, so a later request for the same
 /// stream is checked against the version left by the earlier ones, and a command id repeated
 /// inside the batch is answered with the first occurrence's outcome.
+///
+/// `taken` holds every subject named in a request's `new_keys` that already has a key or a
+/// tombstone. A request that would create such a key, or a key an earlier request of the batch
+/// creates, is refused with a conflict whose `actual` equals its `expected` version (the
+/// stream itself was fine): its events were encrypted under a key that must not be stored.
 pub(crate) fn plan_batch<'a>(
     batch: &'a [AppendRequest],
     head: ChainHead,
     prior: &HashMap<Uuid, AppendOutcome>,
     mut versions: HashMap<String, i64>,
+    taken: &HashSet<String>,
     recorded_at: DateTime<Utc>,
 ) -> Plan<'a> {
     let recorded_at_micros = recorded_at.timestamp_micros();
     let mut in_batch: HashMap<Uuid, AppendOutcome> = HashMap::new();
+    let mut claimed: HashSet<&str> = HashSet::new();
     let mut answers = Vec::with_capacity(batch.len());
     let mut rows = Vec::new();
+    let mut keys = Vec::new();
     let mut position = head.position;
     let mut prev_hash = head.hash;
 
@@ -82,6 +94,21 @@ pub(crate) fn plan_batch<'a>(
                 actual: current,
             }));
             continue;
+        }
+        if req.new_keys.iter().any(|(subject, _)| {
+            taken.contains(subject.as_str()) || claimed.contains(subject.as_str())
+        }) {
+            // Report the stream as being where it was expected: nothing is wrong with the
+            // version, so the caller retries at once with the subject's stored key.
+            answers.push(Err(Conflict {
+                expected: current,
+                actual: current,
+            }));
+            continue;
+        }
+        for (subject, key) in &req.new_keys {
+            claimed.insert(subject.as_str());
+            keys.push((subject.as_str(), key));
         }
         if req.events.is_empty() {
             // Nothing to write, so nothing to remember under the command id either: the
@@ -140,6 +167,7 @@ pub(crate) fn plan_batch<'a>(
     Plan {
         answers,
         rows,
+        keys,
         new_head: ChainHead {
             position,
             hash: prev_hash,
@@ -163,6 +191,17 @@ pub(crate) fn stream_ids(batch: &[AppendRequest]) -> Vec<String> {
     ids
 }
 
+/// The subjects whose first key some request of the batch creates, deduplicated.
+pub(crate) fn new_key_subjects(batch: &[AppendRequest]) -> Vec<String> {
+    let mut subjects: Vec<String> = batch
+        .iter()
+        .flat_map(|r| r.new_keys.iter().map(|(s, _)| s.clone()))
+        .collect();
+    subjects.sort_unstable();
+    subjects.dedup();
+    subjects
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +210,7 @@ mod tests {
 
     fn req(stream: &str, expected: ExpectedVersion, cmd: Uuid, n: usize) -> AppendRequest {
         AppendRequest {
+            new_keys: vec![],
             stream_id: stream.into(),
             expected,
             command_id: cmd,
@@ -204,6 +244,7 @@ mod tests {
             empty_head(),
             &HashMap::new(),
             HashMap::new(),
+            &HashSet::new(),
             now_micros(),
         );
         assert_eq!(plan.rows.len(), 3);
@@ -228,6 +269,7 @@ mod tests {
             empty_head(),
             &HashMap::new(),
             HashMap::new(),
+            &HashSet::new(),
             now_micros(),
         );
         assert_eq!(plan.rows.len(), 1);

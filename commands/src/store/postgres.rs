@@ -5,18 +5,18 @@
 //! on the database, so positions are dense and in commit order, and a reader that sees
 //! position `n` has already been able to see every position below it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::plan::{command_ids, now_micros, plan_batch, stream_ids};
+use super::plan::{command_ids, new_key_subjects, now_micros, plan_batch, stream_ids};
 use super::{
     AppendOutcome, AppendRequest, Backend, ChainHead, Conflict, EventLog, KeyTable, ReadBound,
     RecordedEvent, StoreError, SubjectKeys, WrappedKey,
@@ -307,109 +307,189 @@ impl PgLog {
     }
 }
 
-#[async_trait]
-impl EventLog for PgLog {
-    async fn append_batch(
-        &self,
-        batch: Vec<AppendRequest>,
-    ) -> Result<Vec<Result<AppendOutcome, Conflict>>, StoreError> {
-        let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
+/// Takes the per-subject advisory lock (see [`LOCK_SUBJECT`]) of every subject whose first
+/// key the batch creates, so that the key check that follows cannot race `create` or
+/// `destroy`. Only the appender holding the counter row takes several of these locks at once,
+/// and `create` and `destroy` each take one, so there is no lock-order cycle.
+const LOCK_SUBJECTS: &str =
+    "SELECT pg_advisory_xact_lock($1, hashtext(u.s)) FROM unnest($2::text[]) AS u(s)";
 
-        // The lock on this row is the serialisation point of all appenders. Every statement
-        // below runs after it was granted, so under READ COMMITTED each one sees every append
-        // committed before ours.
-        let lock = tx
-            .prepare_cached("SELECT position, hash FROM egec.log_head FOR UPDATE")
-            .await?;
-        let head = tx
-            .query_opt(&lock, &[])
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("egec.log_head row is missing".into()))?;
-        let head = ChainHead {
-            position: head.try_get(0)?,
-            hash: head.try_get(1)?,
-        };
+/// Of the given subjects, those that already have a key or were erased.
+const TAKEN_SUBJECTS: &str = "SELECT u.s FROM unnest($1::text[]) AS u(s) \
+     WHERE EXISTS (SELECT 1 FROM egec.erased_subjects e WHERE e.subject = u.s) \
+     OR EXISTS (SELECT 1 FROM egec.subject_keys k WHERE k.subject = u.s)";
 
-        let ids = command_ids(&batch);
-        let prior_stmt = tx
+/// Inserts the first keys of new subjects in one statement ([`INSERT_KEYS`], prepared by
+/// the caller: a statement still being prepared would let the statements queued behind it,
+/// COMMIT included, overtake it in the pipeline). A plain INSERT: the key check ran
+/// under the subjects' locks, so a duplicate here would be a bug and must fail the batch.
+async fn insert_new_keys(
+    tx: &ClientWrapper,
+    stmt: &tokio_postgres::Statement,
+    keys: &[(&str, &WrappedKey)],
+) -> Result<u64, tokio_postgres::Error> {
+    let subjects: Vec<&str> = keys.iter().map(|(s, _)| *s).collect();
+    let versions: Vec<i32> = keys.iter().map(|(_, k)| k.key_version).collect();
+    let kek_ids: Vec<&str> = keys.iter().map(|(_, k)| k.kek_id.as_str()).collect();
+    let wrapped: Vec<&[u8]> = keys.iter().map(|(_, k)| k.wrapped.as_slice()).collect();
+    let fingerprints: Vec<&str> = keys.iter().map(|(_, k)| k.fingerprint.as_str()).collect();
+    tx.execute(
+        stmt,
+        &[&subjects, &versions, &kek_ids, &wrapped, &fingerprints],
+    )
+    .await
+}
+
+const INSERT_KEYS: &str = "INSERT INTO egec.subject_keys (subject, key_version, kek_id, wrapped, fingerprint) \
+     SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::bytea[], $5::text[])";
+
+/// One append transaction in two round trips: BEGIN, the counter lock and every read go out
+/// together, then the inserts, the counter update and COMMIT. The transaction is opened and
+/// closed by hand rather than through `Transaction` so that BEGIN and COMMIT ride along with
+/// the other statements; on any error the caller discards the connection, which ends the
+/// transaction on the server.
+async fn append_pipelined(
+    tx: &ClientWrapper,
+    batch: &[AppendRequest],
+) -> Result<Vec<Result<AppendOutcome, Conflict>>, StoreError> {
+    // Prepared once per connection and cached by deadpool, so later batches send only
+    // Bind/Execute. The statements below are pipelined: tokio-postgres sends them all
+    // before reading any answer, and PostgreSQL runs them in order, so the whole read
+    // phase costs one round trip.
+    let lock = tx
+        .prepare_cached("SELECT position, hash FROM egec.log_head FOR UPDATE")
+        .await?;
+    let prior_stmt = tx
+        .prepare_cached(
+            "SELECT command_id, min(global_position), max(global_position), \
+             max(stream_version) FROM egec.events WHERE command_id = ANY($1) \
+             GROUP BY command_id",
+        )
+        .await?;
+    // One index probe per stream (a backward scan of the unique index), however long the
+    // stream: cheaper than aggregating every event of the batch's streams.
+    let version_stmt = tx
+        .prepare_cached(
+            "SELECT s.stream_id, (SELECT max(e.stream_version) FROM egec.events e \
+             WHERE e.stream_id = s.stream_id) FROM unnest($1::text[]) AS s(stream_id)",
+        )
+        .await?;
+    let new_subjects = new_key_subjects(batch);
+    let key_stmts = if new_subjects.is_empty() {
+        None
+    } else {
+        Some((
+            tx.prepare_cached(LOCK_SUBJECTS).await?,
+            tx.prepare_cached(TAKEN_SUBJECTS).await?,
+        ))
+    };
+
+    let ids = command_ids(batch);
+    let streams = stream_ids(batch);
+    // The lock on the counter row is the serialisation point of all appenders. Every
+    // statement after it runs once the lock was granted, so under READ COMMITTED each one
+    // sees every append committed before ours. The subject locks come next and the key
+    // check after them, in a statement of its own, so that it sees a `create` or
+    // `destroy` that committed while we waited for their locks.
+    let (_, head, prior_rows, version_rows, taken_rows) = futures::try_join!(
+        tx.batch_execute("BEGIN"),
+        tx.query_opt(&lock, &[]),
+        async { tx.query(&prior_stmt, &[&ids]).await },
+        async { tx.query(&version_stmt, &[&streams]).await },
+        async {
+            match &key_stmts {
+                None => Ok(Vec::new()),
+                Some((lock_subjects, taken)) => {
+                    tx.query(lock_subjects, &[&LOCK_CLASS, &new_subjects])
+                        .await?;
+                    tx.query(taken, &[&new_subjects]).await
+                }
+            }
+        },
+    )?;
+    let head = head.ok_or_else(|| StoreError::Corrupt("egec.log_head row is missing".into()))?;
+    let head = ChainHead {
+        position: head.try_get(0)?,
+        hash: head.try_get(1)?,
+    };
+    let mut prior = HashMap::new();
+    for row in prior_rows {
+        let id: Uuid = row.try_get(0)?;
+        prior.insert(
+            id,
+            AppendOutcome {
+                first_position: row.try_get(1)?,
+                last_position: row.try_get(2)?,
+                stream_version: row.try_get(3)?,
+                duplicate: true,
+            },
+        );
+    }
+    let mut versions = HashMap::new();
+    for row in version_rows {
+        let version: Option<i64> = row.try_get(1)?;
+        if let Some(version) = version {
+            versions.insert(row.try_get::<_, String>(0)?, version);
+        }
+    }
+    let mut taken = HashSet::new();
+    for row in taken_rows {
+        taken.insert(row.try_get::<_, String>(0)?);
+    }
+
+    let recorded_at = now_micros();
+    let plan = plan_batch(batch, head, &prior, versions, &taken, recorded_at);
+    // Every statement of the write phase is prepared before any of it is sent: a statement
+    // still waiting for its preparation would let the ones behind it, COMMIT included,
+    // overtake it and run outside the transaction.
+    let insert_keys_stmt = if plan.keys.is_empty() {
+        None
+    } else {
+        Some(tx.prepare_cached(INSERT_KEYS).await?)
+    };
+
+    if !plan.rows.is_empty() {
+        let n = plan.rows.len();
+        let mut positions = Vec::with_capacity(n);
+        let mut stream_ids = Vec::with_capacity(n);
+        let mut stream_versions = Vec::with_capacity(n);
+        let mut event_ids = Vec::with_capacity(n);
+        let mut command_ids = Vec::with_capacity(n);
+        let mut event_types = Vec::with_capacity(n);
+        let mut schema_versions = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        let mut metadata = Vec::with_capacity(n);
+        let mut prev_hashes = Vec::with_capacity(n);
+        let mut hashes = Vec::with_capacity(n);
+        for row in &plan.rows {
+            positions.push(row.global_position);
+            stream_ids.push(row.stream_id);
+            stream_versions.push(row.stream_version);
+            event_ids.push(row.event.event_id);
+            command_ids.push(row.command_id);
+            event_types.push(row.event.event_type.as_str());
+            schema_versions.push(row.event.schema_version);
+            payloads.push(&row.event.payload);
+            metadata.push(&row.event.metadata);
+            prev_hashes.push(row.prev_hash.as_slice());
+            hashes.push(row.hash.as_slice());
+        }
+        let insert = tx
             .prepare_cached(
-                "SELECT command_id, min(global_position), max(global_position), \
-                 max(stream_version) FROM egec.events WHERE command_id = ANY($1) \
-                 GROUP BY command_id",
+                "INSERT INTO egec.events (global_position, stream_id, stream_version, \
+                 event_id, command_id, event_type, schema_version, payload, metadata, \
+                 recorded_at, prev_hash, hash) \
+                 SELECT p, s, v, e, c, t, sv, pl, md, $10, ph, h FROM unnest(\
+                 $1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::uuid[], \
+                 $6::text[], $7::int4[], $8::jsonb[], $9::jsonb[], $11::bytea[], \
+                 $12::bytea[]) AS u(p, s, v, e, c, t, sv, pl, md, ph, h)",
             )
             .await?;
-        let mut prior = HashMap::new();
-        for row in tx.query(&prior_stmt, &[&ids]).await? {
-            let id: Uuid = row.try_get(0)?;
-            prior.insert(
-                id,
-                AppendOutcome {
-                    first_position: row.try_get(1)?,
-                    last_position: row.try_get(2)?,
-                    stream_version: row.try_get(3)?,
-                    duplicate: true,
-                },
-            );
-        }
-
-        // One index probe per stream (a backward scan of the unique index), however long the
-        // stream: cheaper than aggregating every event of the batch's streams.
-        let streams = stream_ids(&batch);
-        let version_stmt = tx
-            .prepare_cached(
-                "SELECT s.stream_id, (SELECT max(e.stream_version) FROM egec.events e \
-                 WHERE e.stream_id = s.stream_id) FROM unnest($1::text[]) AS s(stream_id)",
-            )
+        let update = tx
+            .prepare_cached("UPDATE egec.log_head SET position = $1, hash = $2")
             .await?;
-        let mut versions = HashMap::new();
-        for row in tx.query(&version_stmt, &[&streams]).await? {
-            let version: Option<i64> = row.try_get(1)?;
-            if let Some(version) = version {
-                versions.insert(row.try_get::<_, String>(0)?, version);
-            }
-        }
-
-        let recorded_at = now_micros();
-        let plan = plan_batch(&batch, head, &prior, versions, recorded_at);
-
-        if !plan.rows.is_empty() {
-            let n = plan.rows.len();
-            let mut positions = Vec::with_capacity(n);
-            let mut stream_ids = Vec::with_capacity(n);
-            let mut stream_versions = Vec::with_capacity(n);
-            let mut event_ids = Vec::with_capacity(n);
-            let mut command_ids = Vec::with_capacity(n);
-            let mut event_types = Vec::with_capacity(n);
-            let mut schema_versions = Vec::with_capacity(n);
-            let mut payloads = Vec::with_capacity(n);
-            let mut metadata = Vec::with_capacity(n);
-            let mut prev_hashes = Vec::with_capacity(n);
-            let mut hashes = Vec::with_capacity(n);
-            for row in &plan.rows {
-                positions.push(row.global_position);
-                stream_ids.push(row.stream_id);
-                stream_versions.push(row.stream_version);
-                event_ids.push(row.event.event_id);
-                command_ids.push(row.command_id);
-                event_types.push(row.event.event_type.as_str());
-                schema_versions.push(row.event.schema_version);
-                payloads.push(&row.event.payload);
-                metadata.push(&row.event.metadata);
-                prev_hashes.push(row.prev_hash.as_slice());
-                hashes.push(row.hash.as_slice());
-            }
-            let insert = tx
-                .prepare_cached(
-                    "INSERT INTO egec.events (global_position, stream_id, stream_version, \
-                     event_id, command_id, event_type, schema_version, payload, metadata, \
-                     recorded_at, prev_hash, hash) \
-                     SELECT p, s, v, e, c, t, sv, pl, md, $10, ph, h FROM unnest(\
-                     $1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::uuid[], \
-                     $6::text[], $7::int4[], $8::jsonb[], $9::jsonb[], $11::bytea[], \
-                     $12::bytea[]) AS u(p, s, v, e, c, t, sv, pl, md, ph, h)",
-                )
-                .await?;
+        // Events, keys and counter in one pipelined round trip.
+        let insert_events = async {
             tx.execute(
                 &insert,
                 &[
@@ -427,15 +507,51 @@ impl EventLog for PgLog {
                     &hashes,
                 ],
             )
-            .await?;
-            let update = tx
-                .prepare_cached("UPDATE egec.log_head SET position = $1, hash = $2")
-                .await?;
+            .await
+        };
+        let insert_keys = async {
+            match &insert_keys_stmt {
+                Some(stmt) => insert_new_keys(tx, stmt, &plan.keys).await,
+                None => Ok(0),
+            }
+        };
+        let update_head = async {
             tx.execute(&update, &[&plan.new_head.position, &plan.new_head.hash])
-                .await?;
+                .await
+        };
+        // Should a statement fail, PostgreSQL turns the COMMIT sent behind it into a
+        // rollback, and the error of that statement is what we report.
+        futures::try_join!(
+            insert_events,
+            insert_keys,
+            update_head,
+            tx.batch_execute("COMMIT")
+        )?;
+    } else {
+        if let Some(stmt) = &insert_keys_stmt {
+            insert_new_keys(tx, stmt, &plan.keys).await?;
         }
-        tx.commit().await?;
-        Ok(plan.answers)
+        tx.batch_execute("COMMIT").await?;
+    }
+    Ok(plan.answers)
+}
+
+#[async_trait]
+impl EventLog for PgLog {
+    async fn append_batch(
+        &self,
+        batch: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<AppendOutcome, Conflict>>, StoreError> {
+        let conn = self.pool.get().await?;
+        match append_pipelined(&conn, &batch).await {
+            Ok(answers) => Ok(answers),
+            Err(e) => {
+                // The transaction may still be open on this connection: close the connection
+                // instead of handing it back to the pool, which aborts the transaction.
+                drop(Object::take(conn));
+                Err(e)
+            }
+        }
     }
 
     async fn read_stream(
@@ -534,6 +650,15 @@ const LOAD_SUBJECT: &str = "SELECT EXISTS (SELECT 1 FROM egec.erased_subjects WH
      FROM (SELECT 1) AS one LEFT JOIN egec.subject_keys k ON k.subject = $1 \
      ORDER BY k.key_version";
 
+/// [`LOAD_SUBJECT`] for many subjects at once: one row per key, or one all-NULL key row for a
+/// subject without keys, ordered so that each subject's keys come oldest first.
+const LOAD_SUBJECTS: &str = "SELECT u.s, \
+     EXISTS (SELECT 1 FROM egec.erased_subjects e WHERE e.subject = u.s), \
+     k.key_version, k.kek_id, k.wrapped, k.fingerprint \
+     FROM (SELECT DISTINCT s FROM unnest($1::text[]) AS x(s)) AS u \
+     LEFT JOIN egec.subject_keys k ON k.subject = u.s \
+     ORDER BY u.s, k.key_version";
+
 fn subject_keys_from_rows(rows: &[Row]) -> Result<SubjectKeys, StoreError> {
     let Some(first) = rows.first() else {
         return Ok(SubjectKeys::None);
@@ -570,33 +695,78 @@ impl KeyTable for PgLog {
         subject_keys_from_rows(&rows)
     }
 
+    async fn load_many(
+        &self,
+        subjects: &[String],
+    ) -> Result<HashMap<String, SubjectKeys>, StoreError> {
+        if subjects.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let conn = self.pool.get().await?;
+        let stmt = conn.prepare_cached(LOAD_SUBJECTS).await?;
+        let rows = conn.query(&stmt, &[&subjects]).await?;
+        let mut out: HashMap<String, SubjectKeys> = HashMap::with_capacity(subjects.len());
+        for row in &rows {
+            let subject: String = row.try_get(0)?;
+            let entry = out.entry(subject).or_insert(SubjectKeys::None);
+            if row.try_get::<_, bool>(1)? {
+                *entry = SubjectKeys::Erased;
+                continue;
+            }
+            // The left join yields one all-NULL key row when the subject has no key.
+            if row.try_get::<_, Option<i32>>(2)?.is_some() {
+                let key = key_from_row(row, 2)?;
+                match entry {
+                    SubjectKeys::Active(keys) => keys.push(key),
+                    SubjectKeys::None => *entry = SubjectKeys::Active(vec![key]),
+                    SubjectKeys::Erased => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn create(&self, subject: &str, key: WrappedKey) -> Result<SubjectKeys, StoreError> {
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await?;
-        tx.execute(LOCK_SUBJECT, &[&LOCK_CLASS, &subject]).await?;
-        let erased = tx
-            .query_opt(
-                "SELECT 1 FROM egec.erased_subjects WHERE subject = $1",
-                &[&subject],
+        let lock = tx.prepare_cached(LOCK_SUBJECT).await?;
+        let erased_stmt = tx
+            .prepare_cached("SELECT 1 FROM egec.erased_subjects WHERE subject = $1")
+            .await?;
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO egec.subject_keys (subject, key_version, kek_id, wrapped, \
+                 fingerprint) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (subject, key_version) DO NOTHING",
             )
             .await?;
+        let load = tx.prepare_cached(LOAD_SUBJECT).await?;
+        // The tombstone check must run after the lock was granted, in a statement of its own,
+        // so that it sees a destroy that committed while we waited.
+        let (_, erased) = futures::try_join!(
+            async { tx.execute(&lock, &[&LOCK_CLASS, &subject]).await },
+            async { tx.query_opt(&erased_stmt, &[&subject]).await },
+        )?;
         if erased.is_some() {
             tx.commit().await?;
             return Ok(SubjectKeys::Erased);
         }
-        tx.execute(
-            "INSERT INTO egec.subject_keys (subject, key_version, kek_id, wrapped, fingerprint) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subject, key_version) DO NOTHING",
-            &[
-                &subject,
-                &key.key_version,
-                &key.kek_id,
-                &key.wrapped,
-                &key.fingerprint,
-            ],
-        )
-        .await?;
-        let rows = tx.query(LOAD_SUBJECT, &[&subject]).await?;
+        let (_, rows) = futures::try_join!(
+            async {
+                tx.execute(
+                    &insert,
+                    &[
+                        &subject,
+                        &key.key_version,
+                        &key.kek_id,
+                        &key.wrapped,
+                        &key.fingerprint,
+                    ],
+                )
+                .await
+            },
+            async { tx.query(&load, &[&subject]).await },
+        )?;
         let keys = subject_keys_from_rows(&rows)?;
         tx.commit().await?;
         Ok(keys)
@@ -605,36 +775,43 @@ impl KeyTable for PgLog {
     async fn destroy(&self, subject: &str) -> Result<Vec<String>, StoreError> {
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await?;
-        tx.execute(LOCK_SUBJECT, &[&LOCK_CLASS, &subject]).await?;
-        let rows = tx
-            .query(
+        // The same per-subject lock as `create` and as an append that creates the subject's
+        // first key: whichever comes second sees what the first one committed, so a key is
+        // never left beside a tombstone.
+        let lock = tx.prepare_cached(LOCK_SUBJECT).await?;
+        let delete = tx
+            .prepare_cached(
                 "DELETE FROM egec.subject_keys WHERE subject = $1 RETURNING fingerprint",
-                &[&subject],
             )
             .await?;
+        let tombstone = tx
+            .prepare_cached(
+                "INSERT INTO egec.erased_subjects (subject) VALUES ($1) \
+                 ON CONFLICT (subject) DO NOTHING",
+            )
+            .await?;
+        let (_, rows, _) = futures::try_join!(
+            async { tx.execute(&lock, &[&LOCK_CLASS, &subject]).await },
+            async { tx.query(&delete, &[&subject]).await },
+            async { tx.execute(&tombstone, &[&subject]).await },
+        )?;
         let fingerprints = rows
             .iter()
             .map(|row| row.try_get::<_, String>(0))
             .collect::<Result<Vec<_>, _>>()?;
-        tx.execute(
-            "INSERT INTO egec.erased_subjects (subject) VALUES ($1) \
-             ON CONFLICT (subject) DO NOTHING",
-            &[&subject],
-        )
-        .await?;
         tx.commit().await?;
         Ok(fingerprints)
     }
 
     async fn all_keys(&self) -> Result<Vec<(String, WrappedKey)>, StoreError> {
         let conn = self.pool.get().await?;
-        let rows = conn
-            .query(
+        let stmt = conn
+            .prepare_cached(
                 "SELECT subject, key_version, kek_id, wrapped, fingerprint \
                  FROM egec.subject_keys ORDER BY subject, key_version",
-                &[],
             )
             .await?;
+        let rows = conn.query(&stmt, &[]).await?;
         rows.iter()
             .map(|row| Ok((row.try_get(0)?, key_from_row(row, 1)?)))
             .collect()
@@ -642,10 +819,15 @@ impl KeyTable for PgLog {
 
     async fn rewrap(&self, subject: &str, key: WrappedKey) -> Result<(), StoreError> {
         let conn = self.pool.get().await?;
-        let updated = conn
-            .execute(
+        let update = conn
+            .prepare_cached(
                 "UPDATE egec.subject_keys SET kek_id = $3, wrapped = $4 \
                  WHERE subject = $1 AND key_version = $2 AND fingerprint = $5",
+            )
+            .await?;
+        let updated = conn
+            .execute(
+                &update,
                 &[
                     &subject,
                     &key.key_version,

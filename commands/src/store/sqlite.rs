@@ -9,7 +9,7 @@
 //! reading, so the snapshot read inside is the one written on), re-reads the counter row
 //! inside the transaction, and waits for the other process through `busy_timeout`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
-use super::plan::{command_ids, now_micros, plan_batch, stream_ids};
+use super::plan::{command_ids, new_key_subjects, now_micros, plan_batch, stream_ids};
 use super::{
     AppendOutcome, AppendRequest, Backend, ChainHead, Conflict, EventLog, KeyTable, ReadBound,
     RecordedEvent, StoreError, SubjectKeys, WrappedKey,
@@ -348,7 +348,41 @@ fn append_in_tx(
         }
     }
 
-    let plan = plan_batch(batch, head, &prior, versions, now_micros());
+    // Subjects whose first key a request wants to create but which already have one or were
+    // erased. The write lock taken by BEGIN IMMEDIATE also serialises this check with
+    // `create` and `destroy`, so no erasure can slip in between the check and the insert.
+    let mut taken = HashSet::new();
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM erased_subjects WHERE subject = ?1) \
+             OR EXISTS (SELECT 1 FROM subject_keys WHERE subject = ?1)",
+        )?;
+        for subject in new_key_subjects(batch) {
+            let found: bool = stmt.query_row([&subject], |row| row.get(0))?;
+            if found {
+                taken.insert(subject);
+            }
+        }
+    }
+
+    let recorded_at = now_micros();
+    let plan = plan_batch(batch, head, &prior, versions, &taken, recorded_at);
+    if !plan.keys.is_empty() {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO subject_keys (subject, key_version, kek_id, wrapped, fingerprint, \
+             created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for (subject, key) in &plan.keys {
+            insert.execute(params![
+                subject,
+                key.key_version,
+                key.kek_id,
+                key.wrapped,
+                key.fingerprint,
+                recorded_at.timestamp_micros(),
+            ])?;
+        }
+    }
     if !plan.rows.is_empty() {
         {
             let mut insert = tx.prepare_cached(
@@ -513,6 +547,29 @@ impl KeyTable for SqliteLog {
             let keys = subject_keys(&tx, &subject)?;
             tx.commit()?;
             Ok(keys)
+        })
+        .await
+    }
+
+    async fn load_many(
+        &self,
+        subjects: &[String],
+    ) -> Result<HashMap<String, SubjectKeys>, StoreError> {
+        if subjects.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let subjects = subjects.to_vec();
+        self.read(move |conn| {
+            // One read transaction, so every subject comes from one snapshot; the statements
+            // are prepared once and run per subject, which costs no round trip in SQLite.
+            let tx = conn.transaction()?;
+            let mut out = HashMap::with_capacity(subjects.len());
+            for subject in subjects {
+                let keys = subject_keys(&tx, &subject)?;
+                out.insert(subject, keys);
+            }
+            tx.commit()?;
+            Ok(out)
         })
         .await
     }

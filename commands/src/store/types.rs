@@ -44,6 +44,31 @@ pub struct AppendRequest {
     pub expected: ExpectedVersion,
     pub command_id: Uuid,
     pub events: Vec<NewEvent>,
+    /// First keys of brand-new data subjects that the events are encrypted under, stored in
+    /// the same transaction as the events. Creating a new subject's key inside the append
+    /// saves a transaction of its own per new subject. The request is refused with a
+    /// [`Conflict`] whose `actual` equals `expected` when one of these subjects already has a
+    /// key or was erased; the events then were never written, and the caller encrypts again
+    /// under the key the table holds. Empty for every other request.
+    pub new_keys: Vec<(String, WrappedKey)>,
+}
+
+impl AppendRequest {
+    /// A request that creates no subject key.
+    pub fn new(
+        stream_id: impl Into<String>,
+        expected: ExpectedVersion,
+        command_id: Uuid,
+        events: Vec<NewEvent>,
+    ) -> Self {
+        Self {
+            stream_id: stream_id.into(),
+            expected,
+            command_id,
+            events,
+            new_keys: Vec::new(),
+        }
+    }
 }
 
 /// The answer to a request that was appended (or had been appended before).
@@ -59,7 +84,8 @@ pub struct AppendOutcome {
     pub duplicate: bool,
 }
 
-/// The stream was not at the expected version.
+/// The stream was not at the expected version, or (when `actual == expected`) a subject key
+/// the request meant to create already exists or was erased.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("stream expected at version {expected}, found at {actual}")]
 pub struct Conflict {
