@@ -44,8 +44,27 @@ pub struct Core {
     pub runner: RunnerHandle,
 }
 
+/// Creates the data directory readable by its owner only: the read models in it hold
+/// personal data in clear. An existing directory is left as the operator set it up.
+fn ensure_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Opens storage (running migrations), loads the master key and wires the write side.
 pub async fn open_core(config: &Config) -> anyhow::Result<Core> {
+    if config.database_url.is_none() || config.master_key.is_none() || config.jwt_secret.is_none() {
+        ensure_private_dir(&config.data_dir)?;
+    }
     let url = config
         .database_url
         .as_ref()

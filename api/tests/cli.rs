@@ -30,6 +30,27 @@ async fn bad_configuration_lists_every_problem_exits_2_and_echoes_no_secret() {
 }
 
 #[tokio::test]
+async fn a_new_data_directory_is_readable_by_its_owner_only() {
+    let store = Store::sqlite().await;
+    let dir = store.dir.path().join("fresh-data");
+    let out = store
+        .egec()
+        .args(["migrate"])
+        .env("EGEC_DATA_DIR", &dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    assert!(dir.join("egec.db").exists());
+}
+
+#[tokio::test]
 async fn production_refuses_generated_secrets() {
     let store = Store::sqlite().await;
     let out = store
