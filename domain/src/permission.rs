@@ -128,6 +128,21 @@ pub fn can_see_customer(role: Role, actor: UserId, assigned: &[UserId]) -> bool 
         }
 }
 
+/// Whether a role sees soft-deleted customers: those who may delete may see what was deleted.
+pub fn can_see_deleted_customers(role: Role) -> bool {
+    can(role, Action::CustomersDelete)
+}
+
+/// Whether `actor` may create or change a staff user holding `target`: only a superadmin
+/// manages admins and superadmins; anyone who may manage users manages the other roles.
+pub fn can_manage_user(actor: Role, target: Role) -> bool {
+    can(actor, Action::UsersManage)
+        && match target {
+            Role::Superadmin | Role::Admin => actor == Role::Superadmin,
+            _ => true,
+        }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +203,20 @@ mod tests {
         assert!(!can_see_customer(Agent, me, &[other]));
         assert!(can_see_customer(Superagent, me, &[]));
         assert!(!can_see_customer(Dataentry, me, &[me]));
+    }
+
+    #[test]
+    fn only_a_superadmin_manages_admins_and_sees_deleted_customers() {
+        for target in Role::ALL {
+            assert!(can_manage_user(Superadmin, target));
+            let admin_may = !matches!(target, Superadmin | Admin);
+            assert_eq!(can_manage_user(Admin, target), admin_may, "{target}");
+            assert!(!can_manage_user(Superagent, target));
+            assert!(!can_manage_user(Auditor, target));
+        }
+        for role in Role::ALL {
+            assert_eq!(can_see_deleted_customers(role), role == Superadmin);
+        }
     }
 
     #[test]

@@ -16,9 +16,11 @@ use egec_domain::aggregate::CustomerAggregate;
 use egec_domain::customer::{
     CreateCustomer, CustomerCommand, CustomerError, CustomerState, CustomerStatus, UpdateCustomer,
 };
-use egec_domain::permission::{Action, can_see_customer, customer_visibility};
+use egec_domain::permission::{
+    Action, Visibility, can_see_customer, can_see_deleted_customers, customer_visibility,
+};
 use egec_domain::values::*;
-use egec_domain::{CustomerId, Role, UserId};
+use egec_domain::{CustomerId, UserId};
 use egec_projections::CustomerQuery;
 use serde::Deserialize;
 use serde_json::json;
@@ -171,7 +173,7 @@ async fn visible(
         .map(UserId::from_uuid)
         .collect();
     if !can_see_customer(actor.role, actor.user_id, &assigned)
-        || (row.deleted && actor.role != Role::Superadmin)
+        || (row.deleted && !can_see_deleted_customers(actor.role))
     {
         return Err(ApiError::NotFound);
     }
@@ -238,8 +240,10 @@ pub async fn create(
                 .map(UserId::from_uuid)
                 .collect();
             // An agent who creates a customer is assigned to it, or they could not see it.
-            if actor.role == Role::Agent && !ids.contains(&actor.user_id) {
-                ids.push(actor.user_id);
+            if let Visibility::AssignedTo(me) = customer_visibility(actor.role, actor.user_id)
+                && !ids.contains(&me)
+            {
+                ids.push(me);
             }
             ids
         },
@@ -357,7 +361,7 @@ pub async fn list(
         status,
         agent_id: p.agent_id.map(UserId::from_uuid),
         visibility: customer_visibility(actor.role, actor.user_id),
-        include_deleted: actor.role == Role::Superadmin,
+        include_deleted: can_see_deleted_customers(actor.role),
     };
     let (rows, total) = state
         .read()

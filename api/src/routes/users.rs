@@ -11,7 +11,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use egec_domain::event::DomainEvent;
-use egec_domain::permission::Action;
+use egec_domain::permission::{Action, can_manage_user};
 use egec_domain::user::{LoginEvent, login_stream_id};
 use egec_domain::{Role, UserId};
 use secrecy::SecretString;
@@ -29,16 +29,6 @@ pub struct CreateUserBody {
     pub password: SecretString,
 }
 
-/// Whether `actor` may create or change a user holding `role`: only a superadmin manages
-/// admins and superadmins; an admin manages every other role.
-fn may_manage(actor: &Actor, role: Role) -> bool {
-    actor.can(Action::UsersManage)
-        && match role {
-            Role::Superadmin | Role::Admin => actor.role == Role::Superadmin,
-            _ => true,
-        }
-}
-
 #[utoipa::path(post, path = "/api/users", request_body = CreateUserBody,
     responses((status = 201), (status = 403), (status = 409), (status = 422)), tag = "users")]
 pub async fn create(
@@ -52,7 +42,7 @@ pub async fn create(
         .role
         .parse()
         .map_err(|e: egec_domain::role::UnknownRole| ApiError::field("role", e.to_string()))?;
-    if !may_manage(&actor, role) {
+    if !can_manage_user(actor.role, role) {
         return Err(ApiError::Forbidden);
     }
     let new = NewUser {
@@ -137,7 +127,7 @@ pub async fn unlock(
         .await
         .map_err(ApiError::internal)?
         .ok_or(ApiError::NotFound)?;
-    if !may_manage(&actor, row.role) {
+    if !can_manage_user(actor.role, row.role) {
         return Err(ApiError::Forbidden);
     }
     let now = egec_commands::handler::now_micros();
