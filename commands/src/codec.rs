@@ -250,8 +250,19 @@ impl Codec {
 
     /// Decrypts, upcasts and decodes one stored event.
     pub async fn decode(&self, rec: &RecordedEvent) -> Result<Envelope, CodecError> {
+        let decrypted = self.decrypt(rec).await?;
+        self.decode_decrypted(rec, decrypted).await
+    }
+
+    /// Finishes decoding an event whose payload [`Codec::decrypt`] already produced, so a
+    /// caller that needs both views decrypts once.
+    pub async fn decode_decrypted(
+        &self,
+        rec: &RecordedEvent,
+        decrypted: DecryptedEvent,
+    ) -> Result<Envelope, CodecError> {
         let position = rec.global_position;
-        let event = DomainEvent::decode(self.decrypt(rec).await?)?;
+        let event = DomainEvent::decode(decrypted)?;
         let metadata = self.decode_metadata(rec).await?;
         Ok(Envelope {
             position,

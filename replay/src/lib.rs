@@ -71,7 +71,10 @@ pub async fn history(
     let mut lines = Vec::new();
     for rec in bus.log().read_stream(stream, 1, bound).await? {
         let decrypted = bus.codec().decrypt(&rec).await?;
-        let env = bus.codec().decode(&rec).await?;
+        let env = bus
+            .codec()
+            .decode_decrypted(&rec, decrypted.clone())
+            .await?;
         lines.push(envelope_json(&env, &decrypted).to_string());
     }
     Ok(lines)
