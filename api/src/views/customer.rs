@@ -2,7 +2,7 @@ use chrono::{DateTime, Utc};
 use egec_domain::customer::{Customer, CustomerEvent, CustomerState, evolve};
 use egec_domain::event::{DomainEvent, Envelope};
 use egec_domain::masking;
-use egec_domain::personal::{ERASED, Personal};
+use egec_domain::personal::ERASED;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -35,10 +35,6 @@ pub fn passport_shown(p: &str, reveal: bool) -> String {
     }
 }
 
-fn shown<T: AsRef<str>>(p: &Option<Personal<T>>) -> Option<String> {
-    p.as_ref().map(|v| v.shown().to_owned())
-}
-
 impl CustomerView {
     pub fn from_row(r: &egec_projections::CustomerRow, reveal: bool) -> Self {
         Self {
@@ -62,23 +58,10 @@ impl CustomerView {
         }
     }
 
+    /// The view of a replayed customer, through the same mapping the projection uses, so a
+    /// read model row and a replay can never render differently.
     pub fn from_state(c: &Customer, reveal: bool) -> Self {
-        Self {
-            id: c.id.as_uuid(),
-            name: c.name.shown().to_owned(),
-            email: shown(&c.email),
-            phone: shown(&c.phone),
-            passport_number: shown(&c.passport_number).map(|p| passport_shown(&p, reveal)),
-            country: c.country.as_ref().map(|x| x.as_str().to_owned()),
-            source: c.source.as_ref().map(|x| x.as_str().to_owned()),
-            status: c.status.as_str().to_owned(),
-            notes: shown(&c.notes),
-            assigned_agent_ids: c.assigned_agent_ids.iter().map(|a| a.as_uuid()).collect(),
-            created_at: c.created_at,
-            updated_at: c.updated_at,
-            version: c.version,
-            deleted: c.deleted,
-        }
+        Self::from_row(&egec_projections::fold::customer_row(c, 0), reveal)
     }
 }
 
