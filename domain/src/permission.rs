@@ -143,6 +143,13 @@ pub fn can_manage_user(actor: Role, target: Role) -> bool {
         }
 }
 
+/// Whether `actor` may change a staff user who holds `current` and, when `new_role` is
+/// given, give them that role: the actor must be allowed to manage both the role the user
+/// has and the role they would get (an admin neither touches an admin nor makes one).
+pub fn can_update_user(actor: Role, current: Role, new_role: Option<Role>) -> bool {
+    can_manage_user(actor, current) && new_role.is_none_or(|r| can_manage_user(actor, r))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +224,19 @@ mod tests {
         for role in Role::ALL {
             assert_eq!(can_see_deleted_customers(role), role == Superadmin);
         }
+    }
+
+    #[test]
+    fn an_admin_changes_neither_an_admin_nor_a_superadmin_nor_makes_one() {
+        assert!(can_update_user(Admin, Agent, Some(Superagent)));
+        assert!(can_update_user(Admin, Dataentry, None));
+        assert!(!can_update_user(Admin, Agent, Some(Admin)));
+        assert!(!can_update_user(Admin, Agent, Some(Superadmin)));
+        assert!(!can_update_user(Admin, Superadmin, None));
+        assert!(!can_update_user(Admin, Admin, Some(Agent)));
+        assert!(can_update_user(Superadmin, Admin, Some(Superadmin)));
+        assert!(!can_update_user(Superagent, Agent, None));
+        assert!(!can_update_user(Auditor, Agent, None));
     }
 
     #[test]

@@ -10,12 +10,12 @@ use chrono::{DateTime, SubsecRound, Utc};
 use egec_domain::customer::{Customer, CustomerChanges, CustomerEvent};
 use egec_domain::event::{DomainEvent, Envelope};
 use egec_domain::personal::{ERASED, Personal};
-use egec_domain::user::UserEvent;
+use egec_domain::user::{FIRST_SESSION_VERSION, LoginEvent, UserEvent};
 use egec_domain::{CustomerId, UserId};
 use uuid::Uuid;
 
 use crate::kind::ProjectionKind;
-use crate::rows::{CustomerRow, UserRow};
+use crate::rows::{CustomerRow, SessionRow, UserRow};
 
 /// Both backends store whole microseconds; folding at that precision keeps a row read back
 /// from storage equal to the row that was written.
@@ -142,14 +142,16 @@ pub fn apply_customer(
     Some(r)
 }
 
-/// Folds one user event into the user's row (no password hash is ever copied).
+/// Folds one user event into the user's row (no password hash is ever copied), with the
+/// same rules as the domain's `evolve`: a change to a user that does not exist, and a second
+/// `Created`, change nothing.
 pub fn apply_user(
     row: Option<UserRow>,
     event: &UserEvent,
     stream_version: i64,
     position: i64,
 ) -> Option<UserRow> {
-    match (row, event) {
+    let mut r = match (row, event) {
         (
             None,
             UserEvent::Created {
@@ -160,17 +162,74 @@ pub fn apply_user(
                 at,
                 ..
             },
-        ) => Some(UserRow {
-            id: user_id.as_uuid(),
-            email: shown(email),
-            name: shown(name),
-            role: *role,
-            active: true,
-            created_at: micros(*at),
-            version: stream_version,
+        ) => {
+            return Some(UserRow {
+                id: user_id.as_uuid(),
+                email: shown(email),
+                name: shown(name),
+                role: *role,
+                active: true,
+                created_at: micros(*at),
+                version: stream_version,
+                last_position: position,
+                session_version: FIRST_SESSION_VERSION,
+            });
+        }
+        (None, _) => return None,
+        (Some(r), UserEvent::Created { .. }) => return Some(r),
+        (Some(r), _) => r,
+    };
+    match event {
+        UserEvent::Created { .. } => {}
+        UserEvent::Renamed { name, .. } => r.name = shown(name),
+        UserEvent::RoleChanged {
+            to,
+            session_version,
+            ..
+        } => {
+            r.role = *to;
+            r.session_version = *session_version;
+        }
+        UserEvent::Deactivated {
+            session_version, ..
+        } => {
+            r.active = false;
+            r.session_version = *session_version;
+        }
+        UserEvent::Reactivated { .. } => r.active = true,
+        UserEvent::SessionsRevoked {
+            session_version, ..
+        } => r.session_version = *session_version,
+    }
+    r.version = stream_version;
+    r.last_position = position;
+    Some(r)
+}
+
+/// A session end, as the sessions projection folds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionEnded {
+    pub session_id: Uuid,
+    pub user_id: UserId,
+    pub at: DateTime<Utc>,
+}
+
+/// Folds a session end into the session's row. A session ends once: a second end (two
+/// logouts racing with one token) keeps the first.
+pub fn apply_session(
+    row: Option<SessionRow>,
+    event: &SessionEnded,
+    _stream_version: i64,
+    position: i64,
+) -> Option<SessionRow> {
+    match row {
+        Some(r) => Some(r),
+        None => Some(SessionRow {
+            id: event.session_id,
+            user_id: event.user_id.as_uuid(),
+            ended_at: micros(event.at),
             last_position: position,
         }),
-        (Some(r), UserEvent::Created { .. }) => Some(r),
     }
 }
 
@@ -250,6 +309,7 @@ impl<E> Plan<E> {
 pub(crate) enum Work {
     Customers(Plan<CustomerEvent>),
     Users(Plan<UserEvent>),
+    Sessions(Plan<SessionEnded>),
 }
 
 impl Work {
@@ -295,6 +355,33 @@ impl Work {
                 }
                 Work::Users(plan)
             }
+            ProjectionKind::Sessions => {
+                let mut plan = Plan::default();
+                let mut seen = IdMap::default();
+                for env in envelopes {
+                    if let DomainEvent::Login(LoginEvent::LoggedOut {
+                        user_id,
+                        session_id,
+                        at,
+                    }) = env.event
+                    {
+                        let step = Step {
+                            id: session_id,
+                            position: env.position,
+                            stream_version: env.stream_version,
+                            event: SessionEnded {
+                                session_id,
+                                user_id,
+                                at,
+                            },
+                        };
+                        // A session's row may exist already (two logouts with one token):
+                        // always look.
+                        plan.push(&mut seen, step, false);
+                    }
+                }
+                Work::Sessions(plan)
+            }
         }
     }
 
@@ -303,6 +390,7 @@ impl Work {
         match (self, later) {
             (Work::Customers(a), Work::Customers(b)) => extend_plan(a, b),
             (Work::Users(a), Work::Users(b)) => extend_plan(a, b),
+            (Work::Sessions(a), Work::Sessions(b)) => extend_plan(a, b),
             // Work of one projection is only ever merged with work of the same projection.
             _ => {}
         }
@@ -312,6 +400,7 @@ impl Work {
         match kind {
             ProjectionKind::Customers => Work::Customers(Plan::default()),
             ProjectionKind::Users => Work::Users(Plan::default()),
+            ProjectionKind::Sessions => Work::Sessions(Plan::default()),
         }
     }
 
@@ -324,6 +413,7 @@ impl Work {
         match self {
             Work::Customers(p) => p.steps.len(),
             Work::Users(p) => p.steps.len(),
+            Work::Sessions(p) => p.steps.len(),
         }
     }
 }
@@ -387,11 +477,19 @@ pub(crate) fn fold_users(plan: &Plan<UserEvent>, loaded: Vec<UserRow>) -> Vec<To
     fold_plan(plan, loaded, |r| r.id, apply_user)
 }
 
+pub(crate) fn fold_sessions(
+    plan: &Plan<SessionEnded>,
+    loaded: Vec<SessionRow>,
+) -> Vec<Touched<SessionRow>> {
+    fold_plan(plan, loaded, |r| r.id, apply_session)
+}
+
 /// Rows as loaded from storage.
 #[derive(Debug, Clone)]
 pub(crate) enum Rows {
     Customers(Vec<CustomerRow>),
     Users(Vec<UserRow>),
+    Sessions(Vec<SessionRow>),
 }
 
 /// Changed rows to write, each with the row as stored (`None`: not stored yet).
@@ -399,6 +497,7 @@ pub(crate) enum Rows {
 pub(crate) enum Changes {
     Customers(Vec<Touched<CustomerRow>>),
     Users(Vec<Touched<UserRow>>),
+    Sessions(Vec<Touched<SessionRow>>),
 }
 
 impl Changes {
@@ -406,6 +505,7 @@ impl Changes {
         match self {
             Changes::Customers(v) => v.len(),
             Changes::Users(v) => v.len(),
+            Changes::Sessions(v) => v.len(),
         }
     }
 }
@@ -527,6 +627,7 @@ impl<R: Clone + PartialEq> RowCache<R> {
 pub(crate) enum FoldCache {
     Customers(RowCache<CustomerRow>),
     Users(RowCache<UserRow>),
+    Sessions(RowCache<SessionRow>),
 }
 
 impl FoldCache {
@@ -534,6 +635,7 @@ impl FoldCache {
         match kind {
             ProjectionKind::Customers => FoldCache::Customers(RowCache::default()),
             ProjectionKind::Users => FoldCache::Users(RowCache::default()),
+            ProjectionKind::Sessions => FoldCache::Sessions(RowCache::default()),
         }
     }
 
@@ -541,6 +643,7 @@ impl FoldCache {
         match self {
             FoldCache::Customers(c) => c.rows.len(),
             FoldCache::Users(c) => c.rows.len(),
+            FoldCache::Sessions(c) => c.rows.len(),
         }
     }
 
@@ -549,6 +652,7 @@ impl FoldCache {
         match (self, work) {
             (FoldCache::Customers(c), Work::Customers(p)) => c.missing(p),
             (FoldCache::Users(c), Work::Users(p)) => c.missing(p),
+            (FoldCache::Sessions(c), Work::Sessions(p)) => c.missing(p),
             _ => Vec::new(),
         }
     }
@@ -557,6 +661,7 @@ impl FoldCache {
         match (self, rows) {
             (FoldCache::Customers(c), Rows::Customers(r)) => c.add_loaded(ids, r, |x| x.id),
             (FoldCache::Users(c), Rows::Users(r)) => c.add_loaded(ids, r, |x| x.id),
+            (FoldCache::Sessions(c), Rows::Sessions(r)) => c.add_loaded(ids, r, |x| x.id),
             _ => {}
         }
     }
@@ -565,6 +670,7 @@ impl FoldCache {
         match (self, work) {
             (FoldCache::Customers(c), Work::Customers(p)) => c.fold(p, apply_customer),
             (FoldCache::Users(c), Work::Users(p)) => c.fold(p, apply_user),
+            (FoldCache::Sessions(c), Work::Sessions(p)) => c.fold(p, apply_session),
             // A cache only ever receives work of its own projection.
             _ => {}
         }
@@ -575,6 +681,7 @@ impl FoldCache {
         match self {
             FoldCache::Customers(c) => Changes::Customers(c.take_changes()),
             FoldCache::Users(c) => Changes::Users(c.take_changes()),
+            FoldCache::Sessions(c) => Changes::Sessions(c.take_changes()),
         }
     }
 }

@@ -8,17 +8,24 @@
 pub enum ProjectionKind {
     Customers,
     Users,
+    /// Sessions ended by a logout.
+    Sessions,
 }
 
 impl ProjectionKind {
     /// Every operational projection; read-your-writes waits for all of them.
-    pub const ALL: [ProjectionKind; 2] = [ProjectionKind::Customers, ProjectionKind::Users];
+    pub const ALL: [ProjectionKind; 3] = [
+        ProjectionKind::Customers,
+        ProjectionKind::Users,
+        ProjectionKind::Sessions,
+    ];
 
     /// The name used in checkpoints, metrics and the rebuild command.
     pub fn name(self) -> &'static str {
         match self {
             ProjectionKind::Customers => "customers",
             ProjectionKind::Users => "users",
+            ProjectionKind::Sessions => "sessions",
         }
     }
 
@@ -26,7 +33,11 @@ impl ProjectionKind {
     pub fn version(self) -> i32 {
         match self {
             ProjectionKind::Customers => 1,
+            // The users table gained `session_version` without a version change: no event
+            // before it could move a session version, so the column's default (the first
+            // version) is exactly what a rebuild would produce for older tables.
             ProjectionKind::Users => 1,
+            ProjectionKind::Sessions => 1,
         }
     }
 
@@ -41,6 +52,7 @@ impl ProjectionKind {
         match self {
             ProjectionKind::Customers => event_type.starts_with("Customer"),
             ProjectionKind::Users => event_type.starts_with("User"),
+            ProjectionKind::Sessions => event_type == egec_domain::user::SESSION_ENDED,
         }
     }
 }

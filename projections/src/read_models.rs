@@ -10,7 +10,7 @@ use egec_domain::{CustomerId, UserId};
 
 use crate::error::{ProjectionError, StorageError};
 use crate::kind::ProjectionKind;
-use crate::rows::{CustomerQuery, CustomerRow, UserRow};
+use crate::rows::{CustomerQuery, CustomerRow, SessionUser, UserRow};
 use crate::store::ReadStore;
 use crate::store::postgres::PgReadStore;
 use crate::store::sqlite::SqliteReadStore;
@@ -109,6 +109,21 @@ impl ReadModels {
     /// Every user, oldest first.
     pub async fn list_users(&self) -> Result<Vec<UserRow>, ProjectionError> {
         Ok(self.store.list_users().await?)
+    }
+
+    /// Active users holding the superadmin role (a fact for the last-superadmin rule).
+    pub async fn count_active_superadmins(&self) -> Result<u32, ProjectionError> {
+        Ok(self.store.count_active_superadmins().await?)
+    }
+
+    /// The user of a session and whether that session was logged out: what authenticating a
+    /// request reads, in one query.
+    pub async fn session_user(
+        &self,
+        user: UserId,
+        session: uuid::Uuid,
+    ) -> Result<Option<SessionUser>, ProjectionError> {
+        Ok(self.store.session_user(user.as_uuid(), session).await?)
     }
 
     /// The stored checkpoint (last applied position) of a projection.

@@ -46,6 +46,28 @@ pub struct UserRow {
     pub created_at: DateTime<Utc>,
     pub version: i64,
     pub last_position: i64,
+    /// Tokens issued under an older session version no longer work.
+    pub session_version: i64,
+}
+
+/// A session that was ended by its user (logout). Sessions ended all at once (logout
+/// everywhere, force-logout, deactivation, role change) are not listed here: they end by the
+/// user's session version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionRow {
+    /// The session id, as carried by the token (`sid`).
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub ended_at: DateTime<Utc>,
+    pub last_position: i64,
+}
+
+/// What authenticating one request needs to know about its user and session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionUser {
+    pub user: UserRow,
+    /// The session was logged out.
+    pub ended: bool,
 }
 
 /// Filters of the customer list.

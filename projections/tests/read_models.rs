@@ -56,6 +56,8 @@ on_both_backends!(
     the_runner_resumes_from_its_checkpoint_after_a_restart,
     a_projection_stops_at_an_event_it_cannot_decode_instead_of_skipping_it,
     two_runners_on_the_same_read_models_apply_every_event_exactly_once,
+    session_versions_and_logged_out_sessions_are_read_in_one_query_and_survive_a_rebuild,
+    a_users_table_from_before_sessions_gains_the_session_version_column_on_open,
 );
 
 fn all() -> CustomerQuery {
@@ -699,4 +701,107 @@ async fn two_runners_on_the_same_read_models_apply_every_event_exactly_once(env:
         assert!(states.contains(&RunState::Running), "{states:?}");
         assert!(states.contains(&RunState::Standby), "{states:?}");
     }
+}
+
+async fn session_versions_and_logged_out_sessions_are_read_in_one_query_and_survive_a_rebuild(
+    env: Env,
+) {
+    use egec_domain::user::UserEvent;
+    let runner = env.start().await;
+    let (boss, _) = env
+        .create_user("boss@example.com", "Boss", Role::Superadmin)
+        .await;
+    let (agent, _) = env
+        .create_user("agent@example.com", "Agent", Role::Agent)
+        .await;
+    let (s1, s2) = (Uuid::now_v7(), Uuid::now_v7());
+    env.logout(agent, s1).await;
+    env.user_event(UserEvent::RoleChanged {
+        user_id: agent,
+        from: Role::Agent,
+        to: Role::Superagent,
+        session_version: 2,
+        at: env.now(),
+    })
+    .await;
+    env.user_event(UserEvent::SessionsRevoked {
+        user_id: agent,
+        session_version: 3,
+        at: env.now(),
+    })
+    .await;
+    env.user_event(UserEvent::Deactivated {
+        user_id: boss,
+        session_version: 2,
+        at: env.now(),
+    })
+    .await;
+    let head = env.head().await;
+    assert!(runner.wait_for(head, WAIT).await);
+    let rm = runner.read_models();
+    let check = async |rm: &egec_projections::ReadModels| {
+        let one = rm.session_user(agent, s1).await.unwrap().unwrap();
+        assert!(one.ended, "the logged-out session reads ended");
+        assert_eq!(one.user.session_version, 3);
+        assert_eq!(one.user.role, Role::Superagent);
+        let two = rm.session_user(agent, s2).await.unwrap().unwrap();
+        assert!(!two.ended, "another session of the same user is not");
+        // A session id is only ever ended for its own user.
+        assert!(!rm.session_user(boss, s1).await.unwrap().unwrap().ended);
+        assert!(
+            rm.session_user(agent_id_absent(), s1)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(rm.count_active_superadmins().await.unwrap(), 0);
+        let b = rm.get_user(boss).await.unwrap().unwrap();
+        assert!(!b.active);
+        assert_eq!(b.session_version, 2);
+    };
+    check(rm).await;
+    let users_before = rm.list_users().await.unwrap();
+    assert_eq!(users_before, env.expected().await.1);
+    runner.rebuild("users", |_, _| {}).await.unwrap();
+    runner.rebuild("sessions", |_, _| {}).await.unwrap();
+    check(rm).await;
+    assert_eq!(rm.list_users().await.unwrap(), users_before);
+    assert_eq!(rm.checkpoint("sessions").await.unwrap(), head);
+}
+
+fn agent_id_absent() -> egec_domain::UserId {
+    egec_domain::UserId::from_uuid(Uuid::from_u128(0xdead))
+}
+
+async fn a_users_table_from_before_sessions_gains_the_session_version_column_on_open(env: Env) {
+    let runner = env.start().await;
+    let (id, pos) = env
+        .create_user("old@example.com", "Old Timer", Role::Admin)
+        .await;
+    assert!(runner.wait_for(pos, WAIT).await);
+    runner.shutdown().await;
+    drop(runner);
+    // The table as it was before sessions existed.
+    match &env.pool {
+        Some(pool) => {
+            let c = pool.get().await.unwrap();
+            c.batch_execute("ALTER TABLE crm.users DROP COLUMN session_version")
+                .await
+                .unwrap();
+        }
+        None => {
+            let c = rusqlite::Connection::open(env.data_dir.join(egec_projections::READ_DB_FILE))
+                .unwrap();
+            c.execute_batch("ALTER TABLE users DROP COLUMN session_version")
+                .unwrap();
+        }
+    }
+    let rm = env.read_models().await;
+    let row = rm.get_user(id).await.unwrap().unwrap();
+    assert_eq!(row.session_version, 1);
+    assert_eq!(
+        rm.checkpoint("users").await.unwrap(),
+        pos,
+        "nothing was rebuilt"
+    );
 }

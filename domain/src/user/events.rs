@@ -39,21 +39,89 @@ pub enum UserEvent {
         password_hash: Personal<PasswordHash>,
         at: DateTime<Utc>,
     },
+    Renamed {
+        user_id: UserId,
+        name: Personal<PersonName>,
+        at: DateTime<Utc>,
+    },
+    /// The role changed; every session issued before ends (`session_version` is the new one).
+    RoleChanged {
+        user_id: UserId,
+        from: Role,
+        to: Role,
+        session_version: i64,
+        at: DateTime<Utc>,
+    },
+    /// The user may no longer sign in; every session ends (`session_version` is the new one).
+    Deactivated {
+        user_id: UserId,
+        session_version: i64,
+        at: DateTime<Utc>,
+    },
+    Reactivated {
+        user_id: UserId,
+        at: DateTime<Utc>,
+    },
+    /// Logout everywhere (by the user) or force-logout (by an administrator; the actor is in
+    /// the metadata): tokens carrying an older session version stop working.
+    SessionsRevoked {
+        user_id: UserId,
+        session_version: i64,
+        at: DateTime<Utc>,
+    },
 }
 
 pub const USER_CREATED: &str = "UserCreated";
+pub const USER_RENAMED: &str = "UserRenamed";
+pub const USER_ROLE_CHANGED: &str = "UserRoleChanged";
+pub const USER_DEACTIVATED: &str = "UserDeactivated";
+pub const USER_REACTIVATED: &str = "UserReactivated";
+pub const USER_SESSIONS_REVOKED: &str = "UserSessionsRevoked";
 
 impl UserEvent {
     pub fn user_id(&self) -> UserId {
         match self {
-            UserEvent::Created { user_id, .. } => *user_id,
+            UserEvent::Created { user_id, .. }
+            | UserEvent::Renamed { user_id, .. }
+            | UserEvent::RoleChanged { user_id, .. }
+            | UserEvent::Deactivated { user_id, .. }
+            | UserEvent::Reactivated { user_id, .. }
+            | UserEvent::SessionsRevoked { user_id, .. } => *user_id,
         }
     }
     pub fn action(&self) -> &'static str {
         match self {
             UserEvent::Created { .. } => "USER_CREATED",
+            UserEvent::Renamed { .. } => "USER_RENAMED",
+            UserEvent::RoleChanged { .. } => "USER_ROLE_CHANGED",
+            UserEvent::Deactivated { .. } => "USER_DEACTIVATED",
+            UserEvent::Reactivated { .. } => "USER_REACTIVATED",
+            UserEvent::SessionsRevoked { .. } => "SESSIONS_REVOKED",
         }
     }
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            UserEvent::Created { at, .. }
+            | UserEvent::Renamed { at, .. }
+            | UserEvent::RoleChanged { at, .. }
+            | UserEvent::Deactivated { at, .. }
+            | UserEvent::Reactivated { at, .. }
+            | UserEvent::SessionsRevoked { at, .. } => *at,
+        }
+    }
+}
+
+fn role_fact(e: &DecryptedEvent, key: &str) -> Result<Role, DecodeError> {
+    fact_str(e, key)?
+        .parse()
+        .map_err(|_| DecodeError(format!("{}: bad role in {key}", e.event_type)))
+}
+
+fn fact_i64(e: &DecryptedEvent, key: &str) -> Result<i64, DecodeError> {
+    e.facts
+        .get(key)
+        .and_then(serde_json::Value::as_i64)
+        .ok_or_else(|| DecodeError(format!("{}: missing number {key}", e.event_type)))
 }
 
 impl EventCodec for UserEvent {
@@ -73,6 +141,41 @@ impl EventCodec for UserEvent {
                 .personal_field("email", email.known().map(|e| e.as_str()))
                 .personal_field("name", name.known().map(|n| n.as_str()))
                 .personal_field("password_hash", password_hash.known().map(|h| h.as_str())),
+            UserEvent::Renamed { user_id, name, at } => EncodedEvent::new(USER_RENAMED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("at", time_fact(*at))
+                .personal_field("name", name.known().map(|n| n.as_str())),
+            UserEvent::RoleChanged {
+                user_id,
+                from,
+                to,
+                session_version,
+                at,
+            } => EncodedEvent::new(USER_ROLE_CHANGED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("from", from.as_str())
+                .fact("to", to.as_str())
+                .fact("session_version", *session_version)
+                .fact("at", time_fact(*at)),
+            UserEvent::Deactivated {
+                user_id,
+                session_version,
+                at,
+            } => EncodedEvent::new(USER_DEACTIVATED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("session_version", *session_version)
+                .fact("at", time_fact(*at)),
+            UserEvent::Reactivated { user_id, at } => EncodedEvent::new(USER_REACTIVATED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("at", time_fact(*at)),
+            UserEvent::SessionsRevoked {
+                user_id,
+                session_version,
+                at,
+            } => EncodedEvent::new(USER_SESSIONS_REVOKED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("session_version", *session_version)
+                .fact("at", time_fact(*at)),
         }
     }
 
@@ -86,6 +189,32 @@ impl EventCodec for UserEvent {
                     .parse()
                     .map_err(|_| DecodeError::new("bad role"))?,
                 password_hash: personal_req(e, "password_hash", PasswordHash::parse)?,
+                at: fact_time(e, "at")?,
+            }),
+            (USER_RENAMED, 1) => Ok(UserEvent::Renamed {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                name: personal_req(e, "name", PersonName::parse)?,
+                at: fact_time(e, "at")?,
+            }),
+            (USER_ROLE_CHANGED, 1) => Ok(UserEvent::RoleChanged {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                from: role_fact(e, "from")?,
+                to: role_fact(e, "to")?,
+                session_version: fact_i64(e, "session_version")?,
+                at: fact_time(e, "at")?,
+            }),
+            (USER_DEACTIVATED, 1) => Ok(UserEvent::Deactivated {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                session_version: fact_i64(e, "session_version")?,
+                at: fact_time(e, "at")?,
+            }),
+            (USER_REACTIVATED, 1) => Ok(UserEvent::Reactivated {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                at: fact_time(e, "at")?,
+            }),
+            (USER_SESSIONS_REVOKED, 1) => Ok(UserEvent::SessionsRevoked {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                session_version: fact_i64(e, "session_version")?,
                 at: fact_time(e, "at")?,
             }),
             (t, v) => Err(DecodeError(format!("unknown user event {t} v{v}"))),
@@ -115,6 +244,12 @@ pub enum LoginEvent {
     },
     /// An administrator lifted the lock (the actor is in the metadata).
     Unlocked { user_id: UserId, at: DateTime<Utc> },
+    /// The user ended one session (the one whose token carried `session_id`).
+    LoggedOut {
+        user_id: UserId,
+        session_id: uuid::Uuid,
+        at: DateTime<Utc>,
+    },
 }
 
 /// Why an attempt failed.
@@ -137,6 +272,8 @@ pub const LOGIN_SUCCEEDED: &str = "LoginSucceeded";
 pub const LOGIN_FAILED: &str = "LoginFailed";
 pub const ACCOUNT_LOCKED: &str = "LoginAccountLocked";
 pub const ACCOUNT_UNLOCKED: &str = "LoginAccountUnlocked";
+/// Stored type of [`LoginEvent::LoggedOut`]; the sessions projection folds exactly this type.
+pub const SESSION_ENDED: &str = "LoginSessionEnded";
 
 impl LoginEvent {
     pub fn action(&self) -> &'static str {
@@ -145,6 +282,7 @@ impl LoginEvent {
             LoginEvent::Failed { .. } => "LOGIN_FAILED",
             LoginEvent::Locked { .. } => "ACCOUNT_LOCKED",
             LoginEvent::Unlocked { .. } => "ACCOUNT_UNLOCKED",
+            LoginEvent::LoggedOut { .. } => "LOGOUT",
         }
     }
 }
@@ -196,6 +334,14 @@ impl EventCodec for LoginEvent {
             LoginEvent::Unlocked { user_id, at } => EncodedEvent::new(ACCOUNT_UNLOCKED, 1)
                 .fact("user_id", user_id.to_string())
                 .fact("at", time_fact(*at)),
+            LoginEvent::LoggedOut {
+                user_id,
+                session_id,
+                at,
+            } => EncodedEvent::new(SESSION_ENDED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("session_id", session_id.to_string())
+                .fact("at", time_fact(*at)),
         }
     }
 
@@ -222,6 +368,11 @@ impl EventCodec for LoginEvent {
             }),
             (ACCOUNT_UNLOCKED, 1) => Ok(LoginEvent::Unlocked {
                 user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                at: fact_time(e, "at")?,
+            }),
+            (SESSION_ENDED, 1) => Ok(LoginEvent::LoggedOut {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                session_id: fact_uuid(e, "session_id")?,
                 at: fact_time(e, "at")?,
             }),
             (t, v) => Err(DecodeError(format!("unknown login event {t} v{v}"))),

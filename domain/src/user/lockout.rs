@@ -47,6 +47,8 @@ pub fn evolve(state: LockoutState, event: &LoginEvent) -> LockoutState {
             consecutive_failures: 0,
             locked_until: Some(*until),
         },
+        // Ending a session says nothing about guessing.
+        LoginEvent::LoggedOut { .. } => state,
     }
 }
 

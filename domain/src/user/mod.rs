@@ -5,9 +5,13 @@ mod decide;
 mod events;
 pub mod lockout;
 
-pub use decide::{CreateUser, User, UserCommand, UserError, UserState, decide, evolve};
+pub use decide::{
+    CreateUser, FIRST_SESSION_VERSION, UpdateUser, User, UserCommand, UserError, UserState, decide,
+    evolve,
+};
 pub use events::{
-    LoginEvent, LoginFailure, PasswordHash, UserEvent, login_stream_id, recent_login_stream_ids,
+    LoginEvent, LoginFailure, PasswordHash, SESSION_ENDED, UserEvent, login_stream_id,
+    recent_login_stream_ids,
 };
 
 #[cfg(test)]

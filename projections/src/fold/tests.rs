@@ -4,7 +4,10 @@ use egec_domain::customer::{
     CustomerCreated, CustomerState, CustomerStatus, CustomerUpdated, evolve,
 };
 use egec_domain::event::Metadata;
-use egec_domain::user::PasswordHash;
+use egec_domain::user::{
+    FIRST_SESSION_VERSION, PasswordHash, UpdateUser, UserCommand, UserState, decide as decide_user,
+    evolve as evolve_user,
+};
 use egec_domain::values::{Country, Email, Notes, PassportNumber, PersonName, PhoneE164, Source};
 use egec_domain::{CustomerId, Role, UserId};
 use proptest::prelude::*;
@@ -258,6 +261,7 @@ fn a_user_row_starts_active_and_never_holds_the_password_hash() {
             created_at: t(0),
             version: 1,
             last_position: 4,
+            session_version: 1,
         }
     );
     let json = serde_json::to_string(&row).unwrap();
@@ -544,4 +548,133 @@ proptest! {
         let from_evolve = state.customer().map(|c| customer_row(c, events.len() as i64 * 10));
         prop_assert_eq!(fold(&events), from_evolve);
     }
+}
+
+fn user_created(id: UserId, role: Role) -> UserEvent {
+    UserEvent::Created {
+        user_id: id,
+        email: Personal::Known(Email::parse("ops@example.com").unwrap()),
+        name: Personal::Known(PersonName::parse("Omar Farouk").unwrap()),
+        role,
+        password_hash: Personal::Erased,
+        at: t(0),
+    }
+}
+
+#[test]
+fn a_user_row_follows_renames_role_changes_deactivation_and_revoked_sessions_like_the_domain() {
+    let id = uid(7);
+    let mut history = vec![user_created(id, Role::Superadmin)];
+    let commands = [
+        UserCommand::Update(Box::new(UpdateUser {
+            name: Some(PersonName::parse("Omar F").unwrap()),
+            role: Some(Role::Agent),
+            active: None,
+            active_superadmins: 2,
+        })),
+        UserCommand::RevokeSessions,
+        UserCommand::Update(Box::new(UpdateUser {
+            name: None,
+            role: None,
+            active: Some(false),
+            active_superadmins: 2,
+        })),
+        UserCommand::Update(Box::new(UpdateUser {
+            name: None,
+            role: None,
+            active: Some(true),
+            active_superadmins: 2,
+        })),
+    ];
+    for c in commands {
+        let state = history.iter().fold(UserState::Absent, evolve_user);
+        history.extend(decide_user(&state, c, t(1)).unwrap());
+    }
+    let row = history.iter().enumerate().fold(None, |row, (i, e)| {
+        apply_user(row, e, i as i64 + 1, (i as i64 + 1) * 10)
+    });
+    let row = row.unwrap();
+    let UserState::Present(user) = history.iter().fold(UserState::Absent, evolve_user) else {
+        panic!("user expected");
+    };
+    assert_eq!(row.name, "Omar F");
+    assert_eq!(row.role, user.role);
+    assert_eq!(row.active, user.active);
+    assert!(row.active);
+    assert_eq!(row.session_version, user.session_version);
+    assert_eq!(row.session_version, FIRST_SESSION_VERSION + 3);
+    assert_eq!(row.version, history.len() as i64);
+    assert_eq!(row.last_position, history.len() as i64 * 10);
+}
+
+#[test]
+fn a_change_to_a_user_that_was_never_created_makes_no_row() {
+    let e = UserEvent::SessionsRevoked {
+        user_id: uid(1),
+        session_version: 2,
+        at: t(0),
+    };
+    assert_eq!(apply_user(None, &e, 2, 5), None);
+}
+
+fn logged_out(session: u128, user: UserId, at: DateTime<Utc>) -> DomainEvent {
+    DomainEvent::Login(egec_domain::user::LoginEvent::LoggedOut {
+        user_id: user,
+        session_id: Uuid::from_u128(session),
+        at,
+    })
+}
+
+#[test]
+fn the_sessions_projection_folds_logouts_only_and_keeps_the_first_end_of_a_session() {
+    let login = DomainEvent::Login(egec_domain::user::LoginEvent::Succeeded {
+        user_id: uid(1),
+        session_id: Uuid::from_u128(1),
+        at: t(0),
+    });
+    let stream = format!("login-{}-202611", uid(1));
+    let envs = vec![
+        envelope(stream.clone(), 1, 1, login),
+        envelope(stream.clone(), 2, 2, logged_out(1, uid(1), t(5))),
+        envelope(stream.clone(), 3, 3, logged_out(1, uid(1), t(9))),
+        envelope(
+            uid(1).stream_id(),
+            1,
+            4,
+            DomainEvent::User(user_created(uid(1), Role::Agent)),
+        ),
+    ];
+    assert_eq!(Work::plan(ProjectionKind::Users, envs.clone()).len(), 1);
+    let Work::Sessions(plan) = Work::plan(ProjectionKind::Sessions, envs) else {
+        panic!("sessions work expected");
+    };
+    assert_eq!(plan.steps.len(), 2);
+    assert_eq!(plan.load, vec![Uuid::from_u128(1)]);
+    let touched = fold_sessions(&plan, vec![]);
+    assert_eq!(
+        touched,
+        vec![Touched {
+            row: SessionRow {
+                id: Uuid::from_u128(1),
+                user_id: uid(1).as_uuid(),
+                ended_at: t(5),
+                last_position: 2,
+            },
+            before: None,
+        }]
+    );
+    // Stored already: nothing to write.
+    let again = fold_sessions(&plan, vec![touched[0].row.clone()]);
+    assert!(again.is_empty());
+}
+
+#[test]
+fn the_sessions_projection_wants_only_the_session_end_type() {
+    assert!(ProjectionKind::Sessions.wants("LoginSessionEnded"));
+    assert!(!ProjectionKind::Sessions.wants("LoginSucceeded"));
+    assert!(!ProjectionKind::Users.wants("LoginSessionEnded"));
+    assert_eq!(
+        ProjectionKind::from_name("sessions"),
+        Some(ProjectionKind::Sessions)
+    );
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::error::StorageError;
 use crate::fold::{Changes, Rows, Work};
 use crate::kind::ProjectionKind;
-use crate::rows::{CustomerQuery, CustomerRow, UserRow};
+use crate::rows::{CustomerQuery, CustomerRow, SessionUser, UserRow};
 
 /// The stored checkpoint of a projection: the last position applied, and the projection
 /// version the live tables were built with.
@@ -143,4 +143,13 @@ pub(crate) trait ReadStore: Send + Sync + 'static {
     async fn find_user_by_email(&self, email: &str) -> Result<Option<UserRow>, StorageError>;
     /// Every user, oldest first.
     async fn list_users(&self) -> Result<Vec<UserRow>, StorageError>;
+    /// Active users holding the superadmin role.
+    async fn count_active_superadmins(&self) -> Result<u32, StorageError>;
+
+    /// The user and whether this session of theirs was logged out, in one query.
+    async fn session_user(
+        &self,
+        user: Uuid,
+        session: Uuid,
+    ) -> Result<Option<SessionUser>, StorageError>;
 }

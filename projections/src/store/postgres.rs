@@ -20,10 +20,11 @@ use uuid::Uuid;
 use super::{Applied, Checkpoint, Leadership, ReadStore, Shadow};
 use crate::error::StorageError;
 use crate::fold::{
-    Changes, Rows, Touched, Work, fold_customers, fold_users, search_needle, search_text,
+    Changes, Rows, Touched, Work, fold_customers, fold_sessions, fold_users, search_needle,
+    search_text,
 };
 use crate::kind::ProjectionKind;
-use crate::rows::{CustomerQuery, CustomerRow, UserRow};
+use crate::rows::{CustomerQuery, CustomerRow, SessionRow, SessionUser, UserRow};
 
 /// First key of the two-key advisory locks ("EGEC" in ASCII), shared with the log's module
 /// so that everything Egec locks is recognisable in `pg_locks`.
@@ -75,17 +76,29 @@ const USERS: TableDef = TableDef {
               active boolean NOT NULL, \
               created_at timestamptz NOT NULL, \
               version bigint NOT NULL, \
-              last_position bigint NOT NULL",
+              last_position bigint NOT NULL, \
+              session_version bigint NOT NULL DEFAULT 1",
     indexes: &[
         ("email_idx", "(email)"),
         ("created_idx", "(created_at, id)"),
     ],
 };
 
+/// Sessions ended by a logout, by session id.
+const SESSIONS: TableDef = TableDef {
+    live: "sessions",
+    columns: "id uuid NOT NULL, \
+              user_id uuid NOT NULL, \
+              ended_at timestamptz NOT NULL, \
+              last_position bigint NOT NULL",
+    indexes: &[],
+};
+
 fn tables(kind: ProjectionKind) -> &'static [TableDef] {
     match kind {
         ProjectionKind::Customers => &[CUSTOMERS],
         ProjectionKind::Users => &[USERS],
+        ProjectionKind::Sessions => &[SESSIONS],
     }
 }
 
@@ -104,7 +117,10 @@ const CUSTOMER_COLUMNS: &str = "id, name, email, phone, passport_number, country
      status, notes, assigned_agent_ids, created_at, updated_at, version, deleted, erased, \
      last_position";
 
-const USER_COLUMNS: &str = "id, email, name, role, active, created_at, version, last_position";
+const USER_COLUMNS: &str =
+    "id, email, name, role, active, created_at, version, last_position, session_version";
+
+const SESSION_COLUMNS: &str = "id, user_id, ended_at, last_position";
 
 fn create_table_sql(def: &TableDef, name: &str) -> String {
     format!(
@@ -153,6 +169,14 @@ impl PgReadStore {
                  projection text PRIMARY KEY, \
                  position bigint NOT NULL, \
                  version integer NOT NULL)",
+        )
+        .await?;
+        // Users tables created before sessions existed lack `session_version`. No event
+        // before it could move a session version, so the column's default (the first
+        // version) gives exactly the rows a rebuild would.
+        tx.batch_execute(
+            "ALTER TABLE IF EXISTS crm.users \
+             ADD COLUMN IF NOT EXISTS session_version bigint NOT NULL DEFAULT 1",
         )
         .await?;
         for kind in ProjectionKind::ALL {
@@ -254,6 +278,16 @@ fn user_from_row(row: &Row) -> Result<UserRow, StorageError> {
         created_at: row.try_get(5)?,
         version: row.try_get(6)?,
         last_position: row.try_get(7)?,
+        session_version: row.try_get(8)?,
+    })
+}
+
+fn session_from_row(row: &Row) -> Result<SessionRow, StorageError> {
+    Ok(SessionRow {
+        id: row.try_get(0)?,
+        user_id: row.try_get(1)?,
+        ended_at: row.try_get(2)?,
+        last_position: row.try_get(3)?,
     })
 }
 
@@ -309,6 +343,21 @@ async fn load_users(
     let stmt = prepare(tx, &sql, cached).await?;
     let rows = tx.query(&stmt, &[&ids]).await?;
     rows.iter().map(user_from_row).collect()
+}
+
+async fn load_sessions(
+    tx: &Transaction<'_>,
+    table: &str,
+    ids: &[Uuid],
+    cached: bool,
+) -> Result<Vec<SessionRow>, StorageError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM crm.{table} WHERE id = ANY($1)");
+    let stmt = prepare(tx, &sql, cached).await?;
+    let rows = tx.query(&stmt, &[&ids]).await?;
+    rows.iter().map(session_from_row).collect()
 }
 
 /// A uuid list as a PostgreSQL array literal, cast to `uuid[]` in SQL: `unnest` flattens
@@ -424,24 +473,61 @@ async fn write_users(
     let active: Vec<bool> = rows.clone().map(|r| r.active).collect();
     let created: Vec<DateTime<Utc>> = rows.clone().map(|r| r.created_at).collect();
     let version: Vec<i64> = rows.clone().map(|r| r.version).collect();
-    let last: Vec<i64> = rows.map(|r| r.last_position).collect();
+    let last: Vec<i64> = rows.clone().map(|r| r.last_position).collect();
+    let session_version: Vec<i64> = rows.map(|r| r.session_version).collect();
     let sql = format!(
         "INSERT INTO crm.{table} ({USER_COLUMNS}) \
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], \
-                                  $5::bool[], $6::timestamptz[], $7::int8[], $8::int8[]) \
+                                  $5::bool[], $6::timestamptz[], $7::int8[], $8::int8[], \
+                                  $9::int8[]) \
              ON CONFLICT (id) DO UPDATE SET \
                email = EXCLUDED.email, name = EXCLUDED.name, role = EXCLUDED.role, \
                active = EXCLUDED.active, created_at = EXCLUDED.created_at, \
-               version = EXCLUDED.version, last_position = EXCLUDED.last_position"
+               version = EXCLUDED.version, last_position = EXCLUDED.last_position, \
+               session_version = EXCLUDED.session_version"
     );
     let stmt = prepare(tx, &sql, cached).await?;
     tx.execute(
         &stmt,
         &[
-            &id, &email, &name, &role, &active, &created, &version, &last,
+            &id,
+            &email,
+            &name,
+            &role,
+            &active,
+            &created,
+            &version,
+            &last,
+            &session_version,
         ],
     )
     .await?;
+    Ok(())
+}
+
+async fn write_sessions(
+    tx: &Transaction<'_>,
+    table: &str,
+    cached: bool,
+    touched: &[Touched<SessionRow>],
+) -> Result<(), StorageError> {
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let rows = touched.iter().map(|t| &t.row);
+    let id: Vec<Uuid> = rows.clone().map(|r| r.id).collect();
+    let user: Vec<Uuid> = rows.clone().map(|r| r.user_id).collect();
+    let ended: Vec<DateTime<Utc>> = rows.clone().map(|r| r.ended_at).collect();
+    let last: Vec<i64> = rows.map(|r| r.last_position).collect();
+    let sql = format!(
+        "INSERT INTO crm.{table} ({SESSION_COLUMNS}) \
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::int8[]) \
+             ON CONFLICT (id) DO UPDATE SET \
+               user_id = EXCLUDED.user_id, ended_at = EXCLUDED.ended_at, \
+               last_position = EXCLUDED.last_position"
+    );
+    let stmt = prepare(tx, &sql, cached).await?;
+    tx.execute(&stmt, &[&id, &user, &ended, &last]).await?;
     Ok(())
 }
 
@@ -463,6 +549,12 @@ async fn apply_work(
             let loaded = load_users(tx, &table, &plan.load, cached).await?;
             let touched = fold_users(plan, loaded);
             write_users(tx, &table, cached, &touched).await
+        }
+        Work::Sessions(plan) => {
+            let table = table_for(SESSIONS.live, shadow);
+            let loaded = load_sessions(tx, &table, &plan.load, cached).await?;
+            let touched = fold_sessions(plan, loaded);
+            write_sessions(tx, &table, cached, &touched).await
         }
     }
 }
@@ -625,6 +717,9 @@ impl ReadStore for PgReadStore {
             ProjectionKind::Users => {
                 Rows::Users(load_users(&tx, &shadow.table(USERS.live), &ids, false).await?)
             }
+            ProjectionKind::Sessions => {
+                Rows::Sessions(load_sessions(&tx, &shadow.table(SESSIONS.live), &ids, false).await?)
+            }
         };
         tx.commit().await?;
         Ok(rows)
@@ -643,6 +738,11 @@ impl ReadStore for PgReadStore {
             Changes::Users(rows) => {
                 for chunk in rows.chunks(WRITE_CHUNK) {
                     write_users(&tx, &shadow.table(USERS.live), false, chunk).await?;
+                }
+            }
+            Changes::Sessions(rows) => {
+                for chunk in rows.chunks(WRITE_CHUNK) {
+                    write_sessions(&tx, &shadow.table(SESSIONS.live), false, chunk).await?;
                 }
             }
         }
@@ -826,5 +926,36 @@ impl ReadStore for PgReadStore {
             .await?;
         let rows = conn.query(&stmt, &[]).await?;
         rows.iter().map(user_from_row).collect()
+    }
+
+    async fn count_active_superadmins(&self) -> Result<u32, StorageError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached("SELECT count(*) FROM crm.users WHERE role = 'superadmin' AND active")
+            .await?;
+        let n: i64 = conn.query_one(&stmt, &[]).await?.try_get(0)?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    async fn session_user(
+        &self,
+        user: Uuid,
+        session: Uuid,
+    ) -> Result<Option<SessionUser>, StorageError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {USER_COLUMNS}, \
+                   EXISTS (SELECT 1 FROM crm.sessions s WHERE s.id = $2 AND s.user_id = $1) \
+                 FROM crm.users WHERE id = $1"
+            ))
+            .await?;
+        match conn.query_opt(&stmt, &[&user, &session]).await? {
+            None => Ok(None),
+            Some(row) => Ok(Some(SessionUser {
+                user: user_from_row(&row)?,
+                ended: row.try_get(9)?,
+            })),
+        }
     }
 }

@@ -29,10 +29,11 @@ use uuid::Uuid;
 use super::{Applied, Checkpoint, Leadership, ReadStore, Shadow};
 use crate::error::StorageError;
 use crate::fold::{
-    Changes, Rows, Touched, Work, fold_customers, fold_users, search_needle, search_text,
+    Changes, Rows, Touched, Work, fold_customers, fold_sessions, fold_users, search_needle,
+    search_text,
 };
 use crate::kind::ProjectionKind;
-use crate::rows::{CustomerQuery, CustomerRow, UserRow};
+use crate::rows::{CustomerQuery, CustomerRow, SessionRow, SessionUser, UserRow};
 
 /// Name of the read-model database file inside the data directory.
 pub const READ_DB_FILE: &str = "read.db";
@@ -100,15 +101,28 @@ const USERS: TableDef = TableDef {
               active INTEGER NOT NULL, \
               created_at INTEGER NOT NULL, \
               version INTEGER NOT NULL, \
-              last_position INTEGER NOT NULL",
+              last_position INTEGER NOT NULL, \
+              session_version INTEGER NOT NULL DEFAULT 1",
     without_rowid: false,
     indexes: &[("email", "email"), ("created", "created_at, id")],
+};
+
+/// Sessions ended by a logout, by session id.
+const SESSIONS: TableDef = TableDef {
+    live: "sessions",
+    columns: "id TEXT PRIMARY KEY NOT NULL, \
+              user_id TEXT NOT NULL, \
+              ended_at INTEGER NOT NULL, \
+              last_position INTEGER NOT NULL",
+    without_rowid: true,
+    indexes: &[],
 };
 
 fn tables(kind: ProjectionKind) -> &'static [TableDef] {
     match kind {
         ProjectionKind::Customers => &[CUSTOMERS, CUSTOMER_AGENTS],
         ProjectionKind::Users => &[USERS],
+        ProjectionKind::Sessions => &[SESSIONS],
     }
 }
 
@@ -116,7 +130,10 @@ const CUSTOMER_COLUMNS: &str = "id, name, email, phone, passport_number, country
      status, notes, assigned_agent_ids, created_at, updated_at, version, deleted, erased, \
      last_position";
 
-const USER_COLUMNS: &str = "id, email, name, role, active, created_at, version, last_position";
+const USER_COLUMNS: &str =
+    "id, email, name, role, active, created_at, version, last_position, session_version";
+
+const SESSION_COLUMNS: &str = "id, user_id, ended_at, last_position";
 
 /// The SQLite read models. Cloning shares the connections.
 #[derive(Clone)]
@@ -286,6 +303,7 @@ fn ensure_schema(conn: &mut Connection) -> Result<(), StorageError> {
              position INTEGER NOT NULL, \
              version INTEGER NOT NULL)",
     )?;
+    add_session_version_column(&tx)?;
     for kind in ProjectionKind::ALL {
         let defs = tables(kind);
         let mut complete = true;
@@ -314,6 +332,26 @@ fn ensure_schema(conn: &mut Connection) -> Result<(), StorageError> {
         }
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// Users tables created before sessions existed lack `session_version`. No event before it
+/// could move a session version, so adding the column with its default (the first version)
+/// gives exactly the rows a rebuild would.
+fn add_session_version_column(tx: &Transaction<'_>) -> Result<(), StorageError> {
+    if !table_exists(tx, USERS.live)? {
+        return Ok(());
+    }
+    let has: bool = tx.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('users') WHERE name = 'session_version'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        tx.execute_batch(
+            "ALTER TABLE users ADD COLUMN session_version INTEGER NOT NULL DEFAULT 1",
+        )?;
+    }
     Ok(())
 }
 
@@ -399,6 +437,16 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<UserRow> {
         created_at: time_at(row, 5)?,
         version: row.get(6)?,
         last_position: row.get(7)?,
+        session_version: row.get(8)?,
+    })
+}
+
+fn session_from_row(row: &Row<'_>) -> rusqlite::Result<SessionRow> {
+    Ok(SessionRow {
+        id: uuid_at(row, 0)?,
+        user_id: uuid_at(row, 1)?,
+        ended_at: time_at(row, 2)?,
+        last_position: row.get(3)?,
     })
 }
 
@@ -444,6 +492,24 @@ fn load_users(tx: &Connection, table: &str, ids: &[Uuid]) -> Result<Vec<UserRow>
     ))?;
     let rows = stmt
         .query_map([ids], user_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+fn load_sessions(
+    tx: &Connection,
+    table: &str,
+    ids: &[Uuid],
+) -> Result<Vec<SessionRow>, StorageError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = serde_json::to_string(ids).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {SESSION_COLUMNS} FROM {table} WHERE id IN (SELECT value FROM json_each(?1))"
+    ))?;
+    let rows = stmt
+        .query_map([ids], session_from_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
@@ -523,11 +589,12 @@ fn write_users(
     touched: &[Touched<UserRow>],
 ) -> Result<(), StorageError> {
     let mut upsert = tx.prepare_cached(&format!(
-        "INSERT INTO {table} ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+        "INSERT INTO {table} ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
          ON CONFLICT (id) DO UPDATE SET \
            email = excluded.email, name = excluded.name, role = excluded.role, \
            active = excluded.active, created_at = excluded.created_at, \
-           version = excluded.version, last_position = excluded.last_position"
+           version = excluded.version, last_position = excluded.last_position, \
+           session_version = excluded.session_version"
     ))?;
     for t in touched {
         let r = &t.row;
@@ -539,6 +606,30 @@ fn write_users(
             r.active,
             r.created_at.timestamp_micros(),
             r.version,
+            r.last_position,
+            r.session_version,
+        ])?;
+    }
+    Ok(())
+}
+
+fn write_sessions(
+    tx: &Connection,
+    table: &str,
+    touched: &[Touched<SessionRow>],
+) -> Result<(), StorageError> {
+    let mut upsert = tx.prepare_cached(&format!(
+        "INSERT INTO {table} ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (id) DO UPDATE SET \
+           user_id = excluded.user_id, ended_at = excluded.ended_at, \
+           last_position = excluded.last_position"
+    ))?;
+    for t in touched {
+        let r = &t.row;
+        upsert.execute(params![
+            uuid_text(&r.id),
+            uuid_text(&r.user_id),
+            r.ended_at.timestamp_micros(),
             r.last_position,
         ])?;
     }
@@ -564,6 +655,13 @@ fn apply_work(
             let loaded = load_users(tx, &table, &plan.load)?;
             let touched = fold_users(plan, loaded);
             write_users(tx, &table, &touched)?;
+            Ok(false)
+        }
+        Work::Sessions(plan) => {
+            let table = table_for(SESSIONS.live, shadow);
+            let loaded = load_sessions(tx, &table, &plan.load)?;
+            let touched = fold_sessions(plan, loaded);
+            write_sessions(tx, &table, &touched)?;
             Ok(false)
         }
     }
@@ -712,6 +810,9 @@ impl ReadStore for SqliteReadStore {
                 ProjectionKind::Users => {
                     Rows::Users(load_users(conn, &shadow.table(USERS.live), &ids)?)
                 }
+                ProjectionKind::Sessions => {
+                    Rows::Sessions(load_sessions(conn, &shadow.table(SESSIONS.live), &ids)?)
+                }
             })
         })
         .await
@@ -731,6 +832,7 @@ impl ReadStore for SqliteReadStore {
                     )?;
                 }
                 Changes::Users(rows) => write_users(&tx, &shadow.table(USERS.live), rows)?,
+                Changes::Sessions(rows) => write_sessions(&tx, &shadow.table(SESSIONS.live), rows)?,
             }
             tx.commit()?;
             Ok(())
@@ -904,6 +1006,40 @@ impl ReadStore for SqliteReadStore {
                 .query_map([], user_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn count_active_superadmins(&self) -> Result<u32, StorageError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT count(*) FROM users WHERE role = 'superadmin' AND active <> 0",
+            )?;
+            let n: i64 = stmt.query_row([], |r| r.get(0))?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        })
+        .await
+    }
+
+    async fn session_user(
+        &self,
+        user: Uuid,
+        session: Uuid,
+    ) -> Result<Option<SessionUser>, StorageError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS}, \
+                   EXISTS (SELECT 1 FROM sessions s WHERE s.id = ?2 AND s.user_id = ?1) \
+                 FROM users WHERE id = ?1"
+            ))?;
+            Ok(stmt
+                .query_row([uuid_text(&user), uuid_text(&session)], |row| {
+                    Ok(SessionUser {
+                        user: user_from_row(row)?,
+                        ended: row.get(9)?,
+                    })
+                })
+                .optional()?)
         })
         .await
     }

@@ -23,7 +23,7 @@ use egec_commands::vault::Vault;
 use egec_domain::customer::{CustomerChanges, CustomerCreated, CustomerEvent, CustomerStatus};
 use egec_domain::event::{DomainEvent, Metadata};
 use egec_domain::personal::Personal;
-use egec_domain::user::{PasswordHash, UserEvent};
+use egec_domain::user::{LoginEvent, PasswordHash, UserEvent, login_stream_id};
 use egec_domain::values::{Country, Email, PassportNumber, PersonName, PhoneE164, Source};
 use egec_domain::{CustomerId, Role, UserId};
 use egec_projections::fold::{apply_customer, apply_user};
@@ -389,6 +389,32 @@ impl Env {
                 .await
                 .last_position,
         )
+    }
+
+    /// Appends a user event (a change after creation) to the user's stream.
+    pub async fn user_event(&self, event: UserEvent) -> i64 {
+        let id = event.user_id();
+        let at = self.now();
+        let stored = self
+            .encode(&id.subject(), &DomainEvent::User(event), at)
+            .await;
+        self.append(id.stream_id(), vec![stored])
+            .await
+            .last_position
+    }
+
+    /// Appends a logout of one session to the user's login stream.
+    pub async fn logout(&self, user: UserId, session: Uuid) -> i64 {
+        let at = self.now();
+        let event = DomainEvent::Login(LoginEvent::LoggedOut {
+            user_id: user,
+            session_id: session,
+            at,
+        });
+        let stored = self.encode(&user.subject(), &event, at).await;
+        self.append(login_stream_id(user, at), vec![stored])
+            .await
+            .last_position
     }
 
     /// The customers and users the whole log folds to, computed in memory with the pure
