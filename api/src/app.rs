@@ -33,6 +33,8 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/auth/login", post(routes::auth::login))
         .route("/api/auth/me", get(routes::auth::me))
+        .route("/api/auth/logout", post(routes::auth::logout))
+        .route("/api/auth/logout-all", post(routes::auth::logout_all))
         .route(
             "/api/customers",
             post(routes::customers::create).get(routes::customers::list),
@@ -98,10 +100,15 @@ pub struct Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics = metrics_handle()?;
     let core = open_core(&config).await?;
+    // A token never outlives the absolute session timeout (the extractor checks it too, from
+    // `iat`, so lowering the setting also ends tokens issued before).
     let tokens = Arc::new(auth::token::TokenKeys::new(
         &token_secret(&config)?,
-        config.token_ttl_seconds,
+        config
+            .token_ttl_seconds
+            .min(config.sessions.absolute.num_seconds().max(1)),
     ));
+    let sessions = Arc::new(auth::session::SessionActivity::new(config.sessions));
     let passwords = Arc::new(auth::password::Passwords::new(
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -118,6 +125,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         runner: core.runner.clone(),
         tokens,
         passwords,
+        sessions,
         metrics,
     };
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();

@@ -28,6 +28,25 @@ pub struct Config {
     pub lockout: egec_domain::user::lockout::LockoutPolicy,
     /// How long a read waits for the projections to reach a write it follows.
     pub read_your_writes_timeout_ms: u64,
+    pub sessions: SessionTimeouts,
+}
+
+/// When a session ends without anyone ending it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTimeouts {
+    /// Without a request for this long, a session ends (`EGEC_SESSION_IDLE_SECONDS`).
+    pub idle: chrono::Duration,
+    /// This long after login a session ends, however active (`EGEC_SESSION_ABSOLUTE_SECONDS`).
+    pub absolute: chrono::Duration,
+}
+
+impl Default for SessionTimeouts {
+    fn default() -> Self {
+        Self {
+            idle: chrono::Duration::minutes(30),
+            absolute: chrono::Duration::hours(12),
+        }
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -157,6 +176,20 @@ impl Config {
         };
         let read_your_writes_timeout_ms =
             number("EGEC_READ_YOUR_WRITES_TIMEOUT_MS", 5000, 10, 60_000);
+        let sessions = SessionTimeouts {
+            idle: chrono::Duration::seconds(number(
+                "EGEC_SESSION_IDLE_SECONDS",
+                30 * 60,
+                1,
+                7 * 24 * 3600,
+            ) as i64),
+            absolute: chrono::Duration::seconds(number(
+                "EGEC_SESSION_ABSOLUTE_SECONDS",
+                12 * 3600,
+                1,
+                30 * 24 * 3600,
+            ) as i64),
+        };
         let phone_default_region = src
             .get("EGEC_PHONE_DEFAULT_REGION")
             .map(|r| r.to_ascii_uppercase());
@@ -195,6 +228,7 @@ impl Config {
             password_policy,
             lockout,
             read_your_writes_timeout_ms,
+            sessions,
         })
     }
 }
@@ -233,6 +267,27 @@ mod tests {
         assert_eq!(err.0.len(), 5, "{err}");
         assert!(!err.to_string().contains(secret));
         assert!(!err.to_string().contains("xyz"));
+    }
+
+    #[test]
+    fn session_timeouts_default_to_thirty_minutes_idle_and_twelve_hours_absolute() {
+        let c = Config::from_source(&src(&[])).unwrap();
+        assert_eq!(c.sessions, SessionTimeouts::default());
+        assert_eq!(c.sessions.idle, chrono::Duration::seconds(1800));
+        assert_eq!(c.sessions.absolute, chrono::Duration::seconds(43_200));
+        let c = Config::from_source(&src(&[
+            ("EGEC_SESSION_IDLE_SECONDS", "2"),
+            ("EGEC_SESSION_ABSOLUTE_SECONDS", "5"),
+        ]))
+        .unwrap();
+        assert_eq!(c.sessions.idle, chrono::Duration::seconds(2));
+        assert_eq!(c.sessions.absolute, chrono::Duration::seconds(5));
+        let err = Config::from_source(&src(&[
+            ("EGEC_SESSION_IDLE_SECONDS", "0"),
+            ("EGEC_SESSION_ABSOLUTE_SECONDS", "soon"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
     }
 
     #[test]

@@ -8,6 +8,8 @@ use utoipa::OpenApi;
     paths(
         crate::routes::auth::login,
         crate::routes::auth::me,
+        crate::routes::auth::logout,
+        crate::routes::auth::logout_all,
         crate::routes::customers::create,
         crate::routes::customers::get,
         crate::routes::customers::list,

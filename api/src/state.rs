@@ -1,6 +1,7 @@
 //! What every handler shares, and how it is built from configuration.
 
 use crate::auth::password::Passwords;
+use crate::auth::session::SessionActivity;
 use crate::auth::token::TokenKeys;
 use crate::config::{Config, Environment};
 use anyhow::Context;
@@ -23,6 +24,8 @@ pub struct AppState {
     pub runner: RunnerHandle,
     pub tokens: Arc<TokenKeys>,
     pub passwords: Arc<Passwords>,
+    /// Last request time per session, for the idle timeout (this process only).
+    pub sessions: Arc<SessionActivity>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -34,6 +37,16 @@ impl AppState {
 
     pub fn ryw_timeout(&self) -> Duration {
         Duration::from_millis(self.config.read_your_writes_timeout_ms)
+    }
+
+    /// Waits (bounded) until the projections have applied a write at `position`, so that the
+    /// next request sees it: a read shows it, and a session it ended is refused.
+    pub async fn wait_for_write(&self, position: Option<i64>) {
+        if let Some(p) = position
+            && !self.runner.wait_for(p, self.ryw_timeout()).await
+        {
+            tracing::warn!(position = p, "read-your-writes wait timed out");
+        }
     }
 }
 

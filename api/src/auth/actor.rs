@@ -1,12 +1,17 @@
 //! The authenticated caller, extracted from `Authorization: Bearer <token>`.
 //!
-//! The token proves who the caller is; what they may do comes from the users read model at
-//! the time of the request, so a role change or deactivation applies to the next request.
+//! The token proves who the caller is and which session this is; what they may do comes
+//! from the users read model at the time of the request. A request is refused (401) when the
+//! session timed out (absolute or idle), was logged out, or was issued under an older
+//! session version than the user's (role change, deactivation, logout everywhere,
+//! force-logout), and when the user is inactive. The write side waits for the projections
+//! before it answers such a change, so it applies to the very next request.
 
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
 use egec_domain::permission::{self, Action};
 use egec_domain::{Role, UserId};
 use uuid::Uuid;
@@ -54,19 +59,34 @@ impl FromRequestParts<AppState> for Actor {
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         let claims = state.tokens.verify(token).ok_or(ApiError::Unauthorized)?;
+        let issued_at =
+            DateTime::<Utc>::from_timestamp(claims.iat, 0).ok_or(ApiError::Unauthorized)?;
+        let now = Utc::now();
+        if let Err(why) = state.sessions.check(claims.sid, issued_at, now) {
+            tracing::debug!(?why, "session timed out");
+            return Err(ApiError::Unauthorized);
+        }
         let user_id = UserId::from_uuid(claims.sub);
-        let user = state
+        let found = state
             .read()
-            .get_user(user_id)
+            .session_user(user_id, claims.sid)
             .await
             .map_err(ApiError::internal)?
             .ok_or(ApiError::Unauthorized)?;
-        if !user.active {
+        if !found.user.active || found.ended || claims.sv < found.user.session_version {
+            tracing::debug!(
+                active = found.user.active,
+                logged_out = found.ended,
+                stale_version = claims.sv < found.user.session_version,
+                "session refused"
+            );
+            state.sessions.forget(claims.sid);
             return Err(ApiError::Unauthorized);
         }
+        state.sessions.touch(claims.sid, now);
         Ok(Actor {
             user_id,
-            role: user.role,
+            role: found.user.role,
             session_id: claims.sid,
         })
     }

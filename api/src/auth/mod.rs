@@ -3,4 +3,5 @@
 
 pub mod actor;
 pub mod password;
+pub mod session;
 pub mod token;

@@ -1,5 +1,7 @@
 //! Session tokens: HS256 JWTs with an algorithm allowlist, audience, expiry, not-before and a
-//! key id (so the signing secret can rotate).
+//! key id (so the signing secret can rotate). Each carries its session id (`sid`) and the
+//! user's session version at login (`sv`); the `Actor` extractor checks both on every
+//! request.
 
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{
@@ -17,6 +19,9 @@ pub const ISSUER: &str = "egec";
 pub struct Claims {
     pub sub: Uuid,
     pub sid: Uuid,
+    /// The user's session version when the token was issued: a role change, deactivation,
+    /// logout everywhere or force-logout raises the user's version and ends older tokens.
+    pub sv: i64,
     pub aud: String,
     pub iss: String,
     pub iat: i64,
@@ -46,12 +51,14 @@ impl TokenKeys {
         &self,
         user: Uuid,
         session: Uuid,
+        session_version: i64,
         now: DateTime<Utc>,
     ) -> Result<(String, DateTime<Utc>), jsonwebtoken::errors::Error> {
         let exp = now + chrono::Duration::seconds(self.ttl_seconds);
         let claims = Claims {
             sub: user,
             sid: session,
+            sv: session_version,
             aud: AUDIENCE.into(),
             iss: ISSUER.into(),
             iat: now.timestamp(),
@@ -73,7 +80,7 @@ impl TokenKeys {
         v.algorithms = vec![Algorithm::HS256];
         v.set_audience(&[AUDIENCE]);
         v.set_issuer(&[ISSUER]);
-        v.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub"]);
+        v.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub", "iat"]);
         v.validate_nbf = true;
         v.leeway = 5;
         decode::<Claims>(token, &self.decoding, &v)
@@ -93,7 +100,9 @@ mod tests {
     #[test]
     fn a_token_verifies_with_its_own_secret_only() {
         let k = keys("0123456789abcdef0123456789abcdef");
-        let (t, _) = k.issue(Uuid::now_v7(), Uuid::now_v7(), Utc::now()).unwrap();
+        let (t, _) = k
+            .issue(Uuid::now_v7(), Uuid::now_v7(), 1, Utc::now())
+            .unwrap();
         assert!(k.verify(&t).is_some());
         assert!(
             keys("another-secret-another-secret-xx")
@@ -109,10 +118,33 @@ mod tests {
             .issue(
                 Uuid::now_v7(),
                 Uuid::now_v7(),
+                1,
                 Utc::now() - chrono::Duration::hours(2),
             )
             .unwrap();
         assert!(k.verify(&t).is_none());
+    }
+
+    #[test]
+    fn a_token_whose_session_version_was_edited_is_refused() {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let k = keys("0123456789abcdef0123456789abcdef");
+        let (t, _) = k
+            .issue(Uuid::now_v7(), Uuid::now_v7(), 1, Utc::now())
+            .unwrap();
+        assert_eq!(k.verify(&t).unwrap().sv, 1);
+        let parts: Vec<&str> = t.split('.').collect();
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        claims["sv"] = serde_json::json!(99);
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap()),
+            parts[2]
+        );
+        assert!(k.verify(&forged).is_none());
     }
 
     #[test]

@@ -1,18 +1,22 @@
-//! Login and the current user.
+//! Login, logout, and the current user.
 
 use crate::auth::actor::Actor;
 use crate::auth::password::Verified;
 use crate::error::{ApiError, from_handler};
 use crate::json::ApiJson;
 use crate::routes::meta::RequestMeta;
+use crate::routes::users::user_error;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use egec_commands::handler::now_micros;
 use egec_commands::store::ReadBound;
 use egec_domain::aggregate::UserAggregate;
 use egec_domain::event::DomainEvent;
-use egec_domain::user::{LoginEvent, UserState, lockout, login_stream_id, recent_login_stream_ids};
+use egec_domain::user::{
+    LoginEvent, UserCommand, UserState, lockout, login_stream_id, recent_login_stream_ids,
+};
 use egec_domain::values::Email;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -67,8 +71,9 @@ pub async fn login(
                 .await
                 .map_err(|e| from_handler(e, ApiError::internal))?
             {
-                (UserState::Present(u), _) => Some(u),
-                (UserState::Absent, _) => None,
+                // The aggregate is the authority: the read model may lag a deactivation.
+                (UserState::Present(u), _) if u.active => Some(u),
+                _ => None,
             }
         }
         _ => None,
@@ -126,7 +131,7 @@ pub async fn login(
     .await?;
     let (token, expires_at) = state
         .tokens
-        .issue(user.id.as_uuid(), session_id, now)
+        .issue(user.id.as_uuid(), session_id, user.session_version, now)
         .map_err(ApiError::internal)?;
     Ok(Json(json!({
         "token": token,
@@ -167,4 +172,57 @@ pub async fn me(State(state): State<AppState>, actor: Actor) -> Result<Json<Valu
         .map_err(ApiError::internal)?
         .ok_or(ApiError::Unauthorized)?;
     Ok(Json(user_json(&row)))
+}
+
+#[utoipa::path(post, path = "/api/auth/logout", responses((status = 204), (status = 401)), tag = "auth")]
+/// Ends the caller's session: its token is refused from the next request on.
+pub async fn logout(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+) -> Result<StatusCode, ApiError> {
+    let now = now_micros();
+    let event = DomainEvent::Login(LoginEvent::LoggedOut {
+        user_id: actor.user_id,
+        session_id: actor.session_id,
+        at: now,
+    });
+    let position = state
+        .bus
+        .record(
+            &login_stream_id(actor.user_id, now),
+            &actor.user_id.subject(),
+            &meta.metadata(&actor),
+            &[event],
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    state.sessions.forget(actor.session_id);
+    state.wait_for_write(Some(position)).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/auth/logout-all", responses((status = 204), (status = 401)), tag = "auth")]
+/// Ends every session of the caller, this one included.
+pub async fn logout_all(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+) -> Result<StatusCode, ApiError> {
+    let id = actor.user_id;
+    let done = state
+        .bus
+        .execute::<UserAggregate>(
+            &id.stream_id(),
+            &id.subject(),
+            None,
+            meta.command_id,
+            &meta.metadata(&actor),
+            UserCommand::RevokeSessions,
+        )
+        .await
+        .map_err(|e| from_handler(e, user_error))?;
+    state.sessions.forget(actor.session_id);
+    state.wait_for_write(done.position).await;
+    Ok(StatusCode::NO_CONTENT)
 }

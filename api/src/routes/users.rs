@@ -1,4 +1,4 @@
-//! Staff user management: create, list, read.
+//! Staff user management: create, list, read, unlock.
 
 use crate::auth::actor::Actor;
 use crate::error::ApiError;
@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use egec_domain::event::DomainEvent;
 use egec_domain::permission::{Action, can_manage_user};
-use egec_domain::user::{LoginEvent, login_stream_id};
+use egec_domain::user::{LoginEvent, UserError, login_stream_id};
 use egec_domain::{Role, UserId};
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -27,6 +27,17 @@ pub struct CreateUserBody {
     pub role: String,
     #[schema(value_type = String)]
     pub password: SecretString,
+}
+
+/// Maps the user aggregate's refusals.
+pub fn user_error(e: UserError) -> ApiError {
+    match e {
+        UserError::AlreadyExists => ApiError::Conflict("the user already exists".into()),
+        UserError::NotFound => ApiError::NotFound,
+        UserError::LastSuperadmin => {
+            ApiError::Conflict("the last active superadmin cannot be demoted or deactivated".into())
+        }
+    }
 }
 
 #[utoipa::path(post, path = "/api/users", request_body = CreateUserBody,

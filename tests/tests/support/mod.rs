@@ -37,6 +37,11 @@ pub const PASSWORD: &str = "violet tractor harbour 1987 spoon";
 
 impl TestApp {
     pub async fn spawn(backend: Backend) -> TestApp {
+        Self::spawn_with(backend, &[]).await
+    }
+
+    /// Spawns with extra configuration (e.g. short session timeouts).
+    pub async fn spawn_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut env: HashMap<String, String> = HashMap::new();
         env.insert("EGEC_LISTEN".into(), "127.0.0.1:0".into());
@@ -48,6 +53,9 @@ impl TestApp {
         env.insert("EGEC_MASTER_KEY".into(), "11".repeat(32));
         env.insert("EGEC_PHONE_DEFAULT_REGION".into(), "GB".into());
         env.insert("EGEC_DB_POOL_SIZE".into(), "8".into());
+        for (k, v) in extra {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
         let data_dir = dir.path().to_path_buf();
         let (guard, url) = match backend {
             Backend::Sqlite => (StoreGuard::Sqlite(dir), None),
@@ -110,6 +118,11 @@ impl TestApp {
         body["token"].as_str().expect("token").to_owned()
     }
 
+    /// The status of `GET /api/auth/me` with a token: whether the token works.
+    pub async fn me_status(&self, token: &str) -> StatusCode {
+        self.get("/api/auth/me", Some(token)).await.status()
+    }
+
     /// A user of the role, logged in: answers (user id, token).
     pub async fn as_role(&self, role: Role) -> (uuid::Uuid, String) {
         let email = format!(
@@ -157,9 +170,26 @@ pub async fn json_of(r: Response) -> Value {
     r.json().await.expect("json body")
 }
 
-/// Runs the same async test body on both backends, as two test functions.
+/// Runs the same async test body on both backends, as two test functions; optionally with
+/// extra configuration: `both_backends!(name, env = [("KEY", "value")], body)`.
 #[macro_export]
 macro_rules! both_backends {
+    ($name:ident, env = [$(($k:expr, $v:expr)),* $(,)?], $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn on_sqlite() {
+                let env: &[(&str, &str)] = &[$(($k, $v)),*];
+                ($body)(support::TestApp::spawn_with(support::Backend::Sqlite, env).await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn on_postgres() {
+                let env: &[(&str, &str)] = &[$(($k, $v)),*];
+                ($body)(support::TestApp::spawn_with(support::Backend::Postgres, env).await)
+                    .await;
+            }
+        }
+    };
     ($name:ident, $body:expr) => {
         mod $name {
             use super::*;
