@@ -51,8 +51,15 @@ pub fn router(state: AppState) -> Router {
             "/api/users",
             post(routes::users::create).get(routes::users::list),
         )
-        .route("/api/users/{id}", get(routes::users::get))
+        .route(
+            "/api/users/{id}",
+            get(routes::users::get).patch(routes::users::patch),
+        )
         .route("/api/users/{id}/unlock", post(routes::users::unlock))
+        .route(
+            "/api/users/{id}/force-logout",
+            post(routes::users::force_logout),
+        )
         .route("/api/openapi.json", get(routes::ops::openapi))
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,

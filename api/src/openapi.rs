@@ -19,6 +19,8 @@ use utoipa::OpenApi;
         crate::routes::users::list,
         crate::routes::users::get,
         crate::routes::users::unlock,
+        crate::routes::users::patch,
+        crate::routes::users::force_logout,
     ),
     components(schemas(
         crate::routes::customers::CreateCustomerBody,
@@ -26,6 +28,7 @@ use utoipa::OpenApi;
         crate::views::customer::CustomerView,
         crate::routes::auth::LoginBody,
         crate::routes::users::CreateUserBody,
+        crate::routes::users::PatchUserBody,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

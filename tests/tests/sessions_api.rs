@@ -1,5 +1,5 @@
-//! Sessions: logout and logout everywhere end tokens on the very next request; idle and
-//! absolute timeouts; tokens cannot be edited.
+//! Sessions: logout, logout everywhere, force-logout, deactivation and role changes end
+//! tokens on the very next request; idle and absolute timeouts; tokens cannot be edited.
 
 mod support;
 
@@ -80,6 +80,137 @@ both_backends!(
                 .await
                 .contains(&"UserSessionsRevoked".to_owned())
         );
+    }
+);
+
+both_backends!(
+    a_force_logout_by_an_admin_ends_the_targets_sessions_and_only_within_their_authority,
+    |app: TestApp| async move {
+        let (superadmin_id, superadmin) = app.as_role(Role::Superadmin).await;
+        let (admin_id, admin) = app.as_role(Role::Admin).await;
+        let target = app.user("target@egec.example", Role::Agent).await;
+        let t1 = app.login("target@egec.example").await;
+        let t2 = app.login("target@egec.example").await;
+        let (_, agent) = app.as_role(Role::Agent).await;
+        let path = |id: uuid::Uuid| format!("/api/users/{id}/force-logout");
+        // Not allowed: an agent at all; an admin against a superadmin or another admin.
+        for (token, id) in [
+            (&agent, target),
+            (&admin, superadmin_id),
+            (&admin, admin_id),
+        ] {
+            assert_eq!(
+                app.post(&path(id), Some(token), json!({})).await.status(),
+                StatusCode::FORBIDDEN
+            );
+        }
+        assert_eq!(app.me_status(&t1).await, StatusCode::OK);
+        assert_eq!(
+            app.post(&path(uuid::Uuid::now_v7()), Some(&admin), json!({}))
+                .await
+                .status(),
+            StatusCode::NOT_FOUND
+        );
+        let r = app.post(&path(target), Some(&admin), json!({})).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert_eq!(app.me_status(&t1).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(app.me_status(&t2).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(app.me_status(&admin).await, StatusCode::OK);
+        // A superadmin may force out an admin.
+        assert_eq!(
+            app.post(&path(admin_id), Some(&superadmin), json!({}))
+                .await
+                .status(),
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(app.me_status(&admin).await, StatusCode::UNAUTHORIZED);
+        // The target logs in again.
+        assert_eq!(
+            login_as(&app, "target@egec.example").await.status(),
+            StatusCode::OK
+        );
+    }
+);
+
+both_backends!(
+    deactivation_ends_the_targets_token_at_once_and_refuses_their_login_until_reactivated,
+    |app: TestApp| async move {
+        let (_, admin) = app.as_role(Role::Admin).await;
+        let id = app.user("leaver@egec.example", Role::Dataentry).await;
+        let token = app.login("leaver@egec.example").await;
+        let r = app
+            .patch(
+                &format!("/api/users/{id}"),
+                Some(&admin),
+                json!({ "active": false }),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(json_of(r).await["active"], false);
+        assert_eq!(app.me_status(&token).await, StatusCode::UNAUTHORIZED);
+        let r = login_as(&app, "leaver@egec.example").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(json_of(r).await["error"]["code"], "invalid_credentials");
+        let r = app
+            .patch(
+                &format!("/api/users/{id}"),
+                Some(&admin),
+                json!({ "active": true }),
+            )
+            .await;
+        assert_eq!(json_of(r).await["active"], true);
+        assert_eq!(
+            app.me_status(&token).await,
+            StatusCode::UNAUTHORIZED,
+            "reactivation does not revive old tokens"
+        );
+        assert_eq!(
+            login_as(&app, "leaver@egec.example").await.status(),
+            StatusCode::OK
+        );
+    }
+);
+
+both_backends!(
+    a_role_change_ends_the_old_token_and_a_new_login_carries_the_new_role,
+    |app: TestApp| async move {
+        let (_, superadmin) = app.as_role(Role::Superadmin).await;
+        let id = app.user("riser@egec.example", Role::Agent).await;
+        let old = app.login("riser@egec.example").await;
+        // As an agent they may not list users.
+        assert_eq!(
+            app.get("/api/users", Some(&old)).await.status(),
+            StatusCode::FORBIDDEN
+        );
+        let r = app
+            .patch(
+                &format!("/api/users/{id}"),
+                Some(&superadmin),
+                json!({ "role": "admin" }),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(json_of(r).await["role"], "admin");
+        assert_eq!(app.me_status(&old).await, StatusCode::UNAUTHORIZED);
+        let r = login_as(&app, "riser@egec.example").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = json_of(r).await;
+        assert_eq!(body["user"]["role"], "admin");
+        let new = body["token"].as_str().unwrap();
+        assert_eq!(
+            app.get("/api/users", Some(new)).await.status(),
+            StatusCode::OK
+        );
+        // A rename alone ends no session.
+        let r = app
+            .patch(
+                &format!("/api/users/{id}"),
+                Some(&superadmin),
+                json!({ "name": "Rhea Riser" }),
+            )
+            .await;
+        assert_eq!(json_of(r).await["name"], "Rhea Riser");
+        assert_eq!(app.me_status(new).await, StatusCode::OK);
     }
 );
 

@@ -1,7 +1,7 @@
-//! Staff user management: create, list, read, unlock.
+//! Staff user management: create, list, read, change, unlock, force-logout.
 
 use crate::auth::actor::Actor;
-use crate::error::ApiError;
+use crate::error::{ApiError, from_handler};
 use crate::json::ApiJson;
 use crate::routes::auth::user_json;
 use crate::routes::meta::RequestMeta;
@@ -10,13 +10,16 @@ use crate::users::{CreateUserError, NewUser, create_user};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use egec_domain::aggregate::UserAggregate;
 use egec_domain::event::DomainEvent;
-use egec_domain::permission::{Action, can_manage_user};
-use egec_domain::user::{LoginEvent, UserError, login_stream_id};
+use egec_domain::permission::{Action, can_manage_user, can_update_user};
+use egec_domain::user::{LoginEvent, UpdateUser, UserCommand, UserError, login_stream_id};
+use egec_domain::values::PersonName;
 use egec_domain::{Role, UserId};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -38,6 +41,14 @@ pub fn user_error(e: UserError) -> ApiError {
             ApiError::Conflict("the last active superadmin cannot be demoted or deactivated".into())
         }
     }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchUserBody {
+    pub name: Option<String>,
+    pub role: Option<String>,
+    pub active: Option<bool>,
 }
 
 #[utoipa::path(post, path = "/api/users", request_body = CreateUserBody,
@@ -156,5 +167,118 @@ pub async fn unlock(
         )
         .await
         .map_err(ApiError::internal)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(patch, path = "/api/users/{id}", params(("id" = Uuid, Path)), request_body = PatchUserBody,
+    responses((status = 200), (status = 400), (status = 403), (status = 404), (status = 409), (status = 422)), tag = "users")]
+/// Renames, changes the role of, deactivates or reactivates a staff user. A role change and
+/// a deactivation end the user's sessions; the last active superadmin stays one.
+pub async fn patch(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    Path(id): Path<Uuid>,
+    ApiJson(body): ApiJson<PatchUserBody>,
+) -> Result<Json<Value>, ApiError> {
+    actor.require(Action::UsersManage)?;
+    let user = UserId::from_uuid(id);
+    let row = state
+        .read()
+        .get_user(user)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    let mut problems = BTreeMap::new();
+    let name = match body.name.as_deref().map(PersonName::parse) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            problems.insert("name".to_owned(), e.to_string());
+            None
+        }
+    };
+    let role = match body.role.as_deref().map(str::parse::<Role>) {
+        None => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            problems.insert("role".to_owned(), e.to_string());
+            None
+        }
+    };
+    if !problems.is_empty() {
+        return Err(ApiError::Validation(problems));
+    }
+    if !can_update_user(actor.role, row.role, role) {
+        return Err(ApiError::Forbidden);
+    }
+    // Read from the users read model: two demotions of different superadmins at the same
+    // moment can both see the other still active (see ARCHITECTURE.md).
+    let active_superadmins = state
+        .read()
+        .count_active_superadmins()
+        .await
+        .map_err(ApiError::internal)?;
+    let command = UserCommand::Update(Box::new(UpdateUser {
+        name,
+        role,
+        active: body.active,
+        active_superadmins,
+    }));
+    let done = state
+        .bus
+        .execute::<UserAggregate>(
+            &user.stream_id(),
+            &user.subject(),
+            None,
+            meta.command_id,
+            &meta.metadata(&actor),
+            command,
+        )
+        .await
+        .map_err(|e| from_handler(e, user_error))?;
+    state.wait_for_write(done.position).await;
+    let row = state
+        .read()
+        .get_user(user)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(user_json(&row)))
+}
+
+#[utoipa::path(post, path = "/api/users/{id}/force-logout", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 403), (status = 404)), tag = "users")]
+/// Ends every session of a staff user the caller may manage.
+pub async fn force_logout(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    actor.require(Action::UsersManage)?;
+    let user = UserId::from_uuid(id);
+    let row = state
+        .read()
+        .get_user(user)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    if !can_manage_user(actor.role, row.role) {
+        return Err(ApiError::Forbidden);
+    }
+    let done = state
+        .bus
+        .execute::<UserAggregate>(
+            &user.stream_id(),
+            &user.subject(),
+            None,
+            meta.command_id,
+            &meta.metadata(&actor),
+            UserCommand::RevokeSessions,
+        )
+        .await
+        .map_err(|e| from_handler(e, user_error))?;
+    state.wait_for_write(done.position).await;
     Ok(StatusCode::NO_CONTENT)
 }
