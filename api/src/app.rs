@@ -18,15 +18,19 @@ pub const JSON_BODY_LIMIT: usize = 100 * 1024;
 /// The process-wide Prometheus recorder; installed once even when tests start many apps.
 pub fn metrics_handle() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
     static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
-    if let Some(h) = HANDLE.get() {
-        return Ok(h.clone());
-    }
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    // A failure here means another recorder was installed first (only possible in tests that
-    // install their own); metrics then go there, and /metrics still renders ours.
-    let _ = metrics::set_global_recorder(recorder);
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    // Built and installed inside `get_or_init`, which runs once while concurrent callers
+    // wait: two apps starting at once (tests) must not keep the handle of a recorder that
+    // lost the race to become the global one, or /metrics renders nothing.
+    Ok(HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // A failure here means another recorder was installed first (only possible in
+            // tests that install their own); metrics then go there.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone())
 }
 
 pub fn router(state: AppState) -> Router {
