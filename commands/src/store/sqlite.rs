@@ -57,6 +57,8 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    /// Wakes the checkpointer after a commit; dropping it stops the checkpointer.
+    checkpoints: Checkpointer,
 }
 
 impl std::fmt::Debug for SqliteLog {
@@ -81,6 +83,10 @@ impl SqliteLog {
 
         let mut writer = open_connection(&path, false)?;
         migrate(&mut writer)?;
+        // Commits never copy the write-ahead log back into the database file themselves;
+        // the checkpointer does it on its own connection and thread (see `Checkpointer`).
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpoints = Checkpointer::start(open_connection(&path, false)?)?;
 
         let readers = (0..READERS)
             .map(|_| open_connection(&path, true).map(Mutex::new))
@@ -92,6 +98,7 @@ impl SqliteLog {
                 writer: Mutex::new(writer),
                 readers,
                 next_reader: AtomicUsize::new(0),
+                checkpoints,
             }),
         })
     }
@@ -150,9 +157,69 @@ impl SqliteLog {
         let inner = Arc::clone(&self.inner);
         blocking(move || {
             let mut conn = inner.writer.lock();
-            f(&mut conn)
+            let result = f(&mut conn);
+            drop(conn);
+            inner.checkpoints.nudge();
+            result
         })
         .await
+    }
+}
+
+/// Keeps the write-ahead log short without making any commit wait for it.
+///
+/// SQLite's automatic checkpoint runs inside the commit that crosses its threshold: that
+/// commit, and every append queued behind it, waits while megabytes are copied into the
+/// database file and synced. Here the writer never checkpoints; a thread of its own runs a
+/// PASSIVE checkpoint (which neither takes nor waits for the write lock) once enough commits
+/// have happened, or after a quiet moment, so the log is copied back while writing goes on.
+/// SQLite restarts the log from its beginning at the next write after a complete checkpoint.
+struct Checkpointer {
+    wake: std::sync::mpsc::SyncSender<()>,
+}
+
+/// Commits between checkpoints under load (a commit is at least one page of the log).
+const CHECKPOINT_EVERY_COMMITS: u32 = 64;
+/// A checkpoint also runs this long after the last commit, so an idle log ends up short.
+const CHECKPOINT_IDLE: Duration = Duration::from_millis(250);
+
+impl Checkpointer {
+    fn start(conn: Connection) -> Result<Self, StoreError> {
+        let (wake, nudges) = std::sync::mpsc::sync_channel::<()>(1024);
+        std::thread::Builder::new()
+            .name("egec-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(&conn, &nudges))
+            .map_err(|e| StoreError::Config(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Self { wake })
+    }
+
+    /// Tells the checkpointer a commit happened. Never blocks: when the checkpointer is
+    /// behind, it will find the log long anyway.
+    fn nudge(&self) {
+        let _ = self.wake.try_send(());
+    }
+}
+
+fn checkpoint_loop(conn: &Connection, nudges: &std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut pending = 0_u32;
+    loop {
+        match nudges.recv_timeout(CHECKPOINT_IDLE) {
+            Ok(()) => {
+                pending += 1;
+                if pending < CHECKPOINT_EVERY_COMMITS {
+                    continue;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) if pending > 0 => {}
+            Err(RecvTimeoutError::Timeout) => continue,
+            // The log was closed.
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        pending = 0;
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "write-ahead log checkpoint failed; will try again");
+        }
     }
 }
 
@@ -751,5 +818,44 @@ mod checkpoint_tests {
         assert!(std::fs::metadata(&wal).expect("wal exists").len() > 0);
         assert!(log.checkpoint_wal().await.expect("checkpoint"));
         assert_eq!(std::fs::metadata(&wal).expect("wal exists").len(), 0);
+    }
+
+    #[tokio::test]
+    async fn commits_leave_checkpointing_to_the_checkpointer_which_copies_the_log_back() {
+        let dir = crate::testing::fresh_sqlite_dir();
+        let log = SqliteLog::open_async(dir.path()).await.expect("open");
+        let autocheckpoint: i64 = log
+            .write(|conn| Ok(conn.query_row("PRAGMA wal_autocheckpoint", [], |row| row.get(0))?))
+            .await
+            .expect("pragma");
+        assert_eq!(
+            autocheckpoint, 0,
+            "a commit must never run a checkpoint itself"
+        );
+
+        let db = dir.path().join(DB_FILE);
+        let before = std::fs::metadata(&db).expect("db file").len();
+        for i in 0..200 {
+            log.create(
+                &format!("subject-{i}"),
+                WrappedKey {
+                    key_version: 1,
+                    kek_id: "k".into(),
+                    wrapped: vec![7; 600],
+                    fingerprint: format!("fp-{i}"),
+                },
+            )
+            .await
+            .expect("create");
+        }
+        // Only a checkpoint moves committed pages from the log into the database file.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&db).expect("db file").len() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the checkpointer never copied the log back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
