@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use super::plan::{command_ids, new_key_subjects, now_micros, plan_batch, stream_ids};
@@ -375,13 +375,10 @@ async fn append_pipelined(
         )
         .await?;
     let new_subjects = new_key_subjects(batch);
-    let key_stmts = if new_subjects.is_empty() {
+    let lock_subjects = if new_subjects.is_empty() {
         None
     } else {
-        Some((
-            tx.prepare_cached(LOCK_SUBJECTS).await?,
-            tx.prepare_cached(TAKEN_SUBJECTS).await?,
-        ))
+        Some(tx.prepare_cached(LOCK_SUBJECTS).await?)
     };
 
     let ids = command_ids(batch);
@@ -391,19 +388,29 @@ async fn append_pipelined(
     // sees every append committed before ours. The subject locks come next and the key
     // check after them, in a statement of its own, so that it sees a `create` or
     // `destroy` that committed while we waited for their locks.
-    let (_, head, prior_rows, version_rows, taken_rows) = futures::try_join!(
+    // The key check is sent right behind the subject locks, not after their answer: the
+    // server runs the statements of a pipeline one after the other, and each takes its own
+    // snapshot when it starts, so the check still runs after the locks were granted.
+    let (_, head, prior_rows, version_rows, _, taken_rows) = futures::try_join!(
         tx.batch_execute("BEGIN"),
         tx.query_opt(&lock, &[]),
         async { tx.query(&prior_stmt, &[&ids]).await },
         async { tx.query(&version_stmt, &[&streams]).await },
         async {
-            match &key_stmts {
+            match &lock_subjects {
                 None => Ok(Vec::new()),
-                Some((lock_subjects, taken)) => {
-                    tx.query(lock_subjects, &[&LOCK_CLASS, &new_subjects])
-                        .await?;
-                    tx.query(taken, &[&new_subjects]).await
-                }
+                Some(lock_subjects) => tx.query(lock_subjects, &[&LOCK_CLASS, &new_subjects]).await,
+            }
+        },
+        async {
+            if new_subjects.is_empty() {
+                Ok(Vec::new())
+            } else {
+                // Planned afresh on every call (an unnamed statement, still one message):
+                // a plan cached while the key table was small hashes the whole table on
+                // every call and grows slower with it until autovacuum analyses the table.
+                tx.query_typed(TAKEN_SUBJECTS, &[(&new_subjects, Type::TEXT_ARRAY)])
+                    .await
             }
         },
     )?;
