@@ -1,10 +1,12 @@
 //! Password hashing on a bounded blocking pool.
 //!
 //! argon2id with m = 19 MiB, t = 2, p = 1 (OWASP's minimum for argon2id) costs tens of
-//! milliseconds of CPU. Hashing runs on tokio's blocking threads behind a semaphore sized to
-//! the machine, so a login storm queues instead of starving every other request.
+//! milliseconds of CPU. Hashing runs on low-priority threads of its own
+//! ([`super::hashing_pool`]) behind a semaphore sized to the machine, so a login storm queues
+//! instead of starving every other request.
 //! bcrypt hashes imported from the old system still verify.
 
+use super::hashing_pool::HashingPool;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{
     PasswordHash as PhcHash, PasswordHasher, PasswordVerifier, SaltString,
@@ -31,6 +33,7 @@ pub enum Verified {
 
 pub struct Passwords {
     permits: Arc<Semaphore>,
+    pool: HashingPool,
     /// A real hash of a random password, verified against when the email is unknown so that
     /// unknown and known emails take the same time to refuse.
     dummy_hash: String,
@@ -83,6 +86,8 @@ impl Passwords {
         getrandom::fill(&mut random).map_err(|e| PasswordError::Hash(e.to_string()))?;
         Ok(Self {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            pool: HashingPool::new(concurrency.max(1))
+                .map_err(|e| PasswordError::Hash(e.to_string()))?,
             dummy_hash: hash_blocking(&hex::encode(random))?,
         })
     }
@@ -94,7 +99,8 @@ impl Passwords {
             .await
             .map_err(|_| PasswordError::Join)?;
         let pw = password.clone();
-        tokio::task::spawn_blocking(move || hash_blocking(pw.expose_secret()))
+        self.pool
+            .run(move || hash_blocking(pw.expose_secret()))
             .await
             .map_err(|_| PasswordError::Join)?
     }
@@ -116,7 +122,9 @@ impl Passwords {
             Some(s) => (s.to_owned(), true),
             None => (self.dummy_hash.clone(), false),
         };
-        let v = tokio::task::spawn_blocking(move || verify_blocking(pw.expose_secret(), &stored))
+        let v = self
+            .pool
+            .run(move || verify_blocking(pw.expose_secret(), &stored))
             .await
             .map_err(|_| PasswordError::Join)?;
         Ok(if real { v } else { Verified::No })
