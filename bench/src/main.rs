@@ -10,6 +10,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod batch_sizes;
 mod dblimits;
+mod logins;
 mod profile;
 mod projections;
 mod rebuild;
@@ -69,6 +70,9 @@ struct Args {
     /// Leave the seeding and rebuild measurements out (they take the longest).
     #[arg(long)]
     skip_rebuild: bool,
+    /// Leave out the HTTP login measurements (logins/s, list latency under a login storm).
+    #[arg(long)]
+    skip_logins: bool,
     /// Connection pool size of the write side (the server's default is 16).
     #[arg(long, default_value_t = 16)]
     pool_size: usize,
@@ -137,12 +141,46 @@ async fn main() -> anyhow::Result<()> {
         reports.push(sqlite(plan, &samples, &batch_sizes).await);
     }
 
+    let mut login_errors = Vec::new();
+    let logins = if args.skip_logins {
+        None
+    } else {
+        eprintln!("logins over HTTP ...");
+        let dir = tempfile::tempdir()?;
+        match logins::run(dir.path(), plan.measure).await {
+            Ok(report) => Some(report),
+            Err(e) => {
+                login_errors.push(format!("logins: {e:#}"));
+                None
+            }
+        }
+    };
+
     report::print_table(&reports, plan.measure, plan.warmup);
-    println!(
-        "{}",
-        report::json_line(&reports, cores, args.quick, plan.measure, plan.warmup)
-    );
-    if reports.iter().any(|r| !r.errors.is_empty()) {
+    if let Some(l) = &logins {
+        l.print();
+    }
+    for e in &login_errors {
+        println!("ERROR {e}");
+    }
+    let mut line = report::json_value(&reports, cores, args.quick, plan.measure, plan.warmup);
+    if let Some(obj) = line.as_object_mut() {
+        obj.insert(
+            "logins".into(),
+            logins
+                .as_ref()
+                .map_or(serde_json::Value::Null, |l| l.json()),
+        );
+        if let Some(serde_json::Value::Array(errors)) = obj.get_mut("errors") {
+            errors.extend(
+                login_errors
+                    .iter()
+                    .map(|e| serde_json::json!({ "backend": "http", "error": e })),
+            );
+        }
+    }
+    println!("{line}");
+    if reports.iter().any(|r| !r.errors.is_empty()) || !login_errors.is_empty() {
         std::process::exit(1);
     }
     Ok(())

@@ -282,13 +282,13 @@ pub fn print_table(reports: &[BackendReport], measure: Duration, warmup: Duratio
 }
 
 /// Every figure as one line of JSON.
-pub fn json_line(
+pub fn json_value(
     reports: &[BackendReport],
     cores: usize,
     quick: bool,
     measure: Duration,
     warmup: Duration,
-) -> String {
+) -> Value {
     let mut results = Vec::new();
     let mut rebuilds = Vec::new();
     let mut profiles = Vec::new();
@@ -397,5 +397,5 @@ pub fn json_line(
         "profile": profiles,
         "errors": errors,
     });
-    line.to_string()
+    line
 }
