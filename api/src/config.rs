@@ -29,6 +29,13 @@ pub struct Config {
     /// How long a read waits for the projections to reach a write it follows.
     pub read_your_writes_timeout_ms: u64,
     pub sessions: SessionTimeouts,
+    /// Proxies whose `X-Forwarded-For`/`-Proto` are believed (`EGEC_TRUSTED_PROXIES`).
+    pub trusted_proxies: crate::net::client_ip::TrustedProxies,
+    /// Networks superadmins and admins may call from (`EGEC_ADMIN_IP_ALLOWLIST`); `None`: any.
+    pub admin_ip_allowlist: Option<Vec<ipnet::IpNet>>,
+    /// The signing secret before the last rotation: still verifies tokens until they expire.
+    pub jwt_secret_previous: Option<SecretString>,
+    pub rate_limits: crate::rate_limit::Settings,
 }
 
 /// When a session ends without anyone ending it.
@@ -212,6 +219,30 @@ impl Config {
                 egec_domain::password_policy::PasswordPolicy::Nist
             }
         };
+        let cidrs = |key: &str, errors: &mut Vec<String>| -> Option<Vec<ipnet::IpNet>> {
+            let v = src.get(key)?;
+            match crate::net::client_ip::parse_cidrs(&v) {
+                Ok(nets) => Some(nets),
+                Err(()) => {
+                    errors.push(format!(
+                        "{key} must be a comma-separated list of CIDRs such as 10.0.0.0/8"
+                    ));
+                    None
+                }
+            }
+        };
+        let trusted_proxies = crate::net::client_ip::TrustedProxies(
+            cidrs("EGEC_TRUSTED_PROXIES", &mut errors).unwrap_or_default(),
+        );
+        let admin_ip_allowlist = cidrs("EGEC_ADMIN_IP_ALLOWLIST", &mut errors);
+        let jwt_secret_previous = src.get("EGEC_JWT_SECRET_PREVIOUS");
+        errors.extend(crate::config_checks::secret_problems(
+            env,
+            jwt_secret.as_deref(),
+            jwt_secret_previous.as_deref(),
+            master_key.as_deref(),
+        ));
+        let rate_limits = crate::rate_limit::Settings::from_source(src, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -229,6 +260,10 @@ impl Config {
             lockout,
             read_your_writes_timeout_ms,
             sessions,
+            trusted_proxies,
+            admin_ip_allowlist,
+            jwt_secret_previous: jwt_secret_previous.map(SecretString::from),
+            rate_limits,
         })
     }
 }

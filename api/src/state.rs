@@ -27,6 +27,8 @@ pub struct AppState {
     /// Last request time per session, for the idle timeout (this process only).
     pub sessions: Arc<SessionActivity>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Rate-limit state and statistics of this process.
+    pub rate_limits: Arc<crate::rate_limit::RateLimits>,
 }
 
 impl AppState {
