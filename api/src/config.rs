@@ -36,6 +36,9 @@ pub struct Config {
     /// The signing secret before the last rotation: still verifies tokens until they expire.
     pub jwt_secret_previous: Option<SecretString>,
     pub rate_limits: crate::rate_limit::Settings,
+    /// The master key before a rotation (`EGEC_MASTER_KEY_PREVIOUS`): still unwraps subject
+    /// keys until `egec keys rotate-master` re-wrapped them all.
+    pub master_key_previous: Option<SecretString>,
 }
 
 /// When a session ends without anyone ending it.
@@ -243,6 +246,17 @@ impl Config {
             master_key.as_deref(),
         ));
         let rate_limits = crate::rate_limit::Settings::from_source(src, &mut errors);
+        let master_key_previous = src.get("EGEC_MASTER_KEY_PREVIOUS");
+        if let Some(k) = &master_key_previous {
+            if k.len() != 64 || !k.chars().all(|c| c.is_ascii_hexdigit()) {
+                errors.push(
+                    "EGEC_MASTER_KEY_PREVIOUS must be exactly 64 hexadecimal characters".to_owned(),
+                );
+            }
+            if master_key.as_deref().map(str::to_ascii_lowercase) == Some(k.to_ascii_lowercase()) {
+                errors.push("EGEC_MASTER_KEY_PREVIOUS must differ from EGEC_MASTER_KEY".to_owned());
+            }
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -264,6 +278,7 @@ impl Config {
             admin_ip_allowlist,
             jwt_secret_previous: jwt_secret_previous.map(SecretString::from),
             rate_limits,
+            master_key_previous: master_key_previous.map(SecretString::from),
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod config_checks;
 pub mod error;
 pub mod http_metrics;
 pub mod json;
+pub mod keys;
 pub mod net;
 pub mod openapi;
 pub mod rate_limit;

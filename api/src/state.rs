@@ -102,7 +102,11 @@ pub async fn open_core(config: &Config) -> anyhow::Result<Core> {
             mk
         }
     };
-    let vault = Arc::new(Vault::new(stores.keys.clone(), master, 100_000));
+    let previous = match &config.master_key_previous {
+        Some(k) => vec![MasterKey::from_hex(k).context("EGEC_MASTER_KEY_PREVIOUS")?],
+        None => Vec::new(),
+    };
+    let vault = Arc::new(Vault::new(stores.keys.clone(), master, 100_000).with_previous(previous));
     let codec = Arc::new(Codec::new(vault));
     let appender = Appender::spawn(stores.log.clone(), 1000);
     let bus = Arc::new(CommandBus::new(stores.log.clone(), appender, codec, 10_000));
