@@ -62,3 +62,30 @@ async fn production_starts_with_random_secrets() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Every `EGEC_*` variable the configuration reads is documented in `.env.example` and the
+/// README's configuration table.
+#[test]
+fn every_setting_read_by_the_configuration_is_documented() {
+    let sources = [
+        include_str!("../src/config.rs"),
+        include_str!("../src/rate_limit/mod.rs"),
+    ];
+    let env_example = include_str!("../../.env.example");
+    let readme = include_str!("../../README.md");
+    let mut names = std::collections::BTreeSet::new();
+    for src in sources {
+        for (i, _) in src.match_indices("\"EGEC_") {
+            let rest = &src[i + 1..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit()))
+                .unwrap_or(rest.len());
+            names.insert(&rest[..end]);
+        }
+    }
+    assert!(names.len() > 15, "{names:?}");
+    for name in names {
+        assert!(env_example.contains(name), "{name} missing from .env.example");
+        assert!(readme.contains(name), "{name} missing from README.md");
+    }
+}
