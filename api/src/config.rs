@@ -226,7 +226,7 @@ impl Config {
             let v = src.get(key)?;
             match crate::net::client_ip::parse_cidrs(&v) {
                 Ok(nets) => Some(nets),
-                Err(()) => {
+                Err(_) => {
                     errors.push(format!(
                         "{key} must be a comma-separated list of CIDRs such as 10.0.0.0/8"
                     ));

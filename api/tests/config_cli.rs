@@ -85,7 +85,10 @@ fn every_setting_read_by_the_configuration_is_documented() {
     }
     assert!(names.len() > 15, "{names:?}");
     for name in names {
-        assert!(env_example.contains(name), "{name} missing from .env.example");
+        assert!(
+            env_example.contains(name),
+            "{name} missing from .env.example"
+        );
         assert!(readme.contains(name), "{name} missing from README.md");
     }
 }

@@ -36,15 +36,20 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// An entry of a CIDR list that is neither a network nor an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a CIDR or IP address")]
+pub struct BadCidr;
+
 /// Parses a comma-separated list of CIDRs (a bare address is a /32 or /128).
-pub fn parse_cidrs(list: &str) -> Result<Vec<IpNet>, ()> {
+pub fn parse_cidrs(list: &str) -> Result<Vec<IpNet>, BadCidr> {
     list.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<IpNet>()
                 .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| ())
+                .map_err(|_| BadCidr)
         })
         .collect()
 }
