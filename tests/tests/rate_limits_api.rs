@@ -156,3 +156,12 @@ both_backends!(
         }
     }
 );
+
+both_backends!(
+    the_openapi_document_lists_the_rate_limit_statistics,
+    |app: TestApp| async move {
+        let doc = json_of(app.get("/api/openapi.json", None).await).await;
+        assert!(doc["paths"]["/api/admin/rate-limits"]["get"].is_object());
+        assert!(doc["components"]["schemas"]["PolicyStats"].is_object());
+    }
+);

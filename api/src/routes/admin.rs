@@ -8,6 +8,8 @@ use axum::extract::State;
 use egec_domain::permission::Action;
 use serde_json::{Value, json};
 
+#[utoipa::path(get, path = "/api/admin/rate-limits",
+    responses((status = 200, body = [crate::rate_limit::PolicyStats]), (status = 403)), tag = "admin")]
 /// `GET /api/admin/rate-limits` (superadmin): per-preset limits, allowed and limited counts
 /// since start, and how many keys each preset tracks now (this process only).
 pub async fn rate_limits(
