@@ -208,3 +208,46 @@ both_backends!(
         assert_security_headers(&too_large_login, "413 on login");
     }
 );
+
+/// The IP recorded in the metadata of the login events, in log order.
+async fn login_ips(app: &TestApp) -> Vec<Option<String>> {
+    let s = &app.running.state;
+    let mut out = Vec::new();
+    for rec in s.log.read_all(0, 10_000).await.unwrap() {
+        if rec.event_type == "LoginSucceeded" {
+            out.push(ip_of(&s.bus.codec().decode(&rec).await.unwrap()));
+        }
+    }
+    out
+}
+
+async fn login_via(app: &TestApp, email: &str, xff: &str) {
+    let r = app
+        .client
+        .post(format!("{}/api/auth/login", app.base))
+        .header("x-forwarded-for", xff)
+        .json(&json!({ "email": email, "password": support::PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+both_backends!(
+    event_metadata_records_the_forwarded_address_only_from_a_trusted_proxy,
+    env = [("EGEC_TRUSTED_PROXIES", "127.0.0.1/32")],
+    |app: TestApp| async move {
+        app.user("ip@egec.example", Role::Agent).await;
+        login_via(&app, "ip@egec.example", "198.51.100.7").await;
+        assert_eq!(login_ips(&app).await, [Some("198.51.100.7".to_owned())]);
+    }
+);
+
+both_backends!(
+    event_metadata_records_the_peer_address_when_the_peer_is_not_trusted,
+    |app: TestApp| async move {
+        app.user("ip@egec.example", Role::Agent).await;
+        login_via(&app, "ip@egec.example", "198.51.100.7").await;
+        assert_eq!(login_ips(&app).await, [Some("127.0.0.1".to_owned())]);
+    }
+);
