@@ -69,6 +69,18 @@ fn account_key(body: &[u8]) -> Option<String> {
     ))
 }
 
+/// The limiter key of an address. An IPv6 client usually holds a whole /64 and can change
+/// address within it at will, so IPv6 addresses are limited per /64.
+fn ip_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => format!("ip:{v4}"),
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
 fn has_bearer(req: &Request) -> bool {
     req.headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -83,7 +95,7 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
         return next.run(req).await;
     }
     let ip_key = match req.extensions().get::<ClientContext>() {
-        Some(c) => format!("ip:{}", c.ip),
+        Some(c) => ip_key(c.ip),
         None => "ip:unknown".to_owned(),
     };
     let s = limits.settings;
@@ -141,4 +153,31 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
     };
     write_headers(resp.headers_mut(), &[outcome]);
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_addresses_of_one_64_share_a_key_and_ipv4_addresses_do_not() {
+        let a = ip_key("2001:db8:1:2::1".parse().unwrap());
+        let b = ip_key("2001:db8:1:2:ffff::9".parse().unwrap());
+        let c = ip_key("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(
+            ip_key("198.51.100.1".parse().unwrap()),
+            ip_key("198.51.100.2".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn the_account_key_is_the_hashed_normalised_email() {
+        let a = account_key(br#"{"email": " Ada@Egec.example ", "password": "x"}"#).unwrap();
+        let b = account_key(br#"{"email": "ada@egec.example"}"#).unwrap();
+        assert_eq!(a, b);
+        assert!(!a.contains("ada"));
+        assert_eq!(account_key(b"not json"), None);
+    }
 }
