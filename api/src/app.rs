@@ -65,9 +65,14 @@ pub fn router(state: AppState) -> Router {
             post(routes::users::force_logout),
         )
         .route("/api/openapi.json", get(routes::ops::openapi))
+        .route("/api/admin/rate-limits", get(routes::admin::rate_limits))
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::rate_limit::middleware::enforce,
         ));
     Router::new()
         .merge(api)
@@ -77,6 +82,17 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { crate::error::ApiError::NotFound })
         .route_layer(axum::middleware::from_fn(crate::http_metrics::track))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(axum::middleware::from_fn(
+            crate::security_headers::api_no_store,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::net::transport::enforce,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::net::client_ip::resolve,
+        ))
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
@@ -113,18 +129,29 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let core = open_core(&config).await?;
     // A token never outlives the absolute session timeout (the extractor checks it too, from
     // `iat`, so lowering the setting also ends tokens issued before).
-    let tokens = Arc::new(auth::token::TokenKeys::new(
-        &token_secret(&config)?,
-        config
-            .token_ttl_seconds
-            .min(config.sessions.absolute.num_seconds().max(1)),
-    ));
+    let tokens = Arc::new(
+        auth::token::TokenKeys::new(
+            &token_secret(&config)?,
+            config
+                .token_ttl_seconds
+                .min(config.sessions.absolute.num_seconds().max(1)),
+        )
+        .with_previous(config.jwt_secret_previous.as_ref()),
+    );
     let sessions = Arc::new(auth::session::SessionActivity::new(config.sessions));
     let passwords = Arc::new(auth::password::Passwords::new(
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2),
     )?);
+    let rate_limits = Arc::new(crate::rate_limit::RateLimits::in_memory(config.rate_limits));
+    crate::rate_limit::spawn_eviction(&rate_limits);
+    if config.env == crate::config::Environment::Production && config.trusted_proxies.0.is_empty() {
+        tracing::warn!(
+            "production without EGEC_TRUSTED_PROXIES: every request but /healthz and /readyz \
+             is refused as plain HTTP (TLS is terminated by a trusted proxy)"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -138,6 +165,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         passwords,
         sessions,
         metrics,
+        rate_limits,
     };
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move { axum::serve(listener, app).await });

@@ -48,6 +48,18 @@ pub enum Command {
         #[command(subcommand)]
         command: ReplayCommand,
     },
+    /// Manage encryption keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Re-wrap every subject key under EGEC_MASTER_KEY, unwrapping with it or with
+    /// EGEC_MASTER_KEY_PREVIOUS; the log is not touched. Idempotent. See SECRETS_ROTATION.md.
+    RotateMaster,
 }
 
 #[derive(Subcommand)]
@@ -185,7 +197,33 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { command } => replay(command, config).await,
+        Command::Keys {
+            command: KeysCommand::RotateMaster,
+        } => rotate_master(config).await,
     }
+}
+
+async fn rotate_master(config: Config) -> anyhow::Result<ExitCode> {
+    use egec_commands::master_key::MasterKey;
+    let new = config
+        .master_key
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("EGEC_MASTER_KEY (the new master key) is required"))?;
+    let new = MasterKey::from_hex(new).map_err(|_| anyhow::anyhow!("EGEC_MASTER_KEY"))?;
+    let previous = match &config.master_key_previous {
+        Some(k) => {
+            vec![MasterKey::from_hex(k).map_err(|_| anyhow::anyhow!("EGEC_MASTER_KEY_PREVIOUS"))?]
+        }
+        None => Vec::new(),
+    };
+    let url = config
+        .database_url
+        .as_ref()
+        .map(|u| secrecy::ExposeSecret::expose_secret(u).to_owned());
+    let stores = egec_commands::store::open::open(url.as_deref(), &config.data_dir, 2).await?;
+    let report = crate::keys::rotate_master(stores.keys.clone(), new, previous).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn replay(command: ReplayCommand, config: Config) -> anyhow::Result<ExitCode> {

@@ -29,6 +29,16 @@ pub struct Config {
     /// How long a read waits for the projections to reach a write it follows.
     pub read_your_writes_timeout_ms: u64,
     pub sessions: SessionTimeouts,
+    /// Proxies whose `X-Forwarded-For`/`-Proto` are believed (`EGEC_TRUSTED_PROXIES`).
+    pub trusted_proxies: crate::net::client_ip::TrustedProxies,
+    /// Networks superadmins and admins may call from (`EGEC_ADMIN_IP_ALLOWLIST`); `None`: any.
+    pub admin_ip_allowlist: Option<Vec<ipnet::IpNet>>,
+    /// The signing secret before the last rotation: still verifies tokens until they expire.
+    pub jwt_secret_previous: Option<SecretString>,
+    pub rate_limits: crate::rate_limit::Settings,
+    /// The master key before a rotation (`EGEC_MASTER_KEY_PREVIOUS`): still unwraps subject
+    /// keys until `egec keys rotate-master` re-wrapped them all.
+    pub master_key_previous: Option<SecretString>,
 }
 
 /// When a session ends without anyone ending it.
@@ -212,6 +222,41 @@ impl Config {
                 egec_domain::password_policy::PasswordPolicy::Nist
             }
         };
+        let cidrs = |key: &str, errors: &mut Vec<String>| -> Option<Vec<ipnet::IpNet>> {
+            let v = src.get(key)?;
+            match crate::net::client_ip::parse_cidrs(&v) {
+                Ok(nets) => Some(nets),
+                Err(_) => {
+                    errors.push(format!(
+                        "{key} must be a comma-separated list of CIDRs such as 10.0.0.0/8"
+                    ));
+                    None
+                }
+            }
+        };
+        let trusted_proxies = crate::net::client_ip::TrustedProxies(
+            cidrs("EGEC_TRUSTED_PROXIES", &mut errors).unwrap_or_default(),
+        );
+        let admin_ip_allowlist = cidrs("EGEC_ADMIN_IP_ALLOWLIST", &mut errors);
+        let jwt_secret_previous = src.get("EGEC_JWT_SECRET_PREVIOUS");
+        errors.extend(crate::config_checks::secret_problems(
+            env,
+            jwt_secret.as_deref(),
+            jwt_secret_previous.as_deref(),
+            master_key.as_deref(),
+        ));
+        let rate_limits = crate::rate_limit::Settings::from_source(src, &mut errors);
+        let master_key_previous = src.get("EGEC_MASTER_KEY_PREVIOUS");
+        if let Some(k) = &master_key_previous {
+            if k.len() != 64 || !k.chars().all(|c| c.is_ascii_hexdigit()) {
+                errors.push(
+                    "EGEC_MASTER_KEY_PREVIOUS must be exactly 64 hexadecimal characters".to_owned(),
+                );
+            }
+            if master_key.as_deref().map(str::to_ascii_lowercase) == Some(k.to_ascii_lowercase()) {
+                errors.push("EGEC_MASTER_KEY_PREVIOUS must differ from EGEC_MASTER_KEY".to_owned());
+            }
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -229,6 +274,11 @@ impl Config {
             lockout,
             read_your_writes_timeout_ms,
             sessions,
+            trusted_proxies,
+            admin_ip_allowlist,
+            jwt_secret_previous: jwt_secret_previous.map(SecretString::from),
+            rate_limits,
+            master_key_previous: master_key_previous.map(SecretString::from),
         })
     }
 }

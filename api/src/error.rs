@@ -38,6 +38,12 @@ pub enum ApiError {
     AccountLocked { retry_after_seconds: i64 },
     #[error("the service is not ready")]
     Unavailable,
+    #[error("too many requests; retry later")]
+    RateLimited { retry_after_seconds: u64 },
+    #[error("HTTPS is required")]
+    HttpsRequired,
+    #[error("the API is not for direct browser navigation")]
+    NavigationRefused,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -67,6 +73,9 @@ impl ApiError {
             ApiError::WeakPassword(_) => (StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
             ApiError::AccountLocked { .. } => (StatusCode::LOCKED, "account_locked"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::HttpsRequired => (StatusCode::FORBIDDEN, "https_required"),
+            ApiError::NavigationRefused => (StatusCode::FORBIDDEN, "navigation_refused"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -101,6 +110,18 @@ impl IntoResponse for ApiError {
                 resp.headers_mut()
                     .insert(axum::http::header::RETRY_AFTER, v);
             }
+            return resp;
+        }
+        if let ApiError::RateLimited {
+            retry_after_seconds,
+        } = &self
+        {
+            err.insert("retry_after_seconds".into(), json!(retry_after_seconds));
+            let mut resp = (status, Json(json!({ "error": Value::Object(err) }))).into_response();
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                (*retry_after_seconds).into(),
+            );
             return resp;
         }
         (status, Json(json!({ "error": Value::Object(err) }))).into_response()

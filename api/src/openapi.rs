@@ -21,6 +21,7 @@ use utoipa::OpenApi;
         crate::routes::users::unlock,
         crate::routes::users::patch,
         crate::routes::users::force_logout,
+        crate::routes::admin::rate_limits,
     ),
     components(schemas(
         crate::routes::customers::CreateCustomerBody,
@@ -29,6 +30,7 @@ use utoipa::OpenApi;
         crate::routes::auth::LoginBody,
         crate::routes::users::CreateUserBody,
         crate::routes::users::PatchUserBody,
+        crate::rate_limit::PolicyStats,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

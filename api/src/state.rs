@@ -27,6 +27,8 @@ pub struct AppState {
     /// Last request time per session, for the idle timeout (this process only).
     pub sessions: Arc<SessionActivity>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Rate-limit state and statistics of this process.
+    pub rate_limits: Arc<crate::rate_limit::RateLimits>,
 }
 
 impl AppState {
@@ -100,7 +102,11 @@ pub async fn open_core(config: &Config) -> anyhow::Result<Core> {
             mk
         }
     };
-    let vault = Arc::new(Vault::new(stores.keys.clone(), master, 100_000));
+    let previous = match &config.master_key_previous {
+        Some(k) => vec![MasterKey::from_hex(k).context("EGEC_MASTER_KEY_PREVIOUS")?],
+        None => Vec::new(),
+    };
+    let vault = Arc::new(Vault::new(stores.keys.clone(), master, 100_000).with_previous(previous));
     let codec = Arc::new(Codec::new(vault));
     let appender = Appender::spawn(stores.log.clone(), 1000);
     let bus = Arc::new(CommandBus::new(stores.log.clone(), appender, codec, 10_000));

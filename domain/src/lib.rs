@@ -14,6 +14,7 @@ pub mod password_policy;
 pub mod permission;
 pub mod personal;
 pub mod role;
+pub mod security;
 pub mod user;
 pub mod values;
 

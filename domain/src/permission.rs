@@ -26,10 +26,12 @@ pub enum Action {
     GdprErase,
     /// See passport numbers unmasked.
     PassportReveal,
+    /// See the rate limiter's per-endpoint statistics (`GET /api/admin/rate-limits`).
+    RateLimitsView,
 }
 
 impl Action {
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 17] = [
         Action::CustomersView,
         Action::CustomersCreate,
         Action::CustomersEdit,
@@ -46,6 +48,7 @@ impl Action {
         Action::GdprExport,
         Action::GdprErase,
         Action::PassportReveal,
+        Action::RateLimitsView,
     ];
 
     /// The `<resource>:<action>` name used by API keys.
@@ -67,6 +70,7 @@ impl Action {
             Action::GdprExport => "gdpr:export",
             Action::GdprErase => "gdpr:erase",
             Action::PassportReveal => "customers:passport_reveal",
+            Action::RateLimitsView => "rate_limits:view",
         }
     }
 
@@ -94,6 +98,7 @@ impl Action {
             Action::GdprExport => &[Admin],
             Action::GdprErase => &[Superadmin],
             Action::PassportReveal => &[Admin],
+            Action::RateLimitsView => &[Superadmin],
         }
     }
 }
@@ -148,6 +153,18 @@ pub fn can_manage_user(actor: Role, target: Role) -> bool {
 /// has and the role they would get (an admin neither touches an admin nor makes one).
 pub fn can_update_user(actor: Role, current: Role, new_role: Option<Role>) -> bool {
     can_manage_user(actor, current) && new_role.is_none_or(|r| can_manage_user(actor, r))
+}
+
+/// Whether requests authenticated with this role are held to the admin IP allowlist
+/// (`EGEC_ADMIN_IP_ALLOWLIST`): the roles that manage users and settings.
+pub fn is_ip_restricted(role: Role) -> bool {
+    matches!(role, Role::Superadmin | Role::Admin)
+}
+
+/// Whether a request may proceed given the allowlist verdict for its address: `None` means
+/// no allowlist is configured (no restriction); `Some(inside)` whether the address is in it.
+pub fn admin_ip_allowed(role: Role, inside_allowlist: Option<bool>) -> bool {
+    !is_ip_restricted(role) || inside_allowlist.unwrap_or(true)
 }
 
 #[cfg(test)]
@@ -243,6 +260,33 @@ mod tests {
     fn every_action_name_parses_back() {
         for a in Action::ALL {
             assert_eq!(Action::from_name(a.name()), Some(a));
+        }
+    }
+}
+
+#[cfg(test)]
+mod network_tests {
+    use super::*;
+
+    #[test]
+    fn only_superadmins_and_admins_are_held_to_the_ip_allowlist() {
+        for role in Role::ALL {
+            let restricted = matches!(role, Role::Superadmin | Role::Admin);
+            assert_eq!(is_ip_restricted(role), restricted, "{role:?}");
+            assert_eq!(admin_ip_allowed(role, Some(false)), !restricted, "{role:?}");
+            assert!(admin_ip_allowed(role, Some(true)));
+            assert!(admin_ip_allowed(role, None), "no allowlist, no restriction");
+        }
+    }
+
+    #[test]
+    fn only_superadmins_see_rate_limit_statistics() {
+        for role in Role::ALL {
+            assert_eq!(
+                can(role, Action::RateLimitsView),
+                role == Role::Superadmin,
+                "{role:?}"
+            );
         }
     }
 }

@@ -83,6 +83,8 @@ impl FromRequestParts<AppState> for Actor {
             state.sessions.forget(claims.sid);
             return Err(ApiError::Unauthorized);
         }
+        crate::net::admin_allowlist::check(parts, state, user_id, found.user.role).await?;
+        crate::rate_limit::charge_user(parts, &state.rate_limits, user_id, found.user.role)?;
         state.sessions.touch(claims.sid, now);
         Ok(Actor {
             user_id,

@@ -34,17 +34,35 @@ pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     ttl_seconds: i64,
+    /// The secret before the last rotation (`EGEC_JWT_SECRET_PREVIOUS`): its tokens still
+    /// verify, by their own `kid`, until they expire; nothing new is signed with it.
+    previous: Option<(String, DecodingKey)>,
+}
+
+/// The key id of a secret: the first 8 bytes of its SHA-256, in hex (names it, reveals nothing).
+fn kid_of(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..8])
 }
 
 impl TokenKeys {
     pub fn new(secret: &SecretString, ttl_seconds: i64) -> Self {
         let bytes = secret.expose_secret().as_bytes();
         Self {
-            kid: hex::encode(&Sha256::digest(bytes)[..8]),
+            kid: kid_of(bytes),
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),
             ttl_seconds,
+            previous: None,
         }
+    }
+
+    /// Also verifies tokens signed with `previous` (the grace period of a rotation).
+    pub fn with_previous(mut self, previous: Option<&SecretString>) -> Self {
+        self.previous = previous.map(|p| {
+            let bytes = p.expose_secret().as_bytes();
+            (kid_of(bytes), DecodingKey::from_secret(bytes))
+        });
+        self
     }
 
     pub fn issue(
@@ -73,9 +91,17 @@ impl TokenKeys {
     /// Verifies signature, algorithm, key id, audience, issuer, expiry and not-before.
     pub fn verify(&self, token: &str) -> Option<Claims> {
         let header = decode_header(token).ok()?;
-        if header.alg != Algorithm::HS256 || header.kid.as_deref() != Some(self.kid.as_str()) {
+        if header.alg != Algorithm::HS256 {
             return None;
         }
+        let key = match header.kid.as_deref() {
+            Some(kid) if kid == self.kid => &self.decoding,
+            Some(kid) => match &self.previous {
+                Some((prev_kid, prev)) if kid == prev_kid => prev,
+                _ => return None,
+            },
+            None => return None,
+        };
         let mut v = Validation::new(Algorithm::HS256);
         v.algorithms = vec![Algorithm::HS256];
         v.set_audience(&[AUDIENCE]);
@@ -83,9 +109,7 @@ impl TokenKeys {
         v.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub", "iat"]);
         v.validate_nbf = true;
         v.leeway = 5;
-        decode::<Claims>(token, &self.decoding, &v)
-            .ok()
-            .map(|d| d.claims)
+        decode::<Claims>(token, key, &v).ok().map(|d| d.claims)
     }
 }
 
@@ -145,6 +169,34 @@ mod tests {
             parts[2]
         );
         assert!(k.verify(&forged).is_none());
+    }
+
+    #[test]
+    fn after_rotation_old_tokens_verify_new_ones_use_the_new_secret_and_unknown_ones_fail() {
+        let old = keys("0123456789abcdef0123456789abcdef");
+        let (old_token, _) = old
+            .issue(Uuid::now_v7(), Uuid::now_v7(), 1, Utc::now())
+            .unwrap();
+        let rotated = keys("fedcba9876543210fedcba9876543210").with_previous(Some(
+            &SecretString::from("0123456789abcdef0123456789abcdef".to_owned()),
+        ));
+        assert!(rotated.verify(&old_token).is_some(), "grace period");
+        let (new_token, _) = rotated
+            .issue(Uuid::now_v7(), Uuid::now_v7(), 1, Utc::now())
+            .unwrap();
+        assert!(rotated.verify(&new_token).is_some());
+        assert!(
+            old.verify(&new_token).is_none(),
+            "signed with the new secret"
+        );
+        let stranger = keys("another-secret-another-secret-xx");
+        let (unknown, _) = stranger
+            .issue(Uuid::now_v7(), Uuid::now_v7(), 1, Utc::now())
+            .unwrap();
+        assert!(rotated.verify(&unknown).is_none());
+        // Once the previous secret is dropped, its tokens end.
+        let after_grace = keys("fedcba9876543210fedcba9876543210");
+        assert!(after_grace.verify(&old_token).is_none());
     }
 
     #[test]

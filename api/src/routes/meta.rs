@@ -2,12 +2,11 @@
 
 use crate::auth::actor::Actor;
 use crate::error::ApiError;
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use chrono::Utc;
 use egec_domain::event::Metadata;
 use egec_domain::personal::Personal;
-use std::net::SocketAddr;
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -55,12 +54,8 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        // Trusted-proxy handling of X-Forwarded-For belongs to the network-trust work; until
-        // then the peer address is the only address believed.
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+        // The address `net::client_ip` believed: X-Forwarded-For only from a trusted proxy.
+        let ip = crate::net::client_ip::ClientContext::of(parts).map(|c| c.ip.to_string());
         let correlation_id = header("x-request-id")
             .and_then(|s| Uuid::parse_str(&s).ok())
             .unwrap_or_else(Uuid::now_v7);

@@ -250,6 +250,15 @@ pub enum LoginEvent {
         session_id: uuid::Uuid,
         at: DateTime<Utc>,
     },
+    /// An authenticated request was refused by a network rule (e.g. the admin IP allowlist);
+    /// recorded in the month's security stream (see [`crate::security`]), not the user's
+    /// login stream. `path` is the request path without its query string.
+    AccessDenied {
+        user_id: UserId,
+        path: String,
+        reason: crate::security::DenialReason,
+        at: DateTime<Utc>,
+    },
 }
 
 /// Why an attempt failed.
@@ -274,6 +283,8 @@ pub const ACCOUNT_LOCKED: &str = "LoginAccountLocked";
 pub const ACCOUNT_UNLOCKED: &str = "LoginAccountUnlocked";
 /// Stored type of [`LoginEvent::LoggedOut`]; the sessions projection folds exactly this type.
 pub const SESSION_ENDED: &str = "LoginSessionEnded";
+/// Stored type of [`LoginEvent::AccessDenied`] (the "Login" prefix routes its decoding).
+pub const ACCESS_DENIED: &str = "LoginAccessDenied";
 
 impl LoginEvent {
     pub fn action(&self) -> &'static str {
@@ -283,6 +294,7 @@ impl LoginEvent {
             LoginEvent::Locked { .. } => "ACCOUNT_LOCKED",
             LoginEvent::Unlocked { .. } => "ACCOUNT_UNLOCKED",
             LoginEvent::LoggedOut { .. } => "LOGOUT",
+            LoginEvent::AccessDenied { .. } => "ACCESS_DENIED",
         }
     }
 }
@@ -342,6 +354,16 @@ impl EventCodec for LoginEvent {
                 .fact("user_id", user_id.to_string())
                 .fact("session_id", session_id.to_string())
                 .fact("at", time_fact(*at)),
+            LoginEvent::AccessDenied {
+                user_id,
+                path,
+                reason,
+                at,
+            } => EncodedEvent::new(ACCESS_DENIED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("path", path.as_str())
+                .fact("reason", reason.as_str())
+                .fact("at", time_fact(*at)),
         }
     }
 
@@ -373,6 +395,13 @@ impl EventCodec for LoginEvent {
             (SESSION_ENDED, 1) => Ok(LoginEvent::LoggedOut {
                 user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
                 session_id: fact_uuid(e, "session_id")?,
+                at: fact_time(e, "at")?,
+            }),
+            (ACCESS_DENIED, 1) => Ok(LoginEvent::AccessDenied {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                path: fact_str(e, "path")?.to_owned(),
+                reason: crate::security::DenialReason::parse(fact_str(e, "reason")?)
+                    .ok_or_else(|| DecodeError::new("bad access denial reason"))?,
                 at: fact_time(e, "at")?,
             }),
             (t, v) => Err(DecodeError(format!("unknown login event {t} v{v}"))),

@@ -49,6 +49,8 @@ pub fn evolve(state: LockoutState, event: &LoginEvent) -> LockoutState {
         },
         // Ending a session says nothing about guessing.
         LoginEvent::LoggedOut { .. } => state,
+        // A network refusal is not a password guess (and lives in another stream anyway).
+        LoginEvent::AccessDenied { .. } => state,
     }
 }
 
