@@ -83,6 +83,15 @@ impl FromRequestParts<AppState> for Actor {
             state.sessions.forget(claims.sid);
             return Err(ApiError::Unauthorized);
         }
+        // A pending password change or two-factor enrolment confines the session to the
+        // endpoints that fulfil it (see `gate.rs`).
+        crate::auth::gate::check(
+            &state.config,
+            &parts.method,
+            parts.uri.path(),
+            &found.user,
+            now,
+        )?;
         state.sessions.touch(claims.sid, now);
         Ok(Actor {
             user_id,

@@ -2,6 +2,9 @@
 //! authenticated actor.
 
 pub mod actor;
+pub mod gate;
 pub mod password;
 pub mod session;
 pub mod token;
+pub mod totp;
+pub mod unknown_login;

@@ -35,6 +35,9 @@ pub struct TestApp {
 
 pub const PASSWORD: &str = "violet tractor harbour 1987 spoon";
 
+/// As a value in `spawn_with`'s extra settings: leave the variable unset (its default).
+pub const UNSET: &str = "<unset>";
+
 impl TestApp {
     pub async fn spawn(backend: Backend) -> TestApp {
         Self::spawn_with(backend, &[]).await
@@ -53,9 +56,14 @@ impl TestApp {
         env.insert("EGEC_MASTER_KEY".into(), "11".repeat(32));
         env.insert("EGEC_PHONE_DEFAULT_REGION".into(), "GB".into());
         env.insert("EGEC_DB_POOL_SIZE".into(), "8".into());
+        // The suites that use superadmin and admin tokens directly run without the default
+        // two-factor requirement; tests of the requirement pass `EGEC_MFA_REQUIRED_ROLES`
+        // (e.g. `superadmin,admin`, the default) through `spawn_with`.
+        env.insert("EGEC_MFA_REQUIRED_ROLES".into(), String::new());
         for (k, v) in extra {
             env.insert((*k).to_owned(), (*v).to_owned());
         }
+        env.retain(|_, v| v != UNSET);
         let data_dir = dir.path().to_path_buf();
         let (guard, url) = match backend {
             Backend::Sqlite => (StoreGuard::Sqlite(dir), None),
