@@ -260,3 +260,40 @@ both_backends!(
         );
     }
 );
+
+/// The used time step is an event in the user's stream, so another node (with its own
+/// cache of the user) refuses the code too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_code_used_on_one_node_is_refused_on_another() {
+    let app = support::TestApp::spawn(support::Backend::Postgres).await;
+    let (_, token) = app.as_role(Role::Agent).await;
+    let email = json_of(app.get("/api/auth/me", Some(&token)).await).await["email"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (secret, _) = enrol(&app, &token).await;
+    let (node_b, _dir) = app.second_node().await;
+    let mut body = login(&email);
+    body["totp_code"] = json!(code(&secret, 30));
+    // Node B reads the user before node A's login, so its cache holds the older state.
+    let mut no_code = login(&email);
+    no_code["totp_code"] = json!("");
+    let r = app
+        .client
+        .post(format!("{}/api/auth/login", node_b.base))
+        .json(&no_code)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(login_status(&app, body.clone()).await.0, StatusCode::OK);
+    let r = app
+        .client
+        .post(format!("{}/api/auth/login", node_b.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(json_of(r).await["error"]["code"], "totp_required");
+}

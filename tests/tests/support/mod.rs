@@ -31,6 +31,8 @@ pub struct TestApp {
     pub database_url: Option<String>,
     pub data_dir: std::path::PathBuf,
     pub _store: StoreGuard,
+    /// The configuration the app was started with.
+    pub env: HashMap<String, String>,
 }
 
 pub const PASSWORD: &str = "violet tractor harbour 1987 spoon";
@@ -74,6 +76,7 @@ impl TestApp {
             }
         };
         let config = Config::from_source(&env).expect("test config is valid");
+        let started_with = env.clone();
         let running = egec_api::app::start(config).await.expect("app starts");
         TestApp {
             base: format!("http://{}", running.addr),
@@ -83,7 +86,32 @@ impl TestApp {
             database_url: url,
             data_dir,
             _store: guard,
+            env: started_with,
         }
+    }
+
+    /// A second node on the same PostgreSQL database (same secrets, its own data
+    /// directory and caches), as another `egec serve` process would be.
+    pub async fn second_node(&self) -> (TestApp2, tempfile::TempDir) {
+        assert_eq!(
+            self.backend,
+            Backend::Postgres,
+            "nodes share a PostgreSQL store"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut env = self.env.clone();
+        env.insert("EGEC_DATA_DIR".into(), dir.path().display().to_string());
+        let config = Config::from_source(&env).expect("test config is valid");
+        let running = egec_api::app::start(config)
+            .await
+            .expect("second node starts");
+        (
+            TestApp2 {
+                base: format!("http://{}", running.addr),
+                running,
+            },
+            dir,
+        )
     }
 
     /// Creates a staff user the way `egec user create` does; answers the user id.
@@ -172,6 +200,12 @@ impl TestApp {
     pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> Response {
         self.request(Method::PATCH, path, token, Some(body)).await
     }
+}
+
+/// A second node started by [`TestApp::second_node`].
+pub struct TestApp2 {
+    pub base: String,
+    pub running: Running,
 }
 
 pub async fn json_of(r: Response) -> Value {
