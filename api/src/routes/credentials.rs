@@ -279,3 +279,22 @@ pub async fn require_password_change(
     state.wait_for_write(position).await;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[cfg(test)]
+mod tests {
+    use utoipa::OpenApi;
+
+    #[test]
+    fn the_openapi_document_lists_every_credential_endpoint() {
+        let doc = crate::openapi::ApiDoc::openapi();
+        for path in [
+            "/api/auth/password",
+            "/api/auth/totp/setup",
+            "/api/auth/totp/enable",
+            "/api/auth/totp/disable",
+            "/api/users/{id}/require-password-change",
+        ] {
+            assert!(doc.paths.paths.contains_key(path), "{path}");
+        }
+    }
+}
