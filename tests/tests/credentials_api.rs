@@ -197,6 +197,46 @@ both_backends!(
 );
 
 both_backends!(
+    wrong_current_passwords_count_towards_the_lockout,
+    |app: support::TestApp| async move {
+        app.user("guessed@egec.example", Role::Agent).await;
+        let token = app.login("guessed@egec.example").await;
+        for _ in 0..5 {
+            let r = app
+                .post(
+                    "/api/auth/password",
+                    Some(&token),
+                    json!({ "current_password": "a guess a guess a guess", "new_password": NEW_PASSWORD }),
+                )
+                .await;
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        }
+        let r = app
+            .post(
+                "/api/auth/password",
+                Some(&token),
+                json!({ "current_password": support::PASSWORD, "new_password": NEW_PASSWORD }),
+            )
+            .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "while locked even the right password is refused"
+        );
+        assert_eq!(
+            app.post(
+                "/api/auth/login",
+                None,
+                login_body("guessed@egec.example", support::PASSWORD)
+            )
+            .await
+            .status(),
+            StatusCode::LOCKED
+        );
+    }
+);
+
+both_backends!(
     a_forced_change_confines_the_user_to_password_logout_and_me_until_changed,
     |app: support::TestApp| async move {
         let (_, admin) = app.as_role(Role::Admin).await;

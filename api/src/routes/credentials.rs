@@ -14,11 +14,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use egec_commands::handler::now_micros;
 use egec_domain::aggregate::UserAggregate;
+use egec_domain::event::DomainEvent;
 use egec_domain::password_policy::{self, PasswordContext};
 use egec_domain::permission::{Action, can_manage_user};
 use egec_domain::personal::Personal;
 use egec_domain::user::credentials::CredentialCommand;
-use egec_domain::user::{PasswordHash, User, UserCommand, UserState};
+use egec_domain::user::{PasswordHash, User, UserCommand, UserState, lockout, login_stream_id};
 use egec_domain::{UserId, event::Metadata};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -125,9 +126,8 @@ pub async fn change_password(
     ApiJson(body): ApiJson<ChangePasswordBody>,
 ) -> Result<StatusCode, ApiError> {
     let user = load_user(&state, actor.user_id).await?;
-    if !password_matches(&state, &user, &body.current_password).await? {
-        return Err(ApiError::InvalidCredentials);
-    }
+    let matches = password_matches(&state, &user, &body.current_password).await?;
+    guard_against_guessing(&state, &actor, &meta, matches).await?;
     password_policy::check(
         state.config.password_policy,
         body.new_password.expose_secret(),
@@ -149,6 +149,38 @@ pub async fn change_password(
     state.sessions.forget(actor.session_id);
     state.wait_for_write(position).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A wrong current password counts towards the lockout like a failed login (so a stolen
+/// session cannot guess the password at leisure), and while the account is locked even the
+/// right one is refused here. The answer is 401 `invalid_credentials` either way.
+async fn guard_against_guessing(
+    state: &AppState,
+    actor: &Actor,
+    meta: &RequestMeta,
+    password_ok: bool,
+) -> Result<(), ApiError> {
+    let now = now_micros();
+    let lock = crate::routes::auth::lockout_state(state, actor.user_id, now).await?;
+    let events =
+        match lockout::attempt(&lock, actor.user_id, password_ok, state.config.lockout, now) {
+            lockout::Attempt::Allowed(_) => return Ok(()),
+            lockout::Attempt::WrongPassword(events) | lockout::Attempt::Locked { events, .. } => {
+                events
+            }
+        };
+    let events: Vec<DomainEvent> = events.into_iter().map(DomainEvent::Login).collect();
+    state
+        .bus
+        .record(
+            &login_stream_id(actor.user_id, now),
+            &actor.user_id.subject(),
+            &meta.metadata(actor),
+            &events,
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    Err(ApiError::InvalidCredentials)
 }
 
 #[utoipa::path(post, path = "/api/auth/totp/setup",
