@@ -40,6 +40,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/logout", post(routes::auth::logout))
         .route("/api/auth/logout-all", post(routes::auth::logout_all))
         .route(
+            "/api/auth/password",
+            post(routes::credentials::change_password),
+        )
+        .route(
+            "/api/auth/totp/setup",
+            post(routes::credentials::totp_setup),
+        )
+        .route(
+            "/api/auth/totp/enable",
+            post(routes::credentials::totp_enable),
+        )
+        .route(
+            "/api/auth/totp/disable",
+            post(routes::credentials::totp_disable),
+        )
+        .route(
             "/api/customers",
             post(routes::customers::create).get(routes::customers::list),
         )
@@ -63,6 +79,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/users/{id}/force-logout",
             post(routes::users::force_logout),
+        )
+        .route(
+            "/api/users/{id}/require-password-change",
+            post(routes::credentials::require_password_change),
         )
         .route("/api/openapi.json", get(routes::ops::openapi))
         .route("/api/admin/rate-limits", get(routes::admin::rate_limits))
@@ -139,6 +159,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_previous(config.jwt_secret_previous.as_ref()),
     );
     let sessions = Arc::new(auth::session::SessionActivity::new(config.sessions));
+    let account_keys = Arc::new(auth::unknown_login::AccountKeys::new(&token_secret(
+        &config,
+    )?)?);
     let passwords = Arc::new(auth::password::Passwords::new(
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -164,6 +187,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tokens,
         passwords,
         sessions,
+        account_keys,
         metrics,
         rate_limits,
     };

@@ -39,6 +39,12 @@ pub struct Config {
     /// The master key before a rotation (`EGEC_MASTER_KEY_PREVIOUS`): still unwraps subject
     /// keys until `egec keys rotate-master` re-wrapped them all.
     pub master_key_previous: Option<SecretString>,
+    /// Passwords older than this must be changed (`EGEC_PASSWORD_MAX_AGE_DAYS`); `None`:
+    /// never, the NIST default.
+    pub password_max_age: Option<chrono::Duration>,
+    /// Roles that must enrol in two-factor authentication before anything else
+    /// (`EGEC_MFA_REQUIRED_ROLES`).
+    pub mfa_required_roles: Vec<egec_domain::Role>,
 }
 
 /// When a session ends without anyone ending it.
@@ -80,6 +86,10 @@ pub struct ConfigErrors(pub Vec<String>);
 /// Where values come from: the process environment in production, a map in tests.
 pub trait Source {
     fn get(&self, key: &str) -> Option<String>;
+    /// Whether the variable is present at all, even empty (where empty means "none").
+    fn is_set(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
 }
 
 pub struct ProcessEnv;
@@ -88,6 +98,9 @@ impl Source for ProcessEnv {
     fn get(&self, key: &str) -> Option<String> {
         std::env::var(key).ok().filter(|v| !v.is_empty())
     }
+    fn is_set(&self, key: &str) -> bool {
+        std::env::var_os(key).is_some()
+    }
 }
 
 impl Source for std::collections::HashMap<String, String> {
@@ -95,6 +108,9 @@ impl Source for std::collections::HashMap<String, String> {
         std::collections::HashMap::get(self, key)
             .cloned()
             .filter(|v| !v.is_empty())
+    }
+    fn is_set(&self, key: &str) -> bool {
+        self.contains_key(key)
     }
 }
 
@@ -200,6 +216,26 @@ impl Config {
                 30 * 24 * 3600,
             ) as i64),
         };
+        let password_max_age = match src.get("EGEC_PASSWORD_MAX_AGE_DAYS") {
+            None => None,
+            Some(v) => match v.parse::<i64>() {
+                Ok(days) if (1..=3650).contains(&days) => Some(chrono::Duration::days(days)),
+                _ => {
+                    errors.push(
+                        "EGEC_PASSWORD_MAX_AGE_DAYS must be a whole number from 1 to 3650 (unset = never)"
+                            .to_owned(),
+                    );
+                    None
+                }
+            },
+        };
+        let mfa_required_roles = match mfa_required_roles(src) {
+            Ok(roles) => roles,
+            Err(e) => {
+                errors.push(e);
+                Vec::new()
+            }
+        };
         let phone_default_region = src
             .get("EGEC_PHONE_DEFAULT_REGION")
             .map(|r| r.to_ascii_uppercase());
@@ -279,8 +315,37 @@ impl Config {
             jwt_secret_previous: jwt_secret_previous.map(SecretString::from),
             rate_limits,
             master_key_previous: master_key_previous.map(SecretString::from),
+            password_max_age,
+            mfa_required_roles,
         })
     }
+}
+
+/// `EGEC_MFA_REQUIRED_ROLES`: a comma list of roles; unset = superadmin and admin; empty (or
+/// `none`) = no role.
+fn mfa_required_roles(src: &dyn Source) -> Result<Vec<egec_domain::Role>, String> {
+    use egec_domain::Role;
+    let key = "EGEC_MFA_REQUIRED_ROLES";
+    let Some(list) = src.get(key) else {
+        return Ok(if src.is_set(key) {
+            Vec::new()
+        } else {
+            vec![Role::Superadmin, Role::Admin]
+        });
+    };
+    if list.trim().eq_ignore_ascii_case("none") {
+        return Ok(Vec::new());
+    }
+    let mut roles = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let role: Role = name
+            .parse()
+            .map_err(|_| format!("{key} must list roles (superadmin, admin, superagent, agent, dataentry, auditor), separated by commas"))?;
+        if !roles.contains(&role) {
+            roles.push(role);
+        }
+    }
+    Ok(roles)
 }
 
 #[cfg(test)]
@@ -338,6 +403,37 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(err.0.len(), 2, "{err}");
+    }
+
+    #[test]
+    fn mfa_is_required_of_superadmins_and_admins_unless_configured_and_empty_means_none() {
+        use egec_domain::Role;
+        let c = Config::from_source(&src(&[])).unwrap();
+        assert_eq!(c.mfa_required_roles, vec![Role::Superadmin, Role::Admin]);
+        let c = Config::from_source(&src(&[("EGEC_MFA_REQUIRED_ROLES", "")])).unwrap();
+        assert!(c.mfa_required_roles.is_empty());
+        let c =
+            Config::from_source(&src(&[("EGEC_MFA_REQUIRED_ROLES", "agent, auditor")])).unwrap();
+        assert_eq!(c.mfa_required_roles, vec![Role::Agent, Role::Auditor]);
+        let err =
+            Config::from_source(&src(&[("EGEC_MFA_REQUIRED_ROLES", "admin,boss")])).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+    }
+
+    #[test]
+    fn passwords_never_expire_unless_a_maximum_age_in_days_is_set() {
+        assert_eq!(
+            Config::from_source(&src(&[])).unwrap().password_max_age,
+            None
+        );
+        let c = Config::from_source(&src(&[("EGEC_PASSWORD_MAX_AGE_DAYS", "90")])).unwrap();
+        assert_eq!(c.password_max_age, Some(chrono::Duration::days(90)));
+        for bad in ["0", "-3", "ninety"] {
+            assert!(
+                Config::from_source(&src(&[("EGEC_PASSWORD_MAX_AGE_DAYS", bad)])).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -36,6 +36,12 @@ pub enum ApiError {
     WeakPassword(String),
     #[error("the account is locked after too many failed attempts")]
     AccountLocked { retry_after_seconds: i64 },
+    #[error("a valid two-factor code is required")]
+    TotpRequired,
+    #[error("your role requires two-factor authentication: set it up first")]
+    MfaSetupRequired,
+    #[error("you must change your password first")]
+    PasswordChangeRequired,
     #[error("the service is not ready")]
     Unavailable,
     #[error("too many requests; retry later")]
@@ -72,6 +78,9 @@ impl ApiError {
             }
             ApiError::WeakPassword(_) => (StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
             ApiError::AccountLocked { .. } => (StatusCode::LOCKED, "account_locked"),
+            ApiError::TotpRequired => (StatusCode::UNAUTHORIZED, "totp_required"),
+            ApiError::MfaSetupRequired => (StatusCode::FORBIDDEN, "mfa_setup_required"),
+            ApiError::PasswordChangeRequired => (StatusCode::FORBIDDEN, "password_change_required"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::HttpsRequired => (StatusCode::FORBIDDEN, "https_required"),

@@ -22,6 +22,11 @@ use utoipa::OpenApi;
         crate::routes::users::patch,
         crate::routes::users::force_logout,
         crate::routes::admin::rate_limits,
+        crate::routes::credentials::change_password,
+        crate::routes::credentials::totp_setup,
+        crate::routes::credentials::totp_enable,
+        crate::routes::credentials::totp_disable,
+        crate::routes::credentials::require_password_change,
     ),
     components(schemas(
         crate::routes::customers::CreateCustomerBody,
@@ -31,6 +36,9 @@ use utoipa::OpenApi;
         crate::routes::users::CreateUserBody,
         crate::routes::users::PatchUserBody,
         crate::rate_limit::PolicyStats,
+        crate::routes::credentials::ChangePasswordBody,
+        crate::routes::credentials::TotpEnableBody,
+        crate::routes::credentials::TotpDisableBody,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -26,6 +26,8 @@ pub struct AppState {
     pub passwords: Arc<Passwords>,
     /// Last request time per session, for the idle timeout (this process only).
     pub sessions: Arc<SessionActivity>,
+    /// Keys the streams of failed logins for unknown emails.
+    pub account_keys: Arc<crate::auth::unknown_login::AccountKeys>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Rate-limit state and statistics of this process.
     pub rate_limits: Arc<crate::rate_limit::RateLimits>,

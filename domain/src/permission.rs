@@ -167,6 +167,52 @@ pub fn admin_ip_allowed(role: Role, inside_allowlist: Option<bool>) -> bool {
     !is_ip_restricted(role) || inside_allowlist.unwrap_or(true)
 }
 
+/// Something an account must do before it may use the rest of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountRequirement {
+    /// Forced by an administrator, or the password expired: `password_change_required`.
+    ChangePassword,
+    /// The role requires two-factor authentication and the user has none: `mfa_setup_required`.
+    SetUpMfa,
+}
+
+/// The self-service endpoints that stay reachable while a requirement is pending; every
+/// other endpoint is [`SelfService::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelfService {
+    Me,
+    Logout,
+    ChangePassword,
+    TotpSetup,
+    TotpEnable,
+    Other,
+}
+
+/// What the account must do first, if anything. A password change comes before enrolment,
+/// so an account with both pending is never stuck: after the change only enrolment remains.
+pub fn account_requirement(
+    password_change_due: bool,
+    mfa_required_for_role: bool,
+    mfa_enabled: bool,
+) -> Option<AccountRequirement> {
+    if password_change_due {
+        Some(AccountRequirement::ChangePassword)
+    } else if mfa_required_for_role && !mfa_enabled {
+        Some(AccountRequirement::SetUpMfa)
+    } else {
+        None
+    }
+}
+
+/// Whether an endpoint may be used while `requirement` is pending.
+pub fn allowed_while(requirement: AccountRequirement, endpoint: SelfService) -> bool {
+    use SelfService::*;
+    match requirement {
+        AccountRequirement::ChangePassword => matches!(endpoint, Me | Logout | ChangePassword),
+        AccountRequirement::SetUpMfa => matches!(endpoint, Me | Logout | TotpSetup | TotpEnable),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +306,47 @@ mod tests {
     fn every_action_name_parses_back() {
         for a in Action::ALL {
             assert_eq!(Action::from_name(a.name()), Some(a));
+        }
+    }
+
+    #[test]
+    fn a_pending_password_change_allows_only_the_change_logout_and_me() {
+        let req = account_requirement(true, true, false);
+        assert_eq!(req, Some(AccountRequirement::ChangePassword));
+        let req = req.unwrap();
+        for ok in [
+            SelfService::Me,
+            SelfService::Logout,
+            SelfService::ChangePassword,
+        ] {
+            assert!(allowed_while(req, ok), "{ok:?}");
+        }
+        for no in [
+            SelfService::TotpSetup,
+            SelfService::TotpEnable,
+            SelfService::Other,
+        ] {
+            assert!(!allowed_while(req, no), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn a_role_that_requires_mfa_allows_only_enrolment_logout_and_me_until_enrolled() {
+        assert_eq!(account_requirement(false, false, false), None);
+        assert_eq!(account_requirement(false, true, true), None);
+        let req = account_requirement(false, true, false);
+        assert_eq!(req, Some(AccountRequirement::SetUpMfa));
+        let req = req.unwrap();
+        for ok in [
+            SelfService::Me,
+            SelfService::Logout,
+            SelfService::TotpSetup,
+            SelfService::TotpEnable,
+        ] {
+            assert!(allowed_while(req, ok), "{ok:?}");
+        }
+        for no in [SelfService::ChangePassword, SelfService::Other] {
+            assert!(!allowed_while(req, no), "{no:?}");
         }
     }
 }

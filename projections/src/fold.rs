@@ -173,6 +173,9 @@ pub fn apply_user(
                 version: stream_version,
                 last_position: position,
                 session_version: FIRST_SESSION_VERSION,
+                mfa_enabled: false,
+                must_change_password: false,
+                password_changed_at: micros(*at),
             });
         }
         (None, _) => return None,
@@ -200,6 +203,22 @@ pub fn apply_user(
         UserEvent::SessionsRevoked {
             session_version, ..
         } => r.session_version = *session_version,
+        UserEvent::PasswordChanged {
+            session_version,
+            at,
+            ..
+        } => {
+            r.session_version = *session_version;
+            r.must_change_password = false;
+            r.password_changed_at = micros(*at);
+        }
+        UserEvent::PasswordChangeRequired { .. } => r.must_change_password = true,
+        UserEvent::TotpEnabled { .. } => r.mfa_enabled = true,
+        UserEvent::TotpDisabled { .. } => r.mfa_enabled = false,
+        UserEvent::PasswordRehashed { .. }
+        | UserEvent::TotpSetupStarted { .. }
+        | UserEvent::TotpUsed { .. }
+        | UserEvent::BackupCodeUsed { .. } => {}
     }
     r.version = stream_version;
     r.last_position = position;

@@ -36,7 +36,9 @@ impl ProjectionKind {
             // The users table gained `session_version` without a version change: no event
             // before it could move a session version, so the column's default (the first
             // version) is exactly what a rebuild would produce for older tables.
-            ProjectionKind::Users => 1,
+            // 2: `mfa_enabled`, `must_change_password`, `password_changed_at` (a rebuild
+            // fills them; the columns are added with defaults first so reads work meanwhile).
+            ProjectionKind::Users => 2,
             ProjectionKind::Sessions => 1,
         }
     }

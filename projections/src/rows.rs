@@ -48,6 +48,13 @@ pub struct UserRow {
     pub last_position: i64,
     /// Tokens issued under an older session version no longer work.
     pub session_version: i64,
+    /// Two-factor authentication is on.
+    pub mfa_enabled: bool,
+    /// An administrator requires a new password (expiry is computed from
+    /// `password_changed_at`, since it depends on the setting and the time).
+    pub must_change_password: bool,
+    /// When the password was last set (creation or change).
+    pub password_changed_at: DateTime<Utc>,
 }
 
 /// A session that was ended by its user (logout). Sessions ended all at once (logout

@@ -85,6 +85,15 @@ impl FromRequestParts<AppState> for Actor {
         }
         crate::net::admin_allowlist::check(parts, state, user_id, found.user.role).await?;
         crate::rate_limit::charge_user(parts, &state.rate_limits, user_id, found.user.role)?;
+        // A pending password change or two-factor enrolment confines the session to the
+        // endpoints that fulfil it (see `gate.rs`).
+        crate::auth::gate::check(
+            &state.config,
+            &parts.method,
+            parts.uri.path(),
+            &found.user,
+            now,
+        )?;
         state.sessions.touch(claims.sid, now);
         Ok(Actor {
             user_id,

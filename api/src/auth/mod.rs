@@ -3,6 +3,9 @@
 
 pub mod actor;
 pub mod hashing_pool;
+pub mod gate;
 pub mod password;
 pub mod session;
 pub mod token;
+pub mod totp;
+pub mod unknown_login;

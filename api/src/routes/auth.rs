@@ -39,7 +39,7 @@ pub fn user_json(u: &egec_projections::UserRow) -> Value {
         "email": u.email,
         "name": u.name,
         "role": u.role.as_str(),
-        "mfa_enabled": false,
+        "mfa_enabled": u.mfa_enabled,
         "active": u.active,
         "created_at": u.created_at,
     })
@@ -88,6 +88,7 @@ pub async fn login(
         .await
         .map_err(ApiError::internal)?;
     let (Some(user), Some(row)) = (user, row) else {
+        crate::routes::login_factors::record_unknown_account(&state, &meta, &body.email).await?;
         return Err(ApiError::InvalidCredentials);
     };
     let now = now_micros();
@@ -122,6 +123,33 @@ pub async fn login(
         }
         lockout::Attempt::Allowed(_) => {}
     }
+    // The second factor, when enabled: a missing code is refused without counting as a
+    // failure (the client asks for it); a wrong or replayed one counts towards the lock.
+    use crate::routes::login_factors::{SecondFactor, second_factor};
+    match second_factor(&state, &user, &body, &md, now).await? {
+        SecondFactor::NotEnabled | SecondFactor::Accepted => {}
+        SecondFactor::Missing => return Err(ApiError::TotpRequired),
+        SecondFactor::Wrong => {
+            match lockout::second_factor_failed(&lock_state, user.id, state.config.lockout, now) {
+                lockout::Attempt::Locked {
+                    events,
+                    retry_after_seconds,
+                } => {
+                    record(events).await?;
+                    return Err(ApiError::AccountLocked {
+                        retry_after_seconds,
+                    });
+                }
+                lockout::Attempt::WrongPassword(events) | lockout::Attempt::Allowed(events) => {
+                    record(events).await?;
+                    return Err(ApiError::TotpRequired);
+                }
+            }
+        }
+    }
+    if let Verified::Yes { needs_rehash: true } = verified {
+        crate::routes::login_factors::rehash(&state, user.id, &body.password, &md).await;
+    }
     let session_id = Uuid::now_v7();
     record(vec![LoginEvent::Succeeded {
         user_id: user.id,
@@ -137,7 +165,12 @@ pub async fn login(
         "token": token,
         "expires_at": expires_at,
         "user": user_json(&row),
-        "must_change_password": false,
+        "must_change_password": egec_domain::user::credentials::password_change_due(
+            user.must_change_password,
+            user.password_changed_at,
+            state.config.password_max_age,
+            now,
+        ),
     })))
 }
 

@@ -40,6 +40,10 @@ pub fn user_error(e: UserError) -> ApiError {
         UserError::LastSuperadmin => {
             ApiError::Conflict("the last active superadmin cannot be demoted or deactivated".into())
         }
+        UserError::TotpAlreadyEnabled | UserError::TotpNotPending | UserError::TotpNotEnabled => {
+            ApiError::Conflict(e.to_string())
+        }
+        UserError::TotpCodeReused | UserError::BackupCodeUsed => ApiError::TotpRequired,
     }
 }
 

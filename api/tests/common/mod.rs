@@ -41,6 +41,8 @@ impl Store {
             .env("EGEC_MASTER_KEY", "22".repeat(32))
             .env("EGEC_JWT_SECRET", "cli-test-secret-cli-test-secret-xx")
             .env("RUST_LOG", "warn")
+            // These tests act as a superadmin without enrolling in two-factor authentication.
+            .env("EGEC_MFA_REQUIRED_ROLES", "")
             .current_dir(self.dir.path());
         if let Some(url) = &self.database_url {
             c.env("DATABASE_URL", url);

@@ -1,3 +1,4 @@
+use super::credentials::{self, CredentialCommand, TotpState};
 use super::events::{PasswordHash, UserEvent};
 use crate::personal::Personal;
 use crate::values::{Email, PersonName};
@@ -21,6 +22,11 @@ pub struct User {
     pub session_version: i64,
     pub created_at: DateTime<Utc>,
     pub version: i64,
+    /// An administrator asked for a new password; cleared by a password change.
+    pub must_change_password: bool,
+    /// When the password was set (creation, or the last change; a rehash does not count).
+    pub password_changed_at: DateTime<Utc>,
+    pub totp: TotpState,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -57,6 +63,8 @@ pub enum UserCommand {
     Update(Box<UpdateUser>),
     /// Ends every session of the user (logout everywhere, or force-logout).
     RevokeSessions,
+    /// Passwords and the second factor (see `credentials.rs`).
+    Credentials(CredentialCommand),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +75,16 @@ pub enum UserError {
     NotFound,
     #[error("the last active superadmin cannot be demoted or deactivated")]
     LastSuperadmin,
+    #[error("two-factor authentication is already enabled")]
+    TotpAlreadyEnabled,
+    #[error("no two-factor setup is in progress")]
+    TotpNotPending,
+    #[error("two-factor authentication is not enabled")]
+    TotpNotEnabled,
+    #[error("this code was already used")]
+    TotpCodeReused,
+    #[error("this backup code was already used")]
+    BackupCodeUsed,
 }
 
 pub fn decide(
@@ -97,6 +115,10 @@ pub fn decide(
                 session_version: user.session_version + 1,
                 at: now,
             }]),
+        },
+        UserCommand::Credentials(c) => match state {
+            UserState::Absent => Err(UserError::NotFound),
+            UserState::Present(user) => credentials::decide(user, c, now),
         },
     }
 }
@@ -173,6 +195,9 @@ pub fn evolve(state: UserState, event: &UserEvent) -> UserState {
             session_version: FIRST_SESSION_VERSION,
             created_at: *at,
             version: 1,
+            must_change_password: false,
+            password_changed_at: *at,
+            totp: TotpState::default(),
         })),
         (s @ UserState::Present(_), UserEvent::Created { .. }) => s,
         // Only a corrupt log holds changes to a user that was never created.
@@ -199,6 +224,14 @@ pub fn evolve(state: UserState, event: &UserEvent) -> UserState {
                 UserEvent::SessionsRevoked {
                     session_version, ..
                 } => u.session_version = *session_version,
+                UserEvent::PasswordRehashed { .. }
+                | UserEvent::PasswordChanged { .. }
+                | UserEvent::PasswordChangeRequired { .. }
+                | UserEvent::TotpSetupStarted { .. }
+                | UserEvent::TotpEnabled { .. }
+                | UserEvent::TotpDisabled { .. }
+                | UserEvent::TotpUsed { .. }
+                | UserEvent::BackupCodeUsed { .. } => credentials::evolve(&mut u, e),
             }
             u.version += 1;
             UserState::Present(u)

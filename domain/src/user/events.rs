@@ -1,3 +1,4 @@
+use super::credentials::{BackupCodeHashes, TotpSecret};
 use crate::encoding::*;
 use crate::personal::Personal;
 use crate::values::{Email, Invalid, PersonName};
@@ -69,6 +70,61 @@ pub enum UserEvent {
         session_version: i64,
         at: DateTime<Utc>,
     },
+    /// The password verified against an outdated hash (bcrypt from the old system, or older
+    /// argon2 parameters) and was hashed again with the current ones; the password itself is
+    /// unchanged and sessions go on.
+    PasswordRehashed {
+        user_id: UserId,
+        password_hash: Personal<PasswordHash>,
+        at: DateTime<Utc>,
+    },
+    /// The user chose a new password. Every session ends (`session_version` is the new one)
+    /// and a pending forced change is satisfied.
+    PasswordChanged {
+        user_id: UserId,
+        password_hash: Personal<PasswordHash>,
+        session_version: i64,
+        at: DateTime<Utc>,
+    },
+    /// An administrator requires the user to choose a new password (the actor is in the
+    /// metadata); until then only the password change, logout and `me` are allowed.
+    PasswordChangeRequired {
+        user_id: UserId,
+        at: DateTime<Utc>,
+    },
+    /// A TOTP secret was issued and awaits confirmation by a code (pending, not yet used
+    /// at login).
+    TotpSetupStarted {
+        user_id: UserId,
+        secret: Personal<TotpSecret>,
+        at: DateTime<Utc>,
+    },
+    /// The pending secret was confirmed by a code of time step `step` (which counts as
+    /// used); from now on logins need a second factor. Hashes of the ten backup codes.
+    TotpEnabled {
+        user_id: UserId,
+        backup_codes: Personal<BackupCodeHashes>,
+        step: i64,
+        at: DateTime<Utc>,
+    },
+    /// Two-factor authentication was turned off (after re-authentication).
+    TotpDisabled {
+        user_id: UserId,
+        at: DateTime<Utc>,
+    },
+    /// A TOTP code of time step `step` was accepted; no code of this or an earlier step is
+    /// accepted again.
+    TotpUsed {
+        user_id: UserId,
+        step: i64,
+        at: DateTime<Utc>,
+    },
+    /// The backup code at `index` (of those issued by the last `TotpEnabled`) was used up.
+    BackupCodeUsed {
+        user_id: UserId,
+        index: u32,
+        at: DateTime<Utc>,
+    },
 }
 
 pub const USER_CREATED: &str = "UserCreated";
@@ -77,6 +133,14 @@ pub const USER_ROLE_CHANGED: &str = "UserRoleChanged";
 pub const USER_DEACTIVATED: &str = "UserDeactivated";
 pub const USER_REACTIVATED: &str = "UserReactivated";
 pub const USER_SESSIONS_REVOKED: &str = "UserSessionsRevoked";
+pub const USER_PASSWORD_REHASHED: &str = "UserPasswordRehashed";
+pub const USER_PASSWORD_CHANGED: &str = "UserPasswordChanged";
+pub const USER_PASSWORD_CHANGE_REQUIRED: &str = "UserPasswordChangeRequired";
+pub const USER_TOTP_SETUP_STARTED: &str = "UserTotpSetupStarted";
+pub const USER_TOTP_ENABLED: &str = "UserTotpEnabled";
+pub const USER_TOTP_DISABLED: &str = "UserTotpDisabled";
+pub const USER_TOTP_USED: &str = "UserTotpUsed";
+pub const USER_BACKUP_CODE_USED: &str = "UserBackupCodeUsed";
 
 impl UserEvent {
     pub fn user_id(&self) -> UserId {
@@ -86,7 +150,15 @@ impl UserEvent {
             | UserEvent::RoleChanged { user_id, .. }
             | UserEvent::Deactivated { user_id, .. }
             | UserEvent::Reactivated { user_id, .. }
-            | UserEvent::SessionsRevoked { user_id, .. } => *user_id,
+            | UserEvent::SessionsRevoked { user_id, .. }
+            | UserEvent::PasswordRehashed { user_id, .. }
+            | UserEvent::PasswordChanged { user_id, .. }
+            | UserEvent::PasswordChangeRequired { user_id, .. }
+            | UserEvent::TotpSetupStarted { user_id, .. }
+            | UserEvent::TotpEnabled { user_id, .. }
+            | UserEvent::TotpDisabled { user_id, .. }
+            | UserEvent::TotpUsed { user_id, .. }
+            | UserEvent::BackupCodeUsed { user_id, .. } => *user_id,
         }
     }
     pub fn action(&self) -> &'static str {
@@ -97,6 +169,14 @@ impl UserEvent {
             UserEvent::Deactivated { .. } => "USER_DEACTIVATED",
             UserEvent::Reactivated { .. } => "USER_REACTIVATED",
             UserEvent::SessionsRevoked { .. } => "SESSIONS_REVOKED",
+            UserEvent::PasswordRehashed { .. } => "PASSWORD_REHASHED",
+            UserEvent::PasswordChanged { .. } => "PASSWORD_CHANGED",
+            UserEvent::PasswordChangeRequired { .. } => "PASSWORD_CHANGE_REQUIRED",
+            UserEvent::TotpSetupStarted { .. } => "TOTP_SETUP_STARTED",
+            UserEvent::TotpEnabled { .. } => "TOTP_ENABLED",
+            UserEvent::TotpDisabled { .. } => "TOTP_DISABLED",
+            UserEvent::TotpUsed { .. } => "TOTP_USED",
+            UserEvent::BackupCodeUsed { .. } => "BACKUP_CODE_USED",
         }
     }
     pub fn at(&self) -> DateTime<Utc> {
@@ -106,7 +186,15 @@ impl UserEvent {
             | UserEvent::RoleChanged { at, .. }
             | UserEvent::Deactivated { at, .. }
             | UserEvent::Reactivated { at, .. }
-            | UserEvent::SessionsRevoked { at, .. } => *at,
+            | UserEvent::SessionsRevoked { at, .. }
+            | UserEvent::PasswordRehashed { at, .. }
+            | UserEvent::PasswordChanged { at, .. }
+            | UserEvent::PasswordChangeRequired { at, .. }
+            | UserEvent::TotpSetupStarted { at, .. }
+            | UserEvent::TotpEnabled { at, .. }
+            | UserEvent::TotpDisabled { at, .. }
+            | UserEvent::TotpUsed { at, .. }
+            | UserEvent::BackupCodeUsed { at, .. } => *at,
         }
     }
 }
@@ -176,6 +264,63 @@ impl EventCodec for UserEvent {
                 .fact("user_id", user_id.to_string())
                 .fact("session_version", *session_version)
                 .fact("at", time_fact(*at)),
+            UserEvent::PasswordRehashed {
+                user_id,
+                password_hash,
+                at,
+            } => EncodedEvent::new(USER_PASSWORD_REHASHED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("at", time_fact(*at))
+                .personal_field("password_hash", password_hash.known().map(|h| h.as_str())),
+            UserEvent::PasswordChanged {
+                user_id,
+                password_hash,
+                session_version,
+                at,
+            } => EncodedEvent::new(USER_PASSWORD_CHANGED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("session_version", *session_version)
+                .fact("at", time_fact(*at))
+                .personal_field("password_hash", password_hash.known().map(|h| h.as_str())),
+            UserEvent::PasswordChangeRequired { user_id, at } => {
+                EncodedEvent::new(USER_PASSWORD_CHANGE_REQUIRED, 1)
+                    .fact("user_id", user_id.to_string())
+                    .fact("at", time_fact(*at))
+            }
+            UserEvent::TotpSetupStarted {
+                user_id,
+                secret,
+                at,
+            } => EncodedEvent::new(USER_TOTP_SETUP_STARTED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("at", time_fact(*at))
+                .personal_field("secret", secret.known().map(|s| s.as_str())),
+            UserEvent::TotpEnabled {
+                user_id,
+                backup_codes,
+                step,
+                at,
+            } => EncodedEvent::new(USER_TOTP_ENABLED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("step", *step)
+                .fact("at", time_fact(*at))
+                .personal_field(
+                    "backup_code_hashes",
+                    backup_codes.known().map(|b| b.to_stored()).as_deref(),
+                ),
+            UserEvent::TotpDisabled { user_id, at } => EncodedEvent::new(USER_TOTP_DISABLED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("at", time_fact(*at)),
+            UserEvent::TotpUsed { user_id, step, at } => EncodedEvent::new(USER_TOTP_USED, 1)
+                .fact("user_id", user_id.to_string())
+                .fact("step", *step)
+                .fact("at", time_fact(*at)),
+            UserEvent::BackupCodeUsed { user_id, index, at } => {
+                EncodedEvent::new(USER_BACKUP_CODE_USED, 1)
+                    .fact("user_id", user_id.to_string())
+                    .fact("index", *index)
+                    .fact("at", time_fact(*at))
+            }
         }
     }
 
@@ -215,6 +360,47 @@ impl EventCodec for UserEvent {
             (USER_SESSIONS_REVOKED, 1) => Ok(UserEvent::SessionsRevoked {
                 user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
                 session_version: fact_i64(e, "session_version")?,
+                at: fact_time(e, "at")?,
+            }),
+            (USER_PASSWORD_REHASHED, 1) => Ok(UserEvent::PasswordRehashed {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                password_hash: personal_req(e, "password_hash", PasswordHash::parse)?,
+                at: fact_time(e, "at")?,
+            }),
+            (USER_PASSWORD_CHANGED, 1) => Ok(UserEvent::PasswordChanged {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                password_hash: personal_req(e, "password_hash", PasswordHash::parse)?,
+                session_version: fact_i64(e, "session_version")?,
+                at: fact_time(e, "at")?,
+            }),
+            (USER_PASSWORD_CHANGE_REQUIRED, 1) => Ok(UserEvent::PasswordChangeRequired {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                at: fact_time(e, "at")?,
+            }),
+            (USER_TOTP_SETUP_STARTED, 1) => Ok(UserEvent::TotpSetupStarted {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                secret: personal_req(e, "secret", TotpSecret::parse)?,
+                at: fact_time(e, "at")?,
+            }),
+            (USER_TOTP_ENABLED, 1) => Ok(UserEvent::TotpEnabled {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                backup_codes: personal_req(e, "backup_code_hashes", BackupCodeHashes::parse)?,
+                step: fact_i64(e, "step")?,
+                at: fact_time(e, "at")?,
+            }),
+            (USER_TOTP_DISABLED, 1) => Ok(UserEvent::TotpDisabled {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                at: fact_time(e, "at")?,
+            }),
+            (USER_TOTP_USED, 1) => Ok(UserEvent::TotpUsed {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                step: fact_i64(e, "step")?,
+                at: fact_time(e, "at")?,
+            }),
+            (USER_BACKUP_CODE_USED, 1) => Ok(UserEvent::BackupCodeUsed {
+                user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
+                index: u32::try_from(fact_i64(e, "index")?)
+                    .map_err(|_| DecodeError::new("UserBackupCodeUsed: bad index"))?,
                 at: fact_time(e, "at")?,
             }),
             (t, v) => Err(DecodeError(format!("unknown user event {t} v{v}"))),
@@ -259,6 +445,14 @@ pub enum LoginEvent {
         reason: crate::security::DenialReason,
         at: DateTime<Utc>,
     },
+    /// An attempt for an email no active account has. `account_key` is a keyed hash of the
+    /// normalised email (the stream is keyed by it); the email itself is personal, kept
+    /// under the month's retention key like IP addresses.
+    UnknownAccountFailed {
+        account_key: String,
+        email: Personal<String>,
+        at: DateTime<Utc>,
+    },
 }
 
 /// Why an attempt failed.
@@ -266,6 +460,9 @@ pub enum LoginEvent {
 pub enum LoginFailure {
     WrongPassword,
     Locked,
+    /// The password was right but the TOTP or backup code was wrong or already used;
+    /// counts towards the lockout like a wrong password.
+    WrongSecondFactor,
 }
 
 impl LoginFailure {
@@ -273,6 +470,7 @@ impl LoginFailure {
         match self {
             LoginFailure::WrongPassword => "wrong_password",
             LoginFailure::Locked => "locked",
+            LoginFailure::WrongSecondFactor => "wrong_second_factor",
         }
     }
 }
@@ -285,6 +483,7 @@ pub const ACCOUNT_UNLOCKED: &str = "LoginAccountUnlocked";
 pub const SESSION_ENDED: &str = "LoginSessionEnded";
 /// Stored type of [`LoginEvent::AccessDenied`] (the "Login" prefix routes its decoding).
 pub const ACCESS_DENIED: &str = "LoginAccessDenied";
+pub const LOGIN_FAILED_UNKNOWN_ACCOUNT: &str = "LoginFailedUnknownAccount";
 
 impl LoginEvent {
     pub fn action(&self) -> &'static str {
@@ -295,6 +494,7 @@ impl LoginEvent {
             LoginEvent::Unlocked { .. } => "ACCOUNT_UNLOCKED",
             LoginEvent::LoggedOut { .. } => "LOGOUT",
             LoginEvent::AccessDenied { .. } => "ACCESS_DENIED",
+            LoginEvent::UnknownAccountFailed { .. } => "LOGIN_FAILED",
         }
     }
 }
@@ -313,6 +513,17 @@ pub fn recent_login_stream_ids(user: UserId, at: DateTime<Utc>) -> [String; 2] {
         ),
         login_stream_id(user, at),
     ]
+}
+
+/// The stream holding failed attempts for one unknown email (by its keyed hash) in the
+/// month of `at`.
+pub fn unknown_login_stream_id(account_key: &str, at: DateTime<Utc>) -> String {
+    format!(
+        "login-unknown-{}-{:04}{:02}",
+        account_key,
+        at.year(),
+        at.month()
+    )
 }
 
 /// The stream holding a user's login activity in the month of `at`.
@@ -364,6 +575,14 @@ impl EventCodec for LoginEvent {
                 .fact("path", path.as_str())
                 .fact("reason", reason.as_str())
                 .fact("at", time_fact(*at)),
+            LoginEvent::UnknownAccountFailed {
+                account_key,
+                email,
+                at,
+            } => EncodedEvent::new(LOGIN_FAILED_UNKNOWN_ACCOUNT, 1)
+                .fact("account_key", account_key.as_str())
+                .fact("at", time_fact(*at))
+                .personal_field("email", email.known().map(String::as_str)),
         }
     }
 
@@ -379,6 +598,7 @@ impl EventCodec for LoginEvent {
                 reason: match fact_str(e, "reason")? {
                     "wrong_password" => LoginFailure::WrongPassword,
                     "locked" => LoginFailure::Locked,
+                    "wrong_second_factor" => LoginFailure::WrongSecondFactor,
                     _ => return Err(DecodeError::new("bad login failure reason")),
                 },
                 at: fact_time(e, "at")?,
@@ -402,6 +622,11 @@ impl EventCodec for LoginEvent {
                 path: fact_str(e, "path")?.to_owned(),
                 reason: crate::security::DenialReason::parse(fact_str(e, "reason")?)
                     .ok_or_else(|| DecodeError::new("bad access denial reason"))?,
+                at: fact_time(e, "at")?,
+            }),
+            (LOGIN_FAILED_UNKNOWN_ACCOUNT, 1) => Ok(LoginEvent::UnknownAccountFailed {
+                account_key: fact_str(e, "account_key")?.to_owned(),
+                email: personal_req(e, "email", |s| Ok(s.to_owned()))?,
                 at: fact_time(e, "at")?,
             }),
             (t, v) => Err(DecodeError(format!("unknown login event {t} v{v}"))),

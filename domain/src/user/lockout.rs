@@ -31,7 +31,7 @@ pub fn evolve(state: LockoutState, event: &LoginEvent) -> LockoutState {
     match event {
         LoginEvent::Succeeded { .. } | LoginEvent::Unlocked { .. } => LockoutState::default(),
         LoginEvent::Failed {
-            reason: LoginFailure::WrongPassword,
+            reason: LoginFailure::WrongPassword | LoginFailure::WrongSecondFactor,
             ..
         } => LockoutState {
             consecutive_failures: state.consecutive_failures + 1,
@@ -51,6 +51,8 @@ pub fn evolve(state: LockoutState, event: &LoginEvent) -> LockoutState {
         LoginEvent::LoggedOut { .. } => state,
         // A network refusal is not a password guess (and lives in another stream anyway).
         LoginEvent::AccessDenied { .. } => state,
+        // Attempts for unknown emails live on their own streams, never a user's.
+        LoginEvent::UnknownAccountFailed { .. } => state,
     }
 }
 
@@ -87,9 +89,30 @@ pub fn attempt(
     if password_ok {
         return Attempt::Allowed(vec![]);
     }
+    failure(state, user_id, LoginFailure::WrongPassword, policy, now)
+}
+
+/// Decides an attempt whose password was right (and allowed by [`attempt`]) but whose
+/// second factor was wrong or already used: a failure that counts towards the lock.
+pub fn second_factor_failed(
+    state: &LockoutState,
+    user_id: UserId,
+    policy: LockoutPolicy,
+    now: DateTime<Utc>,
+) -> Attempt {
+    failure(state, user_id, LoginFailure::WrongSecondFactor, policy, now)
+}
+
+fn failure(
+    state: &LockoutState,
+    user_id: UserId,
+    reason: LoginFailure,
+    policy: LockoutPolicy,
+    now: DateTime<Utc>,
+) -> Attempt {
     let mut events = vec![LoginEvent::Failed {
         user_id,
-        reason: LoginFailure::WrongPassword,
+        reason,
         at: now,
     }];
     if state.consecutive_failures + 1 >= policy.threshold {
@@ -201,6 +224,26 @@ mod tests {
             matches!(run(&mut h, true, t(921)), Attempt::Allowed(_)),
             "guessing while locked does not extend it"
         );
+    }
+
+    #[test]
+    fn wrong_second_factors_count_towards_the_lock_like_wrong_passwords() {
+        let mut h = vec![];
+        for i in 0..4 {
+            run(&mut h, false, t(i));
+        }
+        let state = h.iter().fold(LockoutState::default(), evolve);
+        match second_factor_failed(&state, uid(), POLICY, t(5)) {
+            Attempt::Locked { events, .. } => assert_eq!(
+                events[0],
+                LoginEvent::Failed {
+                    user_id: uid(),
+                    reason: LoginFailure::WrongSecondFactor,
+                    at: t(5)
+                }
+            ),
+            other => panic!("the fifth failure must lock: {other:?}"),
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Staff users: the user aggregate, and login activity kept in per-month streams so that a
 //! user's stream does not grow with every login.
 
+pub mod credentials;
 mod decide;
 mod events;
 pub mod lockout;
@@ -10,9 +11,11 @@ pub use decide::{
     evolve,
 };
 pub use events::{
-    LoginEvent, LoginFailure, PasswordHash, SESSION_ENDED, UserEvent, login_stream_id,
-    recent_login_stream_ids,
+    LOGIN_FAILED_UNKNOWN_ACCOUNT, LoginEvent, LoginFailure, PasswordHash, SESSION_ENDED, UserEvent,
+    login_stream_id, recent_login_stream_ids, unknown_login_stream_id,
 };
 
+#[cfg(test)]
+mod credentials_tests;
 #[cfg(test)]
 mod tests;

@@ -262,11 +262,65 @@ fn a_user_row_starts_active_and_never_holds_the_password_hash() {
             version: 1,
             last_position: 4,
             session_version: 1,
+            mfa_enabled: false,
+            must_change_password: false,
+            password_changed_at: t(0),
         }
     );
     let json = serde_json::to_string(&row).unwrap();
     assert!(!json.contains("argon2"), "{json}");
-    assert!(!json.contains("password"), "{json}");
+    assert!(!json.contains("password_hash"), "{json}");
+}
+
+#[test]
+fn a_user_row_tracks_two_factor_a_forced_password_change_and_the_password_age() {
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
+    let created = UserEvent::Created {
+        user_id: uid(7),
+        email: Personal::Known(Email::parse("ops@example.com").unwrap()),
+        name: Personal::Known(PersonName::parse("Omar Farouk").unwrap()),
+        role: Role::Admin,
+        password_hash: Personal::Known(PasswordHash::parse(hash).unwrap()),
+        at: t(0),
+    };
+    let codes =
+        egec_domain::user::credentials::BackupCodeHashes::new(vec!["a".repeat(64); 10]).unwrap();
+    let mut row = apply_user(None, &created, 1, 1);
+    for (i, e) in [
+        UserEvent::TotpEnabled {
+            user_id: uid(7),
+            backup_codes: Personal::Known(codes),
+            step: 1,
+            at: t(1),
+        },
+        UserEvent::PasswordChangeRequired {
+            user_id: uid(7),
+            at: t(2),
+        },
+    ]
+    .iter()
+    .enumerate()
+    {
+        row = apply_user(row, e, 2 + i as i64, 2 + i as i64);
+    }
+    let r = row.clone().unwrap();
+    assert!(r.mfa_enabled && r.must_change_password);
+    assert_eq!(r.password_changed_at, t(0));
+    let changed = UserEvent::PasswordChanged {
+        user_id: uid(7),
+        password_hash: Personal::Known(PasswordHash::parse(hash).unwrap()),
+        session_version: 2,
+        at: t(3),
+    };
+    let r = apply_user(row, &changed, 4, 4).unwrap();
+    assert!(!r.must_change_password);
+    assert_eq!(r.password_changed_at, t(3));
+    assert_eq!(r.session_version, 2);
+    let off = UserEvent::TotpDisabled {
+        user_id: uid(7),
+        at: t(4),
+    };
+    assert!(!apply_user(Some(r), &off, 5, 5).unwrap().mfa_enabled);
 }
 
 #[test]

@@ -77,7 +77,10 @@ const USERS: TableDef = TableDef {
               created_at timestamptz NOT NULL, \
               version bigint NOT NULL, \
               last_position bigint NOT NULL, \
-              session_version bigint NOT NULL DEFAULT 1",
+              session_version bigint NOT NULL DEFAULT 1, \
+              mfa_enabled boolean NOT NULL DEFAULT false, \
+              must_change_password boolean NOT NULL DEFAULT false, \
+              password_changed_at timestamptz NOT NULL DEFAULT 'epoch'",
     indexes: &[
         ("email_idx", "(email)"),
         ("created_idx", "(created_at, id)"),
@@ -117,8 +120,8 @@ const CUSTOMER_COLUMNS: &str = "id, name, email, phone, passport_number, country
      status, notes, assigned_agent_ids, created_at, updated_at, version, deleted, erased, \
      last_position";
 
-const USER_COLUMNS: &str =
-    "id, email, name, role, active, created_at, version, last_position, session_version";
+const USER_COLUMNS: &str = "id, email, name, role, active, created_at, version, last_position, \
+     session_version, mfa_enabled, must_change_password, password_changed_at";
 
 const SESSION_COLUMNS: &str = "id, user_id, ended_at, last_position";
 
@@ -177,6 +180,15 @@ impl PgReadStore {
         tx.batch_execute(
             "ALTER TABLE IF EXISTS crm.users \
              ADD COLUMN IF NOT EXISTS session_version bigint NOT NULL DEFAULT 1",
+        )
+        .await?;
+        // Users tables of projection version 1 lack the credential columns: added with
+        // defaults so reads work; the version bump rebuilds the rows with the right values.
+        tx.batch_execute(
+            "ALTER TABLE IF EXISTS crm.users \
+             ADD COLUMN IF NOT EXISTS mfa_enabled boolean NOT NULL DEFAULT false, \
+             ADD COLUMN IF NOT EXISTS must_change_password boolean NOT NULL DEFAULT false, \
+             ADD COLUMN IF NOT EXISTS password_changed_at timestamptz NOT NULL DEFAULT 'epoch'",
         )
         .await?;
         for kind in ProjectionKind::ALL {
@@ -279,6 +291,9 @@ fn user_from_row(row: &Row) -> Result<UserRow, StorageError> {
         version: row.try_get(6)?,
         last_position: row.try_get(7)?,
         session_version: row.try_get(8)?,
+        mfa_enabled: row.try_get(9)?,
+        must_change_password: row.try_get(10)?,
+        password_changed_at: row.try_get(11)?,
     })
 }
 
@@ -474,17 +489,24 @@ async fn write_users(
     let created: Vec<DateTime<Utc>> = rows.clone().map(|r| r.created_at).collect();
     let version: Vec<i64> = rows.clone().map(|r| r.version).collect();
     let last: Vec<i64> = rows.clone().map(|r| r.last_position).collect();
-    let session_version: Vec<i64> = rows.map(|r| r.session_version).collect();
+    let session_version: Vec<i64> = rows.clone().map(|r| r.session_version).collect();
+    let mfa_enabled: Vec<bool> = rows.clone().map(|r| r.mfa_enabled).collect();
+    let must_change: Vec<bool> = rows.clone().map(|r| r.must_change_password).collect();
+    let changed_at: Vec<DateTime<Utc>> = rows.map(|r| r.password_changed_at).collect();
     let sql = format!(
         "INSERT INTO crm.{table} ({USER_COLUMNS}) \
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], \
                                   $5::bool[], $6::timestamptz[], $7::int8[], $8::int8[], \
-                                  $9::int8[]) \
+                                  $9::int8[], $10::bool[], $11::bool[], \
+                                  $12::timestamptz[]) \
              ON CONFLICT (id) DO UPDATE SET \
                email = EXCLUDED.email, name = EXCLUDED.name, role = EXCLUDED.role, \
                active = EXCLUDED.active, created_at = EXCLUDED.created_at, \
                version = EXCLUDED.version, last_position = EXCLUDED.last_position, \
-               session_version = EXCLUDED.session_version"
+               session_version = EXCLUDED.session_version, \
+               mfa_enabled = EXCLUDED.mfa_enabled, \
+               must_change_password = EXCLUDED.must_change_password, \
+               password_changed_at = EXCLUDED.password_changed_at"
     );
     let stmt = prepare(tx, &sql, cached).await?;
     tx.execute(
@@ -499,6 +521,9 @@ async fn write_users(
             &version,
             &last,
             &session_version,
+            &mfa_enabled,
+            &must_change,
+            &changed_at,
         ],
     )
     .await?;
@@ -954,7 +979,7 @@ impl ReadStore for PgReadStore {
             None => Ok(None),
             Some(row) => Ok(Some(SessionUser {
                 user: user_from_row(&row)?,
-                ended: row.try_get(9)?,
+                ended: row.try_get(12)?,
             })),
         }
     }

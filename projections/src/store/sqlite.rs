@@ -102,7 +102,10 @@ const USERS: TableDef = TableDef {
               created_at INTEGER NOT NULL, \
               version INTEGER NOT NULL, \
               last_position INTEGER NOT NULL, \
-              session_version INTEGER NOT NULL DEFAULT 1",
+              session_version INTEGER NOT NULL DEFAULT 1, \
+              mfa_enabled INTEGER NOT NULL DEFAULT 0, \
+              must_change_password INTEGER NOT NULL DEFAULT 0, \
+              password_changed_at INTEGER NOT NULL DEFAULT 0",
     without_rowid: false,
     indexes: &[("email", "email"), ("created", "created_at, id")],
 };
@@ -130,8 +133,8 @@ const CUSTOMER_COLUMNS: &str = "id, name, email, phone, passport_number, country
      status, notes, assigned_agent_ids, created_at, updated_at, version, deleted, erased, \
      last_position";
 
-const USER_COLUMNS: &str =
-    "id, email, name, role, active, created_at, version, last_position, session_version";
+const USER_COLUMNS: &str = "id, email, name, role, active, created_at, version, last_position, \
+     session_version, mfa_enabled, must_change_password, password_changed_at";
 
 const SESSION_COLUMNS: &str = "id, user_id, ended_at, last_position";
 
@@ -304,6 +307,7 @@ fn ensure_schema(conn: &mut Connection) -> Result<(), StorageError> {
              version INTEGER NOT NULL)",
     )?;
     add_session_version_column(&tx)?;
+    add_credential_columns(&tx)?;
     for kind in ProjectionKind::ALL {
         let defs = tables(kind);
         let mut complete = true;
@@ -351,6 +355,35 @@ fn add_session_version_column(tx: &Transaction<'_>) -> Result<(), StorageError> 
         tx.execute_batch(
             "ALTER TABLE users ADD COLUMN session_version INTEGER NOT NULL DEFAULT 1",
         )?;
+    }
+    Ok(())
+}
+
+/// Users tables of projection version 1 lack the credential columns. They are added with
+/// defaults so that reads work; the version bump rebuilds the rows with the right values.
+fn add_credential_columns(tx: &Transaction<'_>) -> Result<(), StorageError> {
+    if !table_exists(tx, USERS.live)? {
+        return Ok(());
+    }
+    for (column, ddl) in [
+        ("mfa_enabled", "mfa_enabled INTEGER NOT NULL DEFAULT 0"),
+        (
+            "must_change_password",
+            "must_change_password INTEGER NOT NULL DEFAULT 0",
+        ),
+        (
+            "password_changed_at",
+            "password_changed_at INTEGER NOT NULL DEFAULT 0",
+        ),
+    ] {
+        let has: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('users') WHERE name = ?1",
+            [column],
+            |r| r.get(0),
+        )?;
+        if !has {
+            tx.execute_batch(&format!("ALTER TABLE users ADD COLUMN {ddl}"))?;
+        }
     }
     Ok(())
 }
@@ -438,6 +471,9 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<UserRow> {
         version: row.get(6)?,
         last_position: row.get(7)?,
         session_version: row.get(8)?,
+        mfa_enabled: row.get(9)?,
+        must_change_password: row.get(10)?,
+        password_changed_at: time_at(row, 11)?,
     })
 }
 
@@ -589,12 +625,16 @@ fn write_users(
     touched: &[Touched<UserRow>],
 ) -> Result<(), StorageError> {
     let mut upsert = tx.prepare_cached(&format!(
-        "INSERT INTO {table} ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+        "INSERT INTO {table} ({USER_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
          ON CONFLICT (id) DO UPDATE SET \
            email = excluded.email, name = excluded.name, role = excluded.role, \
            active = excluded.active, created_at = excluded.created_at, \
            version = excluded.version, last_position = excluded.last_position, \
-           session_version = excluded.session_version"
+           session_version = excluded.session_version, \
+           mfa_enabled = excluded.mfa_enabled, \
+           must_change_password = excluded.must_change_password, \
+           password_changed_at = excluded.password_changed_at"
     ))?;
     for t in touched {
         let r = &t.row;
@@ -608,6 +648,9 @@ fn write_users(
             r.version,
             r.last_position,
             r.session_version,
+            r.mfa_enabled,
+            r.must_change_password,
+            r.password_changed_at.timestamp_micros(),
         ])?;
     }
     Ok(())
@@ -1036,7 +1079,7 @@ impl ReadStore for SqliteReadStore {
                 .query_row([uuid_text(&user), uuid_text(&session)], |row| {
                     Ok(SessionUser {
                         user: user_from_row(row)?,
-                        ended: row.get(9)?,
+                        ended: row.get(12)?,
                     })
                 })
                 .optional()?)

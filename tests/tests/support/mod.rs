@@ -31,9 +31,14 @@ pub struct TestApp {
     pub database_url: Option<String>,
     pub data_dir: std::path::PathBuf,
     pub _store: StoreGuard,
+    /// The configuration the app was started with.
+    pub env: HashMap<String, String>,
 }
 
 pub const PASSWORD: &str = "violet tractor harbour 1987 spoon";
+
+/// As a value in `spawn_with`'s extra settings: leave the variable unset (its default).
+pub const UNSET: &str = "<unset>";
 
 impl TestApp {
     pub async fn spawn(backend: Backend) -> TestApp {
@@ -62,9 +67,14 @@ impl TestApp {
         ] {
             env.insert(key.into(), "1000000".into());
         }
+        // The suites that use superadmin and admin tokens directly run without the default
+        // two-factor requirement; tests of the requirement pass `EGEC_MFA_REQUIRED_ROLES`
+        // (e.g. `superadmin,admin`, the default) through `spawn_with`.
+        env.insert("EGEC_MFA_REQUIRED_ROLES".into(), String::new());
         for (k, v) in extra {
             env.insert((*k).to_owned(), (*v).to_owned());
         }
+        env.retain(|_, v| v != UNSET);
         let data_dir = dir.path().to_path_buf();
         let (guard, url) = match backend {
             Backend::Sqlite => (StoreGuard::Sqlite(dir), None),
@@ -75,6 +85,7 @@ impl TestApp {
             }
         };
         let config = Config::from_source(&env).expect("test config is valid");
+        let started_with = env.clone();
         let running = egec_api::app::start(config).await.expect("app starts");
         TestApp {
             base: format!("http://{}", running.addr),
@@ -84,7 +95,32 @@ impl TestApp {
             database_url: url,
             data_dir,
             _store: guard,
+            env: started_with,
         }
+    }
+
+    /// A second node on the same PostgreSQL database (same secrets, its own data
+    /// directory and caches), as another `egec serve` process would be.
+    pub async fn second_node(&self) -> (TestApp2, tempfile::TempDir) {
+        assert_eq!(
+            self.backend,
+            Backend::Postgres,
+            "nodes share a PostgreSQL store"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut env = self.env.clone();
+        env.insert("EGEC_DATA_DIR".into(), dir.path().display().to_string());
+        let config = Config::from_source(&env).expect("test config is valid");
+        let running = egec_api::app::start(config)
+            .await
+            .expect("second node starts");
+        (
+            TestApp2 {
+                base: format!("http://{}", running.addr),
+                running,
+            },
+            dir,
+        )
     }
 
     /// Creates a staff user the way `egec user create` does; answers the user id.
@@ -173,6 +209,12 @@ impl TestApp {
     pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> Response {
         self.request(Method::PATCH, path, token, Some(body)).await
     }
+}
+
+/// A second node started by [`TestApp::second_node`].
+pub struct TestApp2 {
+    pub base: String,
+    pub running: Running,
 }
 
 pub async fn json_of(r: Response) -> Value {
