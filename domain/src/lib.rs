@@ -5,6 +5,7 @@
 //! passed in by the caller, so every decision is a pure function that tests can pin down.
 
 pub mod aggregate;
+pub mod api_key;
 pub mod customer;
 pub mod encoding;
 pub mod event;
