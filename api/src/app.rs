@@ -64,6 +64,15 @@ pub fn router(state: AppState) -> Router {
             "/api/users/{id}/force-logout",
             post(routes::users::force_logout),
         )
+        .route(
+            "/api/api-keys",
+            post(routes::api_keys::create).get(routes::api_keys::list),
+        )
+        .route(
+            "/api/api-keys/{id}",
+            axum::routing::delete(routes::api_keys::revoke),
+        )
+        .route("/api/api-keys/{id}/rotate", post(routes::api_keys::rotate))
         .route("/api/openapi.json", get(routes::ops::openapi))
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
@@ -137,6 +146,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tokens,
         passwords,
         sessions,
+        api_key_usage: Default::default(),
         metrics,
     };
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();

@@ -21,6 +21,10 @@ use utoipa::OpenApi;
         crate::routes::users::unlock,
         crate::routes::users::patch,
         crate::routes::users::force_logout,
+        crate::routes::api_keys::create,
+        crate::routes::api_keys::list,
+        crate::routes::api_keys::revoke,
+        crate::routes::api_keys::rotate,
     ),
     components(schemas(
         crate::routes::customers::CreateCustomerBody,
@@ -29,9 +33,11 @@ use utoipa::OpenApi;
         crate::routes::auth::LoginBody,
         crate::routes::users::CreateUserBody,
         crate::routes::users::PatchUserBody,
+        crate::routes::api_keys::CreateApiKeyBody,
+        crate::routes::api_keys::RotateApiKeyBody,
     )),
     modifiers(&BearerAuth),
-    security(("bearer" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 pub struct ApiDoc;
 
@@ -49,6 +55,12 @@ impl utoipa::Modify for BearerAuth {
                         .bearer_format("JWT")
                         .build(),
                 ),
+            );
+            c.add_security_scheme(
+                "api_key",
+                SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(
+                    utoipa::openapi::security::ApiKeyValue::new("X-API-Key"),
+                )),
             );
         }
     }

@@ -26,6 +26,8 @@ pub struct AppState {
     pub passwords: Arc<Passwords>,
     /// Last request time per session, for the idle timeout (this process only).
     pub sessions: Arc<SessionActivity>,
+    /// When this process last recorded each API key's use (at most once a minute).
+    pub api_key_usage: Arc<crate::auth::api_key::ApiKeyUsage>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 

@@ -15,7 +15,10 @@ use egec_domain::{CustomerId, UserId};
 use uuid::Uuid;
 
 use crate::kind::ProjectionKind;
-use crate::rows::{CustomerRow, SessionRow, UserRow};
+use crate::rows::{ApiKeyRow, CustomerRow, SessionRow, UserRow};
+
+mod api_keys;
+pub use api_keys::apply_api_key;
 
 /// Both backends store whole microseconds; folding at that precision keeps a row read back
 /// from storage equal to the row that was written.
@@ -310,6 +313,7 @@ pub(crate) enum Work {
     Customers(Plan<CustomerEvent>),
     Users(Plan<UserEvent>),
     Sessions(Plan<SessionEnded>),
+    ApiKeys(Plan<egec_domain::api_key::ApiKeyEvent>),
 }
 
 impl Work {
@@ -382,6 +386,26 @@ impl Work {
                 }
                 Work::Sessions(plan)
             }
+            ProjectionKind::ApiKeys => {
+                let mut plan = Plan::default();
+                let mut seen = IdMap::default();
+                for env in envelopes {
+                    if let DomainEvent::ApiKey(event) = env.event {
+                        let id = event.key_id();
+                        let starts_stream = env.stream_version == 1
+                            && egec_domain::ids::ApiKeyId::from_stream_id(&env.stream_id)
+                                == Some(id);
+                        let step = Step {
+                            id: id.as_uuid(),
+                            position: env.position,
+                            stream_version: env.stream_version,
+                            event,
+                        };
+                        plan.push(&mut seen, step, starts_stream);
+                    }
+                }
+                Work::ApiKeys(plan)
+            }
         }
     }
 
@@ -391,6 +415,7 @@ impl Work {
             (Work::Customers(a), Work::Customers(b)) => extend_plan(a, b),
             (Work::Users(a), Work::Users(b)) => extend_plan(a, b),
             (Work::Sessions(a), Work::Sessions(b)) => extend_plan(a, b),
+            (Work::ApiKeys(a), Work::ApiKeys(b)) => extend_plan(a, b),
             // Work of one projection is only ever merged with work of the same projection.
             _ => {}
         }
@@ -401,6 +426,7 @@ impl Work {
             ProjectionKind::Customers => Work::Customers(Plan::default()),
             ProjectionKind::Users => Work::Users(Plan::default()),
             ProjectionKind::Sessions => Work::Sessions(Plan::default()),
+            ProjectionKind::ApiKeys => Work::ApiKeys(Plan::default()),
         }
     }
 
@@ -414,6 +440,7 @@ impl Work {
             Work::Customers(p) => p.steps.len(),
             Work::Users(p) => p.steps.len(),
             Work::Sessions(p) => p.steps.len(),
+            Work::ApiKeys(p) => p.steps.len(),
         }
     }
 }
@@ -484,12 +511,20 @@ pub(crate) fn fold_sessions(
     fold_plan(plan, loaded, |r| r.id, apply_session)
 }
 
+pub(crate) fn fold_api_keys(
+    plan: &Plan<egec_domain::api_key::ApiKeyEvent>,
+    loaded: Vec<ApiKeyRow>,
+) -> Vec<Touched<ApiKeyRow>> {
+    fold_plan(plan, loaded, |r| r.id, apply_api_key)
+}
+
 /// Rows as loaded from storage.
 #[derive(Debug, Clone)]
 pub(crate) enum Rows {
     Customers(Vec<CustomerRow>),
     Users(Vec<UserRow>),
     Sessions(Vec<SessionRow>),
+    ApiKeys(Vec<ApiKeyRow>),
 }
 
 /// Changed rows to write, each with the row as stored (`None`: not stored yet).
@@ -498,6 +533,7 @@ pub(crate) enum Changes {
     Customers(Vec<Touched<CustomerRow>>),
     Users(Vec<Touched<UserRow>>),
     Sessions(Vec<Touched<SessionRow>>),
+    ApiKeys(Vec<Touched<ApiKeyRow>>),
 }
 
 impl Changes {
@@ -506,6 +542,7 @@ impl Changes {
             Changes::Customers(v) => v.len(),
             Changes::Users(v) => v.len(),
             Changes::Sessions(v) => v.len(),
+            Changes::ApiKeys(v) => v.len(),
         }
     }
 }
@@ -628,6 +665,7 @@ pub(crate) enum FoldCache {
     Customers(RowCache<CustomerRow>),
     Users(RowCache<UserRow>),
     Sessions(RowCache<SessionRow>),
+    ApiKeys(RowCache<ApiKeyRow>),
 }
 
 impl FoldCache {
@@ -636,6 +674,7 @@ impl FoldCache {
             ProjectionKind::Customers => FoldCache::Customers(RowCache::default()),
             ProjectionKind::Users => FoldCache::Users(RowCache::default()),
             ProjectionKind::Sessions => FoldCache::Sessions(RowCache::default()),
+            ProjectionKind::ApiKeys => FoldCache::ApiKeys(RowCache::default()),
         }
     }
 
@@ -644,6 +683,7 @@ impl FoldCache {
             FoldCache::Customers(c) => c.rows.len(),
             FoldCache::Users(c) => c.rows.len(),
             FoldCache::Sessions(c) => c.rows.len(),
+            FoldCache::ApiKeys(c) => c.rows.len(),
         }
     }
 
@@ -653,6 +693,7 @@ impl FoldCache {
             (FoldCache::Customers(c), Work::Customers(p)) => c.missing(p),
             (FoldCache::Users(c), Work::Users(p)) => c.missing(p),
             (FoldCache::Sessions(c), Work::Sessions(p)) => c.missing(p),
+            (FoldCache::ApiKeys(c), Work::ApiKeys(p)) => c.missing(p),
             _ => Vec::new(),
         }
     }
@@ -662,6 +703,7 @@ impl FoldCache {
             (FoldCache::Customers(c), Rows::Customers(r)) => c.add_loaded(ids, r, |x| x.id),
             (FoldCache::Users(c), Rows::Users(r)) => c.add_loaded(ids, r, |x| x.id),
             (FoldCache::Sessions(c), Rows::Sessions(r)) => c.add_loaded(ids, r, |x| x.id),
+            (FoldCache::ApiKeys(c), Rows::ApiKeys(r)) => c.add_loaded(ids, r, |x| x.id),
             _ => {}
         }
     }
@@ -671,6 +713,7 @@ impl FoldCache {
             (FoldCache::Customers(c), Work::Customers(p)) => c.fold(p, apply_customer),
             (FoldCache::Users(c), Work::Users(p)) => c.fold(p, apply_user),
             (FoldCache::Sessions(c), Work::Sessions(p)) => c.fold(p, apply_session),
+            (FoldCache::ApiKeys(c), Work::ApiKeys(p)) => c.fold(p, apply_api_key),
             // A cache only ever receives work of its own projection.
             _ => {}
         }
@@ -682,6 +725,7 @@ impl FoldCache {
             FoldCache::Customers(c) => Changes::Customers(c.take_changes()),
             FoldCache::Users(c) => Changes::Users(c.take_changes()),
             FoldCache::Sessions(c) => Changes::Sessions(c.take_changes()),
+            FoldCache::ApiKeys(c) => Changes::ApiKeys(c.take_changes()),
         }
     }
 }

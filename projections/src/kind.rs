@@ -10,14 +10,17 @@ pub enum ProjectionKind {
     Users,
     /// Sessions ended by a logout.
     Sessions,
+    /// API keys, looked up by the hash of their secret.
+    ApiKeys,
 }
 
 impl ProjectionKind {
     /// Every operational projection; read-your-writes waits for all of them.
-    pub const ALL: [ProjectionKind; 3] = [
+    pub const ALL: [ProjectionKind; 4] = [
         ProjectionKind::Customers,
         ProjectionKind::Users,
         ProjectionKind::Sessions,
+        ProjectionKind::ApiKeys,
     ];
 
     /// The name used in checkpoints, metrics and the rebuild command.
@@ -26,6 +29,7 @@ impl ProjectionKind {
             ProjectionKind::Customers => "customers",
             ProjectionKind::Users => "users",
             ProjectionKind::Sessions => "sessions",
+            ProjectionKind::ApiKeys => "api_keys",
         }
     }
 
@@ -38,6 +42,7 @@ impl ProjectionKind {
             // version) is exactly what a rebuild would produce for older tables.
             ProjectionKind::Users => 1,
             ProjectionKind::Sessions => 1,
+            ProjectionKind::ApiKeys => 1,
         }
     }
 
@@ -53,6 +58,7 @@ impl ProjectionKind {
             ProjectionKind::Customers => event_type.starts_with("Customer"),
             ProjectionKind::Users => event_type.starts_with("User"),
             ProjectionKind::Sessions => event_type == egec_domain::user::SESSION_ENDED,
+            ProjectionKind::ApiKeys => event_type.starts_with("ApiKey"),
         }
     }
 }

@@ -10,7 +10,7 @@ use egec_domain::{CustomerId, UserId};
 
 use crate::error::{ProjectionError, StorageError};
 use crate::kind::ProjectionKind;
-use crate::rows::{CustomerQuery, CustomerRow, SessionUser, UserRow};
+use crate::rows::{ApiKeyRow, CustomerQuery, CustomerRow, SessionUser, UserRow};
 use crate::store::ReadStore;
 use crate::store::postgres::PgReadStore;
 use crate::store::sqlite::SqliteReadStore;
@@ -124,6 +124,27 @@ impl ReadModels {
         session: uuid::Uuid,
     ) -> Result<Option<SessionUser>, ProjectionError> {
         Ok(self.store.session_user(user.as_uuid(), session).await?)
+    }
+
+    /// The API key whose current secret (or, during a rotation's grace period, previous
+    /// secret) has this SHA-256, as lower-case hex.
+    pub async fn find_api_key_by_hash(
+        &self,
+        hash: &str,
+    ) -> Result<Option<ApiKeyRow>, ProjectionError> {
+        Ok(self.store.find_api_key_by_hash(hash).await?)
+    }
+
+    pub async fn get_api_key(
+        &self,
+        id: egec_domain::ids::ApiKeyId,
+    ) -> Result<Option<ApiKeyRow>, ProjectionError> {
+        Ok(self.store.get_api_key(id.as_uuid()).await?)
+    }
+
+    /// Every API key, revoked ones included, oldest first.
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, ProjectionError> {
+        Ok(self.store.list_api_keys().await?)
     }
 
     /// The stored checkpoint (last applied position) of a projection.

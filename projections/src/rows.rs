@@ -167,3 +167,26 @@ mod duration_secs {
         s.serialize_f64(d.as_secs_f64())
     }
 }
+
+/// One API key, without its secret: the SHA-256 of the current secret (and of the previous
+/// one during a rotation's grace period) is what a presented key is looked up by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiKeyRow {
+    pub id: Uuid,
+    pub name: String,
+    /// Permission names (`customers:view`, …), sorted.
+    pub permissions: Vec<String>,
+    /// The first characters of the current key, to tell keys apart.
+    pub prefix: String,
+    pub secret_hash: String,
+    /// The secret a rotation replaced, and until when it still works.
+    pub previous_hash: Option<String>,
+    pub grace_until: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    /// As recorded by `ApiKeyUsed` events: to the minute, not to the request.
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub version: i64,
+    pub last_position: i64,
+}

@@ -2,6 +2,7 @@
 //! authenticated actor.
 
 pub mod actor;
+pub mod api_key;
 pub mod password;
 pub mod session;
 pub mod token;

@@ -24,7 +24,10 @@ use crate::fold::{
     search_text,
 };
 use crate::kind::ProjectionKind;
-use crate::rows::{CustomerQuery, CustomerRow, SessionRow, SessionUser, UserRow};
+use crate::rows::{ApiKeyRow, CustomerQuery, CustomerRow, SessionRow, SessionUser, UserRow};
+
+mod api_keys;
+use api_keys::API_KEYS;
 
 /// First key of the two-key advisory locks ("EGEC" in ASCII), shared with the log's module
 /// so that everything Egec locks is recognisable in `pg_locks`.
@@ -99,6 +102,7 @@ fn tables(kind: ProjectionKind) -> &'static [TableDef] {
         ProjectionKind::Customers => &[CUSTOMERS],
         ProjectionKind::Users => &[USERS],
         ProjectionKind::Sessions => &[SESSIONS],
+        ProjectionKind::ApiKeys => &[API_KEYS],
     }
 }
 
@@ -556,6 +560,12 @@ async fn apply_work(
             let touched = fold_sessions(plan, loaded);
             write_sessions(tx, &table, cached, &touched).await
         }
+        Work::ApiKeys(plan) => {
+            let table = table_for(API_KEYS.live, shadow);
+            let loaded = api_keys::load(tx, &table, &plan.load, cached).await?;
+            let touched = crate::fold::fold_api_keys(plan, loaded);
+            api_keys::write(tx, &table, cached, &touched).await
+        }
     }
 }
 
@@ -720,6 +730,9 @@ impl ReadStore for PgReadStore {
             ProjectionKind::Sessions => {
                 Rows::Sessions(load_sessions(&tx, &shadow.table(SESSIONS.live), &ids, false).await?)
             }
+            ProjectionKind::ApiKeys => {
+                Rows::ApiKeys(api_keys::load(&tx, &shadow.table(API_KEYS.live), &ids, false).await?)
+            }
         };
         tx.commit().await?;
         Ok(rows)
@@ -744,6 +757,9 @@ impl ReadStore for PgReadStore {
                 for chunk in rows.chunks(WRITE_CHUNK) {
                     write_sessions(&tx, &shadow.table(SESSIONS.live), false, chunk).await?;
                 }
+            }
+            Changes::ApiKeys(rows) => {
+                api_keys::write(&tx, &shadow.table(API_KEYS.live), false, rows).await?;
             }
         }
         tx.commit().await?;
@@ -957,5 +973,53 @@ impl ReadStore for PgReadStore {
                 ended: row.try_get(9)?,
             })),
         }
+    }
+
+    async fn find_api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRow>, StorageError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {c} FROM crm.api_keys WHERE secret_hash = $1 \
+                 UNION ALL \
+                 SELECT {c} FROM crm.api_keys WHERE previous_hash = $1 \
+                 LIMIT 1",
+                c = api_keys::COLUMNS
+            ))
+            .await?;
+        conn.query_opt(&stmt, &[&hash])
+            .await?
+            .as_ref()
+            .map(api_keys::from_row)
+            .transpose()
+    }
+
+    async fn get_api_key(&self, id: Uuid) -> Result<Option<ApiKeyRow>, StorageError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {} FROM crm.api_keys WHERE id = $1",
+                api_keys::COLUMNS
+            ))
+            .await?;
+        conn.query_opt(&stmt, &[&id])
+            .await?
+            .as_ref()
+            .map(api_keys::from_row)
+            .transpose()
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, StorageError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {} FROM crm.api_keys ORDER BY created_at, id",
+                api_keys::COLUMNS
+            ))
+            .await?;
+        conn.query(&stmt, &[])
+            .await?
+            .iter()
+            .map(api_keys::from_row)
+            .collect()
     }
 }

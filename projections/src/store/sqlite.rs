@@ -33,7 +33,10 @@ use crate::fold::{
     search_text,
 };
 use crate::kind::ProjectionKind;
-use crate::rows::{CustomerQuery, CustomerRow, SessionRow, SessionUser, UserRow};
+use crate::rows::{ApiKeyRow, CustomerQuery, CustomerRow, SessionRow, SessionUser, UserRow};
+
+mod api_keys;
+use api_keys::API_KEYS;
 
 /// Name of the read-model database file inside the data directory.
 pub const READ_DB_FILE: &str = "read.db";
@@ -123,6 +126,7 @@ fn tables(kind: ProjectionKind) -> &'static [TableDef] {
         ProjectionKind::Customers => &[CUSTOMERS, CUSTOMER_AGENTS],
         ProjectionKind::Users => &[USERS],
         ProjectionKind::Sessions => &[SESSIONS],
+        ProjectionKind::ApiKeys => &[API_KEYS],
     }
 }
 
@@ -664,6 +668,13 @@ fn apply_work(
             write_sessions(tx, &table, &touched)?;
             Ok(false)
         }
+        Work::ApiKeys(plan) => {
+            let table = table_for(API_KEYS.live, shadow);
+            let loaded = api_keys::load(tx, &table, &plan.load)?;
+            let touched = crate::fold::fold_api_keys(plan, loaded);
+            api_keys::write(tx, &table, &touched)?;
+            Ok(false)
+        }
     }
 }
 
@@ -813,6 +824,9 @@ impl ReadStore for SqliteReadStore {
                 ProjectionKind::Sessions => {
                     Rows::Sessions(load_sessions(conn, &shadow.table(SESSIONS.live), &ids)?)
                 }
+                ProjectionKind::ApiKeys => {
+                    Rows::ApiKeys(api_keys::load(conn, &shadow.table(API_KEYS.live), &ids)?)
+                }
             })
         })
         .await
@@ -833,6 +847,7 @@ impl ReadStore for SqliteReadStore {
                 }
                 Changes::Users(rows) => write_users(&tx, &shadow.table(USERS.live), rows)?,
                 Changes::Sessions(rows) => write_sessions(&tx, &shadow.table(SESSIONS.live), rows)?,
+                Changes::ApiKeys(rows) => api_keys::write(&tx, &shadow.table(API_KEYS.live), rows)?,
             }
             tx.commit()?;
             Ok(())
@@ -1042,5 +1057,19 @@ impl ReadStore for SqliteReadStore {
                 .optional()?)
         })
         .await
+    }
+
+    async fn find_api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRow>, StorageError> {
+        let hash = hash.to_owned();
+        self.read(move |conn| api_keys::find_by_hash(conn, &hash))
+            .await
+    }
+
+    async fn get_api_key(&self, id: Uuid) -> Result<Option<ApiKeyRow>, StorageError> {
+        self.read(move |conn| api_keys::get(conn, id)).await
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, StorageError> {
+        self.read(|conn| api_keys::list(conn)).await
     }
 }
