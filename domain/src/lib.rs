@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod api_key;
+pub mod audit;
 pub mod customer;
 pub mod encoding;
 pub mod event;

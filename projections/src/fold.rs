@@ -15,10 +15,12 @@ use egec_domain::{CustomerId, UserId};
 use uuid::Uuid;
 
 use crate::kind::ProjectionKind;
-use crate::rows::{ApiKeyRow, CustomerRow, SessionRow, UserRow};
+use crate::rows::{ApiKeyRow, AuditRow, CustomerRow, SessionRow, UserRow};
 
 mod api_keys;
+mod audit;
 pub use api_keys::apply_api_key;
+pub use audit::{apply_audit, audit_row};
 
 /// Both backends store whole microseconds; folding at that precision keeps a row read back
 /// from storage equal to the row that was written.
@@ -314,6 +316,7 @@ pub(crate) enum Work {
     Users(Plan<UserEvent>),
     Sessions(Plan<SessionEnded>),
     ApiKeys(Plan<egec_domain::api_key::ApiKeyEvent>),
+    Audit(Plan<AuditRow>),
 }
 
 impl Work {
@@ -406,6 +409,21 @@ impl Work {
                 }
                 Work::ApiKeys(plan)
             }
+            ProjectionKind::Audit => {
+                let mut plan = Plan::default();
+                let mut seen = IdMap::default();
+                for env in envelopes {
+                    let step = Step {
+                        id: env.event_id,
+                        position: env.position,
+                        stream_version: env.stream_version,
+                        event: audit_row(&env),
+                    };
+                    // Every event makes its own row: nothing to load.
+                    plan.push(&mut seen, step, true);
+                }
+                Work::Audit(plan)
+            }
         }
     }
 
@@ -416,6 +434,7 @@ impl Work {
             (Work::Users(a), Work::Users(b)) => extend_plan(a, b),
             (Work::Sessions(a), Work::Sessions(b)) => extend_plan(a, b),
             (Work::ApiKeys(a), Work::ApiKeys(b)) => extend_plan(a, b),
+            (Work::Audit(a), Work::Audit(b)) => extend_plan(a, b),
             // Work of one projection is only ever merged with work of the same projection.
             _ => {}
         }
@@ -427,6 +446,7 @@ impl Work {
             ProjectionKind::Users => Work::Users(Plan::default()),
             ProjectionKind::Sessions => Work::Sessions(Plan::default()),
             ProjectionKind::ApiKeys => Work::ApiKeys(Plan::default()),
+            ProjectionKind::Audit => Work::Audit(Plan::default()),
         }
     }
 
@@ -441,6 +461,7 @@ impl Work {
             Work::Users(p) => p.steps.len(),
             Work::Sessions(p) => p.steps.len(),
             Work::ApiKeys(p) => p.steps.len(),
+            Work::Audit(p) => p.steps.len(),
         }
     }
 }
@@ -518,6 +539,10 @@ pub(crate) fn fold_api_keys(
     fold_plan(plan, loaded, |r| r.id, apply_api_key)
 }
 
+pub(crate) fn fold_audit(plan: &Plan<AuditRow>, loaded: Vec<AuditRow>) -> Vec<Touched<AuditRow>> {
+    fold_plan(plan, loaded, |r| r.event_id, apply_audit)
+}
+
 /// Rows as loaded from storage.
 #[derive(Debug, Clone)]
 pub(crate) enum Rows {
@@ -525,6 +550,7 @@ pub(crate) enum Rows {
     Users(Vec<UserRow>),
     Sessions(Vec<SessionRow>),
     ApiKeys(Vec<ApiKeyRow>),
+    Audit(Vec<AuditRow>),
 }
 
 /// Changed rows to write, each with the row as stored (`None`: not stored yet).
@@ -534,6 +560,7 @@ pub(crate) enum Changes {
     Users(Vec<Touched<UserRow>>),
     Sessions(Vec<Touched<SessionRow>>),
     ApiKeys(Vec<Touched<ApiKeyRow>>),
+    Audit(Vec<Touched<AuditRow>>),
 }
 
 impl Changes {
@@ -543,6 +570,7 @@ impl Changes {
             Changes::Users(v) => v.len(),
             Changes::Sessions(v) => v.len(),
             Changes::ApiKeys(v) => v.len(),
+            Changes::Audit(v) => v.len(),
         }
     }
 }
@@ -666,6 +694,7 @@ pub(crate) enum FoldCache {
     Users(RowCache<UserRow>),
     Sessions(RowCache<SessionRow>),
     ApiKeys(RowCache<ApiKeyRow>),
+    Audit(RowCache<AuditRow>),
 }
 
 impl FoldCache {
@@ -675,6 +704,7 @@ impl FoldCache {
             ProjectionKind::Users => FoldCache::Users(RowCache::default()),
             ProjectionKind::Sessions => FoldCache::Sessions(RowCache::default()),
             ProjectionKind::ApiKeys => FoldCache::ApiKeys(RowCache::default()),
+            ProjectionKind::Audit => FoldCache::Audit(RowCache::default()),
         }
     }
 
@@ -684,6 +714,7 @@ impl FoldCache {
             FoldCache::Users(c) => c.rows.len(),
             FoldCache::Sessions(c) => c.rows.len(),
             FoldCache::ApiKeys(c) => c.rows.len(),
+            FoldCache::Audit(c) => c.rows.len(),
         }
     }
 
@@ -694,6 +725,7 @@ impl FoldCache {
             (FoldCache::Users(c), Work::Users(p)) => c.missing(p),
             (FoldCache::Sessions(c), Work::Sessions(p)) => c.missing(p),
             (FoldCache::ApiKeys(c), Work::ApiKeys(p)) => c.missing(p),
+            (FoldCache::Audit(c), Work::Audit(p)) => c.missing(p),
             _ => Vec::new(),
         }
     }
@@ -704,6 +736,7 @@ impl FoldCache {
             (FoldCache::Users(c), Rows::Users(r)) => c.add_loaded(ids, r, |x| x.id),
             (FoldCache::Sessions(c), Rows::Sessions(r)) => c.add_loaded(ids, r, |x| x.id),
             (FoldCache::ApiKeys(c), Rows::ApiKeys(r)) => c.add_loaded(ids, r, |x| x.id),
+            (FoldCache::Audit(c), Rows::Audit(r)) => c.add_loaded(ids, r, |x| x.event_id),
             _ => {}
         }
     }
@@ -714,6 +747,7 @@ impl FoldCache {
             (FoldCache::Users(c), Work::Users(p)) => c.fold(p, apply_user),
             (FoldCache::Sessions(c), Work::Sessions(p)) => c.fold(p, apply_session),
             (FoldCache::ApiKeys(c), Work::ApiKeys(p)) => c.fold(p, apply_api_key),
+            (FoldCache::Audit(c), Work::Audit(p)) => c.fold(p, apply_audit),
             // A cache only ever receives work of its own projection.
             _ => {}
         }
@@ -726,6 +760,7 @@ impl FoldCache {
             FoldCache::Users(c) => Changes::Users(c.take_changes()),
             FoldCache::Sessions(c) => Changes::Sessions(c.take_changes()),
             FoldCache::ApiKeys(c) => Changes::ApiKeys(c.take_changes()),
+            FoldCache::Audit(c) => Changes::Audit(c.take_changes()),
         }
     }
 }

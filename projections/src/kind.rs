@@ -12,15 +12,18 @@ pub enum ProjectionKind {
     Sessions,
     /// API keys, looked up by the hash of their secret.
     ApiKeys,
+    /// Every event, as the audit log shows it.
+    Audit,
 }
 
 impl ProjectionKind {
     /// Every operational projection; read-your-writes waits for all of them.
-    pub const ALL: [ProjectionKind; 4] = [
+    pub const ALL: [ProjectionKind; 5] = [
         ProjectionKind::Customers,
         ProjectionKind::Users,
         ProjectionKind::Sessions,
         ProjectionKind::ApiKeys,
+        ProjectionKind::Audit,
     ];
 
     /// The name used in checkpoints, metrics and the rebuild command.
@@ -30,6 +33,7 @@ impl ProjectionKind {
             ProjectionKind::Users => "users",
             ProjectionKind::Sessions => "sessions",
             ProjectionKind::ApiKeys => "api_keys",
+            ProjectionKind::Audit => "audit",
         }
     }
 
@@ -43,6 +47,7 @@ impl ProjectionKind {
             ProjectionKind::Users => 1,
             ProjectionKind::Sessions => 1,
             ProjectionKind::ApiKeys => 1,
+            ProjectionKind::Audit => 1,
         }
     }
 
@@ -59,6 +64,7 @@ impl ProjectionKind {
             ProjectionKind::Users => event_type.starts_with("User"),
             ProjectionKind::Sessions => event_type == egec_domain::user::SESSION_ENDED,
             ProjectionKind::ApiKeys => event_type.starts_with("ApiKey"),
+            ProjectionKind::Audit => true,
         }
     }
 }

@@ -31,8 +31,8 @@ pub use error::{ProjectionError, StorageError};
 pub use kind::ProjectionKind;
 pub use read_models::{MAX_PER_PAGE, ReadModels};
 pub use rows::{
-    ApiKeyRow, CustomerQuery, CustomerRow, ProjectionStatus, RebuildReport, RunState, SessionRow,
-    SessionUser, UserRow,
+    ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, ProjectionStatus, RebuildReport,
+    RunState, SessionRow, SessionUser, UserRow,
 };
 pub use runner::{ProjectionRunner, RunnerHandle, RunnerOptions};
 pub use store::sqlite::READ_DB_FILE;

@@ -190,3 +190,33 @@ pub struct ApiKeyRow {
     pub version: i64,
     pub last_position: i64,
 }
+
+/// One event as the audit log shows it. Holds no personal data: the description is built
+/// from the event's non-personal facts, and the IP address (personal, under a retention
+/// key) is not stored here but decrypted from the log when the row is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRow {
+    pub position: i64,
+    pub event_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    /// UPPER_SNAKE, from the event's own `action()`.
+    pub action: String,
+    pub entity_type: String,
+    pub entity_id: Uuid,
+    pub actor_id: Option<Uuid>,
+    pub actor_role: Option<String>,
+    pub description: String,
+}
+
+/// Filters of the audit log; `None` does not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// `occurred_at >= from`.
+    pub from: Option<DateTime<Utc>>,
+    /// `occurred_at < to`.
+    pub to: Option<DateTime<Utc>>,
+    pub action: Option<String>,
+    pub entity_type: Option<String>,
+    pub entity_id: Option<Uuid>,
+    pub actor_id: Option<Uuid>,
+}

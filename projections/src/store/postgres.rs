@@ -24,10 +24,14 @@ use crate::fold::{
     search_text,
 };
 use crate::kind::ProjectionKind;
-use crate::rows::{ApiKeyRow, CustomerQuery, CustomerRow, SessionRow, SessionUser, UserRow};
+use crate::rows::{
+    ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, SessionRow, SessionUser, UserRow,
+};
 
 mod api_keys;
+mod audit;
 use api_keys::API_KEYS;
+use audit::AUDIT;
 
 /// First key of the two-key advisory locks ("EGEC" in ASCII), shared with the log's module
 /// so that everything Egec locks is recognisable in `pg_locks`.
@@ -103,6 +107,7 @@ fn tables(kind: ProjectionKind) -> &'static [TableDef] {
         ProjectionKind::Users => &[USERS],
         ProjectionKind::Sessions => &[SESSIONS],
         ProjectionKind::ApiKeys => &[API_KEYS],
+        ProjectionKind::Audit => &[AUDIT],
     }
 }
 
@@ -566,6 +571,12 @@ async fn apply_work(
             let touched = crate::fold::fold_api_keys(plan, loaded);
             api_keys::write(tx, &table, cached, &touched).await
         }
+        Work::Audit(plan) => {
+            let table = table_for(AUDIT.live, shadow);
+            let loaded = audit::load(tx, &table, &plan.load, cached).await?;
+            let touched = crate::fold::fold_audit(plan, loaded);
+            audit::write(tx, &table, cached, &touched).await
+        }
     }
 }
 
@@ -733,6 +744,9 @@ impl ReadStore for PgReadStore {
             ProjectionKind::ApiKeys => {
                 Rows::ApiKeys(api_keys::load(&tx, &shadow.table(API_KEYS.live), &ids, false).await?)
             }
+            ProjectionKind::Audit => {
+                Rows::Audit(audit::load(&tx, &shadow.table(AUDIT.live), &ids, false).await?)
+            }
         };
         tx.commit().await?;
         Ok(rows)
@@ -760,6 +774,11 @@ impl ReadStore for PgReadStore {
             }
             Changes::ApiKeys(rows) => {
                 api_keys::write(&tx, &shadow.table(API_KEYS.live), false, rows).await?;
+            }
+            Changes::Audit(rows) => {
+                for chunk in rows.chunks(WRITE_CHUNK) {
+                    audit::write(&tx, &shadow.table(AUDIT.live), false, chunk).await?;
+                }
             }
         }
         tx.commit().await?;
@@ -1021,5 +1040,25 @@ impl ReadStore for PgReadStore {
             .iter()
             .map(api_keys::from_row)
             .collect()
+    }
+
+    async fn list_audit(
+        &self,
+        query: &AuditQuery,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditRow>, u64), StorageError> {
+        let mut conn = self.pool.get().await?;
+        audit::list(&mut conn, query, offset, limit).await
+    }
+
+    async fn audit_after(
+        &self,
+        query: &AuditQuery,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, StorageError> {
+        let conn = self.pool.get().await?;
+        audit::after(&conn, query, after, limit).await
     }
 }

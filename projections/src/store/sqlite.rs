@@ -33,10 +33,14 @@ use crate::fold::{
     search_text,
 };
 use crate::kind::ProjectionKind;
-use crate::rows::{ApiKeyRow, CustomerQuery, CustomerRow, SessionRow, SessionUser, UserRow};
+use crate::rows::{
+    ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, SessionRow, SessionUser, UserRow,
+};
 
 mod api_keys;
+mod audit;
 use api_keys::API_KEYS;
+use audit::AUDIT;
 
 /// Name of the read-model database file inside the data directory.
 pub const READ_DB_FILE: &str = "read.db";
@@ -127,6 +131,7 @@ fn tables(kind: ProjectionKind) -> &'static [TableDef] {
         ProjectionKind::Users => &[USERS],
         ProjectionKind::Sessions => &[SESSIONS],
         ProjectionKind::ApiKeys => &[API_KEYS],
+        ProjectionKind::Audit => &[AUDIT],
     }
 }
 
@@ -675,6 +680,13 @@ fn apply_work(
             api_keys::write(tx, &table, &touched)?;
             Ok(false)
         }
+        Work::Audit(plan) => {
+            let table = table_for(AUDIT.live, shadow);
+            let loaded = audit::load(tx, &table, &plan.load)?;
+            let touched = crate::fold::fold_audit(plan, loaded);
+            audit::write(tx, &table, &touched)?;
+            Ok(false)
+        }
     }
 }
 
@@ -827,6 +839,9 @@ impl ReadStore for SqliteReadStore {
                 ProjectionKind::ApiKeys => {
                     Rows::ApiKeys(api_keys::load(conn, &shadow.table(API_KEYS.live), &ids)?)
                 }
+                ProjectionKind::Audit => {
+                    Rows::Audit(audit::load(conn, &shadow.table(AUDIT.live), &ids)?)
+                }
             })
         })
         .await
@@ -848,6 +863,7 @@ impl ReadStore for SqliteReadStore {
                 Changes::Users(rows) => write_users(&tx, &shadow.table(USERS.live), rows)?,
                 Changes::Sessions(rows) => write_sessions(&tx, &shadow.table(SESSIONS.live), rows)?,
                 Changes::ApiKeys(rows) => api_keys::write(&tx, &shadow.table(API_KEYS.live), rows)?,
+                Changes::Audit(rows) => audit::write(&tx, &shadow.table(AUDIT.live), rows)?,
             }
             tx.commit()?;
             Ok(())
@@ -1071,5 +1087,27 @@ impl ReadStore for SqliteReadStore {
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, StorageError> {
         self.read(|conn| api_keys::list(conn)).await
+    }
+
+    async fn list_audit(
+        &self,
+        query: &AuditQuery,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditRow>, u64), StorageError> {
+        let query = query.clone();
+        self.read(move |conn| audit::list(conn, &query, offset, limit))
+            .await
+    }
+
+    async fn audit_after(
+        &self,
+        query: &AuditQuery,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, StorageError> {
+        let query = query.clone();
+        self.read(move |conn| audit::after(conn, &query, after, limit))
+            .await
     }
 }
