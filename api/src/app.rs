@@ -73,6 +73,9 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(routes::api_keys::revoke),
         )
         .route("/api/api-keys/{id}/rotate", post(routes::api_keys::rotate))
+        .route("/api/audit", get(routes::audit::list))
+        .route("/api/audit/export.csv", get(routes::audit::export_csv))
+        .route("/api/audit/verify", get(routes::audit::verify))
         .route("/api/openapi.json", get(routes::ops::openapi))
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,

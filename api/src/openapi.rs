@@ -25,6 +25,9 @@ use utoipa::OpenApi;
         crate::routes::api_keys::list,
         crate::routes::api_keys::revoke,
         crate::routes::api_keys::rotate,
+        crate::routes::audit::list,
+        crate::routes::audit::export_csv,
+        crate::routes::audit::verify,
     ),
     components(schemas(
         crate::routes::customers::CreateCustomerBody,

@@ -1,4 +1,5 @@
 pub mod api_keys;
+pub mod audit;
 pub mod auth;
 pub mod customers;
 pub mod meta;
