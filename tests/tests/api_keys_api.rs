@@ -65,6 +65,16 @@ both_backends!(
         let r = with_key(&app, Method::GET, "/api/users", &key).await;
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         assert_eq!(json_of(r).await["error"]["code"], "forbidden");
+        // A key has no session: the session endpoints refuse it.
+        for path in ["/api/auth/me", "/api/auth/logout", "/api/auth/logout-all"] {
+            let method = if path.ends_with("me") {
+                Method::GET
+            } else {
+                Method::POST
+            };
+            let r = with_key(&app, method, path, &key).await;
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+        }
         // A key never manages keys, whatever its scopes.
         let r = with_key(&app, Method::GET, "/api/api-keys", &key).await;
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
@@ -107,6 +117,36 @@ both_backends!(
             assert!(!e.metadata.to_string().contains(&key));
         }
         assert!(events.iter().any(|e| e.event_type == "ApiKeyIssued"));
+
+        // The audit names the key as the actor of what it did, and shows the issue.
+        let id = created["id"].as_str().unwrap();
+        let head = app.running.state.log.head().await.unwrap().position;
+        app.running
+            .state
+            .runner
+            .wait_for(head, Duration::from_secs(10))
+            .await;
+        let r = app
+            .get(
+                &format!("/api/audit?actor_id={id}&action=CUSTOMER_CREATED"),
+                Some(&root),
+            )
+            .await;
+        let by_key = json_of(r).await;
+        assert_eq!(by_key["total"], 1);
+        assert_eq!(by_key["items"][0]["actor"]["id"], id);
+        assert_eq!(by_key["items"][0]["actor"]["role"], Value::Null);
+        let r = app
+            .get(
+                &format!("/api/audit?entity_id={id}&action=API_KEY_ISSUED"),
+                Some(&root),
+            )
+            .await;
+        let issued = json_of(r).await;
+        assert_eq!(issued["total"], 1);
+        let description = issued["items"][0]["description"].as_str().unwrap();
+        assert!(description.contains("customers:view"), "{description}");
+        assert!(!description.contains(&key[12..]));
     }
 );
 

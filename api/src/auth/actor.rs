@@ -83,7 +83,7 @@ impl FromRequestParts<AppState> for Actor {
             if bearer(parts).is_some() {
                 return Err(ApiError::Unauthorized);
             }
-            return crate::auth::api_key::authenticate(state, key).await;
+            return crate::auth::api_key::authenticate(state, key, parts.uri.path()).await;
         }
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         let claims = state.tokens.verify(token).ok_or(ApiError::Unauthorized)?;

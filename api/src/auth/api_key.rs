@@ -108,7 +108,13 @@ fn scopes(row: &ApiKeyRow) -> Vec<Action> {
 
 /// Authenticates a presented key: known hash, not revoked, not expired, and for the previous
 /// secret of a rotation still within the grace period. Any failure is 401 `unauthorized`.
-pub async fn authenticate(state: &AppState, presented: &str) -> Result<Actor, ApiError> {
+/// A valid key is refused (403) on the session endpoints under `/api/auth/`: a key has no
+/// session, password or second factor to manage, and must not write login activity.
+pub async fn authenticate(
+    state: &AppState,
+    presented: &str,
+    path: &str,
+) -> Result<Actor, ApiError> {
     let presented = presented.trim();
     if !presented.starts_with(KEY_PREFIX) || presented.len() > 128 {
         return Err(ApiError::Unauthorized);
@@ -133,6 +139,9 @@ pub async fn authenticate(state: &AppState, presented: &str) -> Result<Actor, Ap
     if !accepts(row.revoked_at.is_some(), row.expires_at, matched, now) {
         tracing::debug!(key = %row.id, "api key refused");
         return Err(ApiError::Unauthorized);
+    }
+    if path.starts_with("/api/auth/") {
+        return Err(ApiError::Forbidden);
     }
     if state.api_key_usage.should_record(row.id, now) {
         record_use(state, row.id);
