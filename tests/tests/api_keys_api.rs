@@ -383,6 +383,30 @@ both_backends!(
             app.get("/api/api-keys", None).await.status(),
             StatusCode::UNAUTHORIZED
         );
+        // A retried issue (same Idempotency-Key) issues nothing new and shows no secret.
+        let idem = uuid::Uuid::now_v7().to_string();
+        let send = || {
+            app.client
+                .post(format!("{}/api/api-keys", app.base))
+                .bearer_auth(&root)
+                .header("idempotency-key", &idem)
+                .json(&json!({ "name": "Retried", "permissions": ["customers:view"] }))
+                .send()
+        };
+        assert_eq!(send().await.unwrap().status(), StatusCode::CREATED);
+        let again = send().await.unwrap();
+        assert_eq!(again.status(), StatusCode::CONFLICT);
+        assert!(!json_of(again).await.to_string().contains("egec_"));
+        let listed = json_of(app.get("/api/api-keys", Some(&root)).await).await;
+        assert_eq!(
+            listed["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|k| k["name"] == "Retried")
+                .count(),
+            1
+        );
         for (body, field) in [
             (
                 json!({ "name": "x", "permissions": ["customers:fly"] }),

@@ -45,6 +45,18 @@ pub struct RotateApiKeyBody {
     pub grace_seconds: Option<i64>,
 }
 
+/// Namespace of key ids derived from idempotency keys.
+const API_KEY_ID_NAMESPACE: Uuid = Uuid::from_u128(0x1c2e_57a0_93b4_4d6f_8e1a_2b3c_4d5e_6f70);
+
+/// A new key's id: derived from the client's idempotency key when it sent one (a retried
+/// request lands on the same stream and is recognised), otherwise fresh and time-ordered.
+fn new_key_id(meta: &RequestMeta) -> ApiKeyId {
+    ApiKeyId::from_uuid(match meta.idempotency_key {
+        Some(k) => Uuid::new_v5(&API_KEY_ID_NAMESPACE, k.as_bytes()),
+        None => Uuid::now_v7(),
+    })
+}
+
 fn api_key_error(e: ApiKeyError) -> ApiError {
     match e {
         ApiKeyError::AlreadyExists => ApiError::Conflict("the key exists already".into()),
@@ -147,7 +159,7 @@ pub async fn create(
         return Err(ApiError::Validation(problems));
     };
     let key = generate()?;
-    let id = ApiKeyId::from_uuid(meta.idempotency_key.unwrap_or_else(Uuid::now_v7));
+    let id = new_key_id(&meta);
     let cmd = ApiKeyCommand::Issue(Box::new(IssueApiKey {
         key_id: id,
         name,
