@@ -84,6 +84,18 @@ pub fn router(state: AppState) -> Router {
             "/api/users/{id}/require-password-change",
             post(routes::credentials::require_password_change),
         )
+        .route(
+            "/api/api-keys",
+            post(routes::api_keys::create).get(routes::api_keys::list),
+        )
+        .route(
+            "/api/api-keys/{id}",
+            axum::routing::delete(routes::api_keys::revoke),
+        )
+        .route("/api/api-keys/{id}/rotate", post(routes::api_keys::rotate))
+        .route("/api/audit", get(routes::audit::list))
+        .route("/api/audit/export.csv", get(routes::audit::export_csv))
+        .route("/api/audit/verify", get(routes::audit::verify))
         .route("/api/openapi.json", get(routes::ops::openapi))
         .route("/api/admin/rate-limits", get(routes::admin::rate_limits))
         .layer(SetResponseHeaderLayer::overriding(
@@ -188,6 +200,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         passwords,
         sessions,
         account_keys,
+        api_key_usage: Default::default(),
         metrics,
         rate_limits,
     };

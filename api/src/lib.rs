@@ -1,6 +1,7 @@
 //! The HTTP API and the `egec` binary's commands.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -27,6 +27,13 @@ use utoipa::OpenApi;
         crate::routes::credentials::totp_enable,
         crate::routes::credentials::totp_disable,
         crate::routes::credentials::require_password_change,
+        crate::routes::api_keys::create,
+        crate::routes::api_keys::list,
+        crate::routes::api_keys::revoke,
+        crate::routes::api_keys::rotate,
+        crate::routes::audit::list,
+        crate::routes::audit::export_csv,
+        crate::routes::audit::verify,
     ),
     components(schemas(
         crate::routes::customers::CreateCustomerBody,
@@ -39,9 +46,11 @@ use utoipa::OpenApi;
         crate::routes::credentials::ChangePasswordBody,
         crate::routes::credentials::TotpEnableBody,
         crate::routes::credentials::TotpDisableBody,
+        crate::routes::api_keys::CreateApiKeyBody,
+        crate::routes::api_keys::RotateApiKeyBody,
     )),
     modifiers(&BearerAuth),
-    security(("bearer" = []))
+    security(("bearer" = []), ("api_key" = []))
 )]
 pub struct ApiDoc;
 
@@ -59,6 +68,12 @@ impl utoipa::Modify for BearerAuth {
                         .bearer_format("JWT")
                         .build(),
                 ),
+            );
+            c.add_security_scheme(
+                "api_key",
+                SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(
+                    utoipa::openapi::security::ApiKeyValue::new("X-API-Key"),
+                )),
             );
         }
     }

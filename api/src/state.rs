@@ -28,6 +28,8 @@ pub struct AppState {
     pub sessions: Arc<SessionActivity>,
     /// Keys the streams of failed logins for unknown emails.
     pub account_keys: Arc<crate::auth::unknown_login::AccountKeys>,
+    /// When this process last recorded each API key's use (at most once a minute).
+    pub api_key_usage: Arc<crate::auth::api_key::ApiKeyUsage>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Rate-limit state and statistics of this process.
     pub rate_limits: Arc<crate::rate_limit::RateLimits>,

@@ -79,3 +79,32 @@ impl Aggregate for UserAggregate {
         }
     }
 }
+
+pub struct ApiKeyAggregate;
+
+impl Aggregate for ApiKeyAggregate {
+    type State = crate::api_key::ApiKeyState;
+    type Command = crate::api_key::ApiKeyCommand;
+    type Event = crate::api_key::ApiKeyEvent;
+    type Error = crate::api_key::ApiKeyError;
+
+    fn decide(
+        s: &Self::State,
+        c: Self::Command,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Self::Event>, Self::Error> {
+        crate::api_key::decide(s, c, now)
+    }
+    fn evolve(s: Self::State, e: &Self::Event) -> Self::State {
+        crate::api_key::evolve(s, e)
+    }
+    fn wrap(e: Self::Event) -> DomainEvent {
+        DomainEvent::ApiKey(e)
+    }
+    fn unwrap(e: DomainEvent) -> Option<Self::Event> {
+        match e {
+            DomainEvent::ApiKey(k) => Some(k),
+            _ => None,
+        }
+    }
+}

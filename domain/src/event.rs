@@ -1,5 +1,6 @@
 //! Every domain event the log can hold, and the metadata each carries.
 
+use crate::api_key::ApiKeyEvent;
 use crate::customer::CustomerEvent;
 use crate::encoding::{DecodeError, DecryptedEvent, EncodedEvent, EventCodec, upcast};
 use crate::personal::Personal;
@@ -13,6 +14,7 @@ pub enum DomainEvent {
     Customer(CustomerEvent),
     User(UserEvent),
     Login(LoginEvent),
+    ApiKey(ApiKeyEvent),
 }
 
 impl DomainEvent {
@@ -21,6 +23,7 @@ impl DomainEvent {
             DomainEvent::Customer(e) => e.encode(),
             DomainEvent::User(e) => e.encode(),
             DomainEvent::Login(e) => e.encode(),
+            DomainEvent::ApiKey(e) => e.encode(),
         }
     }
 
@@ -33,6 +36,8 @@ impl DomainEvent {
             UserEvent::decode(&e).map(DomainEvent::User)
         } else if e.event_type.starts_with("Login") {
             LoginEvent::decode(&e).map(DomainEvent::Login)
+        } else if e.event_type.starts_with("ApiKey") {
+            ApiKeyEvent::decode(&e).map(DomainEvent::ApiKey)
         } else {
             Err(DecodeError(format!("unknown event type {}", e.event_type)))
         }
@@ -44,6 +49,7 @@ impl DomainEvent {
             DomainEvent::Customer(e) => e.action(),
             DomainEvent::User(e) => e.action(),
             DomainEvent::Login(e) => e.action(),
+            DomainEvent::ApiKey(e) => e.action(),
         }
     }
 }

@@ -53,6 +53,7 @@ macro_rules! id_type {
 
 id_type!(CustomerId, "customer");
 id_type!(UserId, "user");
+id_type!(ApiKeyId, "apikey");
 
 #[cfg(test)]
 mod tests {

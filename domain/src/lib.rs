@@ -5,6 +5,8 @@
 //! passed in by the caller, so every decision is a pure function that tests can pin down.
 
 pub mod aggregate;
+pub mod api_key;
+pub mod audit;
 pub mod customer;
 pub mod encoding;
 pub mod event;

@@ -28,10 +28,12 @@ pub enum Action {
     PassportReveal,
     /// See the rate limiter's per-endpoint statistics (`GET /api/admin/rate-limits`).
     RateLimitsView,
+    /// Issue, list, revoke and rotate API keys.
+    ApiKeysManage,
 }
 
 impl Action {
-    pub const ALL: [Action; 17] = [
+    pub const ALL: [Action; 18] = [
         Action::CustomersView,
         Action::CustomersCreate,
         Action::CustomersEdit,
@@ -49,6 +51,7 @@ impl Action {
         Action::GdprErase,
         Action::PassportReveal,
         Action::RateLimitsView,
+        Action::ApiKeysManage,
     ];
 
     /// The `<resource>:<action>` name used by API keys.
@@ -71,6 +74,7 @@ impl Action {
             Action::GdprErase => "gdpr:erase",
             Action::PassportReveal => "customers:passport_reveal",
             Action::RateLimitsView => "rate_limits:view",
+            Action::ApiKeysManage => "api_keys:manage",
         }
     }
 
@@ -99,6 +103,7 @@ impl Action {
             Action::GdprErase => &[Superadmin],
             Action::PassportReveal => &[Admin],
             Action::RateLimitsView => &[Superadmin],
+            Action::ApiKeysManage => &[Superadmin],
         }
     }
 }
@@ -107,6 +112,28 @@ impl Action {
 pub fn can(role: Role, action: Action) -> bool {
     let granted = action.granted_to();
     granted.contains(&role) || role.inherits().iter().any(|r| granted.contains(r))
+}
+
+/// Who is acting: a staff user in a role, or an API key with its scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal<'a> {
+    Staff(Role),
+    ApiKey { scopes: &'a [Action] },
+}
+
+/// Whether a principal may perform an action: a staff user by the role matrix, an API key by
+/// exactly the permissions it was issued with (nothing inherited, nothing more).
+pub fn allows(principal: Principal<'_>, action: Action) -> bool {
+    match principal {
+        Principal::Staff(role) => can(role, action),
+        Principal::ApiKey { scopes } => scopes.contains(&action),
+    }
+}
+
+/// Whether a permission may be given to an API key. Managing keys is not: a key that could
+/// issue keys would outlive its own revocation.
+pub fn grantable_to_api_key(action: Action) -> bool {
+    action != Action::ApiKeysManage
 }
 
 /// Whether a role sees every customer or only those assigned to the actor.
@@ -300,6 +327,33 @@ mod tests {
         assert!(can_update_user(Superadmin, Admin, Some(Superadmin)));
         assert!(!can_update_user(Superagent, Agent, None));
         assert!(!can_update_user(Auditor, Agent, None));
+    }
+
+    #[test]
+    fn only_a_superadmin_manages_api_keys_and_no_key_can_be_given_that_power() {
+        for role in Role::ALL {
+            assert_eq!(
+                can(role, Action::ApiKeysManage),
+                role == Superadmin,
+                "{role}"
+            );
+        }
+        assert!(!grantable_to_api_key(Action::ApiKeysManage));
+        assert!(grantable_to_api_key(Action::CustomersView));
+    }
+
+    #[test]
+    fn an_api_key_may_do_exactly_what_its_scopes_name() {
+        let scopes = [Action::CustomersView];
+        for a in Action::ALL {
+            assert_eq!(
+                allows(Principal::ApiKey { scopes: &scopes }, a),
+                a == Action::CustomersView,
+                "{a:?}"
+            );
+        }
+        assert!(allows(Principal::Staff(Admin), Action::UsersManage));
+        assert!(!allows(Principal::Staff(Agent), Action::UsersManage));
     }
 
     #[test]

@@ -15,7 +15,12 @@ use egec_domain::{CustomerId, UserId};
 use uuid::Uuid;
 
 use crate::kind::ProjectionKind;
-use crate::rows::{CustomerRow, SessionRow, UserRow};
+use crate::rows::{ApiKeyRow, AuditRow, CustomerRow, SessionRow, UserRow};
+
+mod api_keys;
+mod audit;
+pub use api_keys::apply_api_key;
+pub use audit::{apply_audit, audit_row};
 
 /// Both backends store whole microseconds; folding at that precision keeps a row read back
 /// from storage equal to the row that was written.
@@ -329,6 +334,8 @@ pub(crate) enum Work {
     Customers(Plan<CustomerEvent>),
     Users(Plan<UserEvent>),
     Sessions(Plan<SessionEnded>),
+    ApiKeys(Plan<egec_domain::api_key::ApiKeyEvent>),
+    Audit(Plan<AuditRow>),
 }
 
 impl Work {
@@ -401,6 +408,41 @@ impl Work {
                 }
                 Work::Sessions(plan)
             }
+            ProjectionKind::ApiKeys => {
+                let mut plan = Plan::default();
+                let mut seen = IdMap::default();
+                for env in envelopes {
+                    if let DomainEvent::ApiKey(event) = env.event {
+                        let id = event.key_id();
+                        let starts_stream = env.stream_version == 1
+                            && egec_domain::ids::ApiKeyId::from_stream_id(&env.stream_id)
+                                == Some(id);
+                        let step = Step {
+                            id: id.as_uuid(),
+                            position: env.position,
+                            stream_version: env.stream_version,
+                            event,
+                        };
+                        plan.push(&mut seen, step, starts_stream);
+                    }
+                }
+                Work::ApiKeys(plan)
+            }
+            ProjectionKind::Audit => {
+                let mut plan = Plan::default();
+                let mut seen = IdMap::default();
+                for env in envelopes {
+                    let step = Step {
+                        id: env.event_id,
+                        position: env.position,
+                        stream_version: env.stream_version,
+                        event: audit_row(&env),
+                    };
+                    // Every event makes its own row: nothing to load.
+                    plan.push(&mut seen, step, true);
+                }
+                Work::Audit(plan)
+            }
         }
     }
 
@@ -410,6 +452,8 @@ impl Work {
             (Work::Customers(a), Work::Customers(b)) => extend_plan(a, b),
             (Work::Users(a), Work::Users(b)) => extend_plan(a, b),
             (Work::Sessions(a), Work::Sessions(b)) => extend_plan(a, b),
+            (Work::ApiKeys(a), Work::ApiKeys(b)) => extend_plan(a, b),
+            (Work::Audit(a), Work::Audit(b)) => extend_plan(a, b),
             // Work of one projection is only ever merged with work of the same projection.
             _ => {}
         }
@@ -420,6 +464,8 @@ impl Work {
             ProjectionKind::Customers => Work::Customers(Plan::default()),
             ProjectionKind::Users => Work::Users(Plan::default()),
             ProjectionKind::Sessions => Work::Sessions(Plan::default()),
+            ProjectionKind::ApiKeys => Work::ApiKeys(Plan::default()),
+            ProjectionKind::Audit => Work::Audit(Plan::default()),
         }
     }
 
@@ -433,6 +479,8 @@ impl Work {
             Work::Customers(p) => p.steps.len(),
             Work::Users(p) => p.steps.len(),
             Work::Sessions(p) => p.steps.len(),
+            Work::ApiKeys(p) => p.steps.len(),
+            Work::Audit(p) => p.steps.len(),
         }
     }
 }
@@ -503,12 +551,25 @@ pub(crate) fn fold_sessions(
     fold_plan(plan, loaded, |r| r.id, apply_session)
 }
 
+pub(crate) fn fold_api_keys(
+    plan: &Plan<egec_domain::api_key::ApiKeyEvent>,
+    loaded: Vec<ApiKeyRow>,
+) -> Vec<Touched<ApiKeyRow>> {
+    fold_plan(plan, loaded, |r| r.id, apply_api_key)
+}
+
+pub(crate) fn fold_audit(plan: &Plan<AuditRow>, loaded: Vec<AuditRow>) -> Vec<Touched<AuditRow>> {
+    fold_plan(plan, loaded, |r| r.event_id, apply_audit)
+}
+
 /// Rows as loaded from storage.
 #[derive(Debug, Clone)]
 pub(crate) enum Rows {
     Customers(Vec<CustomerRow>),
     Users(Vec<UserRow>),
     Sessions(Vec<SessionRow>),
+    ApiKeys(Vec<ApiKeyRow>),
+    Audit(Vec<AuditRow>),
 }
 
 /// Changed rows to write, each with the row as stored (`None`: not stored yet).
@@ -517,6 +578,8 @@ pub(crate) enum Changes {
     Customers(Vec<Touched<CustomerRow>>),
     Users(Vec<Touched<UserRow>>),
     Sessions(Vec<Touched<SessionRow>>),
+    ApiKeys(Vec<Touched<ApiKeyRow>>),
+    Audit(Vec<Touched<AuditRow>>),
 }
 
 impl Changes {
@@ -525,6 +588,8 @@ impl Changes {
             Changes::Customers(v) => v.len(),
             Changes::Users(v) => v.len(),
             Changes::Sessions(v) => v.len(),
+            Changes::ApiKeys(v) => v.len(),
+            Changes::Audit(v) => v.len(),
         }
     }
 }
@@ -647,6 +712,8 @@ pub(crate) enum FoldCache {
     Customers(RowCache<CustomerRow>),
     Users(RowCache<UserRow>),
     Sessions(RowCache<SessionRow>),
+    ApiKeys(RowCache<ApiKeyRow>),
+    Audit(RowCache<AuditRow>),
 }
 
 impl FoldCache {
@@ -655,6 +722,8 @@ impl FoldCache {
             ProjectionKind::Customers => FoldCache::Customers(RowCache::default()),
             ProjectionKind::Users => FoldCache::Users(RowCache::default()),
             ProjectionKind::Sessions => FoldCache::Sessions(RowCache::default()),
+            ProjectionKind::ApiKeys => FoldCache::ApiKeys(RowCache::default()),
+            ProjectionKind::Audit => FoldCache::Audit(RowCache::default()),
         }
     }
 
@@ -663,6 +732,8 @@ impl FoldCache {
             FoldCache::Customers(c) => c.rows.len(),
             FoldCache::Users(c) => c.rows.len(),
             FoldCache::Sessions(c) => c.rows.len(),
+            FoldCache::ApiKeys(c) => c.rows.len(),
+            FoldCache::Audit(c) => c.rows.len(),
         }
     }
 
@@ -672,6 +743,8 @@ impl FoldCache {
             (FoldCache::Customers(c), Work::Customers(p)) => c.missing(p),
             (FoldCache::Users(c), Work::Users(p)) => c.missing(p),
             (FoldCache::Sessions(c), Work::Sessions(p)) => c.missing(p),
+            (FoldCache::ApiKeys(c), Work::ApiKeys(p)) => c.missing(p),
+            (FoldCache::Audit(c), Work::Audit(p)) => c.missing(p),
             _ => Vec::new(),
         }
     }
@@ -681,6 +754,8 @@ impl FoldCache {
             (FoldCache::Customers(c), Rows::Customers(r)) => c.add_loaded(ids, r, |x| x.id),
             (FoldCache::Users(c), Rows::Users(r)) => c.add_loaded(ids, r, |x| x.id),
             (FoldCache::Sessions(c), Rows::Sessions(r)) => c.add_loaded(ids, r, |x| x.id),
+            (FoldCache::ApiKeys(c), Rows::ApiKeys(r)) => c.add_loaded(ids, r, |x| x.id),
+            (FoldCache::Audit(c), Rows::Audit(r)) => c.add_loaded(ids, r, |x| x.event_id),
             _ => {}
         }
     }
@@ -690,6 +765,8 @@ impl FoldCache {
             (FoldCache::Customers(c), Work::Customers(p)) => c.fold(p, apply_customer),
             (FoldCache::Users(c), Work::Users(p)) => c.fold(p, apply_user),
             (FoldCache::Sessions(c), Work::Sessions(p)) => c.fold(p, apply_session),
+            (FoldCache::ApiKeys(c), Work::ApiKeys(p)) => c.fold(p, apply_api_key),
+            (FoldCache::Audit(c), Work::Audit(p)) => c.fold(p, apply_audit),
             // A cache only ever receives work of its own projection.
             _ => {}
         }
@@ -701,6 +778,8 @@ impl FoldCache {
             FoldCache::Customers(c) => Changes::Customers(c.take_changes()),
             FoldCache::Users(c) => Changes::Users(c.take_changes()),
             FoldCache::Sessions(c) => Changes::Sessions(c.take_changes()),
+            FoldCache::ApiKeys(c) => Changes::ApiKeys(c.take_changes()),
+            FoldCache::Audit(c) => Changes::Audit(c.take_changes()),
         }
     }
 }

@@ -10,14 +10,20 @@ pub enum ProjectionKind {
     Users,
     /// Sessions ended by a logout.
     Sessions,
+    /// API keys, looked up by the hash of their secret.
+    ApiKeys,
+    /// Every event, as the audit log shows it.
+    Audit,
 }
 
 impl ProjectionKind {
     /// Every operational projection; read-your-writes waits for all of them.
-    pub const ALL: [ProjectionKind; 3] = [
+    pub const ALL: [ProjectionKind; 5] = [
         ProjectionKind::Customers,
         ProjectionKind::Users,
         ProjectionKind::Sessions,
+        ProjectionKind::ApiKeys,
+        ProjectionKind::Audit,
     ];
 
     /// The name used in checkpoints, metrics and the rebuild command.
@@ -26,6 +32,8 @@ impl ProjectionKind {
             ProjectionKind::Customers => "customers",
             ProjectionKind::Users => "users",
             ProjectionKind::Sessions => "sessions",
+            ProjectionKind::ApiKeys => "api_keys",
+            ProjectionKind::Audit => "audit",
         }
     }
 
@@ -40,6 +48,8 @@ impl ProjectionKind {
             // fills them; the columns are added with defaults first so reads work meanwhile).
             ProjectionKind::Users => 2,
             ProjectionKind::Sessions => 1,
+            ProjectionKind::ApiKeys => 1,
+            ProjectionKind::Audit => 1,
         }
     }
 
@@ -55,6 +65,8 @@ impl ProjectionKind {
             ProjectionKind::Customers => event_type.starts_with("Customer"),
             ProjectionKind::Users => event_type.starts_with("User"),
             ProjectionKind::Sessions => event_type == egec_domain::user::SESSION_ENDED,
+            ProjectionKind::ApiKeys => event_type.starts_with("ApiKey"),
+            ProjectionKind::Audit => true,
         }
     }
 }

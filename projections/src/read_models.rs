@@ -10,7 +10,9 @@ use egec_domain::{CustomerId, UserId};
 
 use crate::error::{ProjectionError, StorageError};
 use crate::kind::ProjectionKind;
-use crate::rows::{CustomerQuery, CustomerRow, SessionUser, UserRow};
+use crate::rows::{
+    ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, SessionUser, UserRow,
+};
 use crate::store::ReadStore;
 use crate::store::postgres::PgReadStore;
 use crate::store::sqlite::SqliteReadStore;
@@ -124,6 +126,51 @@ impl ReadModels {
         session: uuid::Uuid,
     ) -> Result<Option<SessionUser>, ProjectionError> {
         Ok(self.store.session_user(user.as_uuid(), session).await?)
+    }
+
+    /// The API key whose current secret (or, during a rotation's grace period, previous
+    /// secret) has this SHA-256, as lower-case hex.
+    pub async fn find_api_key_by_hash(
+        &self,
+        hash: &str,
+    ) -> Result<Option<ApiKeyRow>, ProjectionError> {
+        Ok(self.store.find_api_key_by_hash(hash).await?)
+    }
+
+    pub async fn get_api_key(
+        &self,
+        id: egec_domain::ids::ApiKeyId,
+    ) -> Result<Option<ApiKeyRow>, ProjectionError> {
+        Ok(self.store.get_api_key(id.as_uuid()).await?)
+    }
+
+    /// Every API key, revoked ones included, oldest first.
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, ProjectionError> {
+        Ok(self.store.list_api_keys().await?)
+    }
+
+    /// One page (1-based; `per_page` clamped to 1..=[`MAX_PER_PAGE`]) of the audit log,
+    /// newest first by log position, and the number of matches.
+    pub async fn list_audit(
+        &self,
+        query: &AuditQuery,
+        page: u32,
+        per_page: u32,
+    ) -> Result<(Vec<AuditRow>, u64), ProjectionError> {
+        let per_page = per_page.clamp(1, MAX_PER_PAGE);
+        let offset = u64::from(page.max(1) - 1) * u64::from(per_page);
+        Ok(self.store.list_audit(query, offset, per_page).await?)
+    }
+
+    /// Up to `limit` audit rows after log position `after`, oldest first: walk the whole
+    /// log in constant memory (exports).
+    pub async fn audit_after(
+        &self,
+        query: &AuditQuery,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, ProjectionError> {
+        Ok(self.store.audit_after(query, after, limit).await?)
     }
 
     /// The stored checkpoint (last applied position) of a projection.

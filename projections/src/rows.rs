@@ -174,3 +174,56 @@ mod duration_secs {
         s.serialize_f64(d.as_secs_f64())
     }
 }
+
+/// One API key, without its secret: the SHA-256 of the current secret (and of the previous
+/// one during a rotation's grace period) is what a presented key is looked up by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiKeyRow {
+    pub id: Uuid,
+    pub name: String,
+    /// Permission names (`customers:view`, …), sorted.
+    pub permissions: Vec<String>,
+    /// The first characters of the current key, to tell keys apart.
+    pub prefix: String,
+    pub secret_hash: String,
+    /// The secret a rotation replaced, and until when it still works.
+    pub previous_hash: Option<String>,
+    pub grace_until: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    /// As recorded by `ApiKeyUsed` events: to the minute, not to the request.
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub version: i64,
+    pub last_position: i64,
+}
+
+/// One event as the audit log shows it. Holds no personal data: the description is built
+/// from the event's non-personal facts, and the IP address (personal, under a retention
+/// key) is not stored here but decrypted from the log when the row is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRow {
+    pub position: i64,
+    pub event_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    /// UPPER_SNAKE, from the event's own `action()`.
+    pub action: String,
+    pub entity_type: String,
+    pub entity_id: Uuid,
+    pub actor_id: Option<Uuid>,
+    pub actor_role: Option<String>,
+    pub description: String,
+}
+
+/// Filters of the audit log; `None` does not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// `occurred_at >= from`.
+    pub from: Option<DateTime<Utc>>,
+    /// `occurred_at < to`.
+    pub to: Option<DateTime<Utc>>,
+    pub action: Option<String>,
+    pub entity_type: Option<String>,
+    pub entity_id: Option<Uuid>,
+    pub actor_id: Option<Uuid>,
+}

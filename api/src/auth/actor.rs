@@ -1,4 +1,5 @@
-//! The authenticated caller, extracted from `Authorization: Bearer <token>`.
+//! The authenticated caller, extracted from `Authorization: Bearer <token>` or from an
+//! `X-API-Key` header (see `api_key.rs`; a key in the query string is refused).
 //!
 //! The token proves who the caller is and which session this is; what they may do comes
 //! from the users read model at the time of the request. A request is refused (401) when the
@@ -21,12 +22,21 @@ pub struct Actor {
     pub user_id: UserId,
     pub role: Role,
     pub session_id: Uuid,
+    /// Set when the caller is an API key: what it may do is exactly these scopes.
+    pub api_key: Option<ApiKeyGrant>,
+}
+
+/// The permissions an API key was issued with.
+#[derive(Debug, Clone)]
+pub struct ApiKeyGrant {
+    pub key_id: Uuid,
+    pub scopes: Vec<Action>,
 }
 
 impl Actor {
     /// Refuses with 403 unless the permission matrix allows the action.
     pub fn require(&self, action: Action) -> Result<(), ApiError> {
-        if permission::can(self.role, action) {
+        if self.can(action) {
             Ok(())
         } else {
             Err(ApiError::Forbidden)
@@ -34,7 +44,15 @@ impl Actor {
     }
 
     pub fn can(&self, action: Action) -> bool {
-        permission::can(self.role, action)
+        permission::allows(self.principal(), action)
+    }
+
+    /// Who is acting, as the permission module sees it.
+    pub fn principal(&self) -> permission::Principal<'_> {
+        match &self.api_key {
+            Some(k) => permission::Principal::ApiKey { scopes: &k.scopes },
+            None => permission::Principal::Staff(self.role),
+        }
     }
 }
 
@@ -57,6 +75,20 @@ impl FromRequestParts<AppState> for Actor {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        if crate::auth::api_key::key_in_query(parts) {
+            return Err(ApiError::Unauthorized);
+        }
+        if let Some(key) = crate::auth::api_key::header_key(parts) {
+            // Two sets of credentials are one too many: refused rather than guessed at.
+            if bearer(parts).is_some() {
+                return Err(ApiError::Unauthorized);
+            }
+            let actor = crate::auth::api_key::authenticate(state, key, parts.uri.path()).await?;
+            // Integrations get the ordinary API quota, per key. The admin IP allowlist is
+            // for people with admin roles; a key is scoped by its permissions instead.
+            crate::rate_limit::charge_key(parts, &state.rate_limits, actor.user_id.as_uuid())?;
+            return Ok(actor);
+        }
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         let claims = state.tokens.verify(token).ok_or(ApiError::Unauthorized)?;
         let issued_at =
@@ -99,6 +131,7 @@ impl FromRequestParts<AppState> for Actor {
             user_id,
             role: found.user.role,
             session_id: claims.sid,
+            api_key: None,
         })
     }
 }

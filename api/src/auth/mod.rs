@@ -2,8 +2,9 @@
 //! authenticated actor.
 
 pub mod actor;
-pub mod hashing_pool;
+pub mod api_key;
 pub mod gate;
+pub mod hashing_pool;
 pub mod password;
 pub mod session;
 pub mod token;

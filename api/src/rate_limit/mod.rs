@@ -321,6 +321,25 @@ pub fn charge_user(
     result_of(decision)
 }
 
+/// [`charge_user`] for a request authenticated with an API key: the ordinary `api` quota,
+/// keyed by the key's id (never shared with a user's budget).
+pub fn charge_key(
+    parts: &axum::http::request::Parts,
+    limits: &RateLimits,
+    key_id: uuid::Uuid,
+) -> Result<(), ApiError> {
+    let Some(slot) = parts.extensions.get::<Slot>() else {
+        return Ok(());
+    };
+    if let Some(o) = slot.get() {
+        return result_of(o.decision);
+    }
+    let policy = limits.settings.api();
+    let decision = limits.check(&policy, &format!("key:{key_id}"));
+    slot.set(Outcome { policy, decision });
+    result_of(decision)
+}
+
 fn result_of(d: Decision) -> Result<(), ApiError> {
     match d {
         Decision::Allowed { .. } => Ok(()),

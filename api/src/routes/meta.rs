@@ -25,7 +25,8 @@ impl RequestMeta {
     pub fn metadata(&self, actor: &Actor) -> Metadata {
         Metadata {
             actor_id: Some(actor.user_id),
-            actor_role: Some(actor.role),
+            // An API key has no role of its own; its id is the actor.
+            actor_role: actor.api_key.is_none().then_some(actor.role),
             ..self.anonymous()
         }
     }

@@ -1,4 +1,6 @@
 pub mod admin;
+pub mod api_keys;
+pub mod audit;
 pub mod auth;
 pub mod credentials;
 pub mod customers;

@@ -732,3 +732,99 @@ fn the_sessions_projection_wants_only_the_session_end_type() {
         Some(ProjectionKind::Sessions)
     );
 }
+
+#[test]
+fn an_api_key_row_follows_rotation_revocation_and_use_and_never_goes_back_in_time() {
+    use egec_domain::api_key::{ApiKeyEvent, ApiKeyName, SecretHash};
+    use egec_domain::ids::ApiKeyId;
+    use egec_domain::permission::Action;
+    let id = ApiKeyId::from_uuid(Uuid::from_u128(77));
+    let h = |n: u8| SecretHash::parse(&format!("{n:02x}").repeat(32)).unwrap();
+    let issued = ApiKeyEvent::Issued {
+        key_id: id,
+        name: ApiKeyName::parse("Import").unwrap(),
+        permissions: vec![Action::CustomersView],
+        expires_at: None,
+        secret_hash: h(1),
+        prefix: "egec_abcdefg".into(),
+        at: t(0),
+    };
+    assert_eq!(
+        crate::fold::apply_api_key(
+            None,
+            &ApiKeyEvent::Revoked {
+                key_id: id,
+                at: t(1)
+            },
+            1,
+            1
+        ),
+        None
+    );
+    let r = crate::fold::apply_api_key(None, &issued, 1, 1).unwrap();
+    assert_eq!(r.permissions, vec!["customers:view".to_owned()]);
+    let r = crate::fold::apply_api_key(
+        Some(r),
+        &ApiKeyEvent::Rotated {
+            key_id: id,
+            secret_hash: h(2),
+            prefix: "egec_hijklmn".into(),
+            previous_hash: h(1),
+            grace_until: t(60),
+            at: t(2),
+        },
+        2,
+        5,
+    )
+    .unwrap();
+    assert_eq!(r.secret_hash, h(2).as_str());
+    assert_eq!(r.previous_hash.as_deref(), Some(h(1).as_str()));
+    assert_eq!(r.grace_until, Some(t(60)));
+    let r = crate::fold::apply_api_key(
+        Some(r),
+        &ApiKeyEvent::Used {
+            key_id: id,
+            at: t(9),
+        },
+        3,
+        6,
+    )
+    .unwrap();
+    let r = crate::fold::apply_api_key(
+        Some(r),
+        &ApiKeyEvent::Used {
+            key_id: id,
+            at: t(8),
+        },
+        4,
+        7,
+    )
+    .unwrap();
+    assert_eq!(
+        r.last_used_at,
+        Some(t(9)),
+        "a late-arriving older use does not win"
+    );
+    let r = crate::fold::apply_api_key(
+        Some(r),
+        &ApiKeyEvent::Revoked {
+            key_id: id,
+            at: t(10),
+        },
+        5,
+        8,
+    )
+    .unwrap();
+    let r = crate::fold::apply_api_key(
+        Some(r),
+        &ApiKeyEvent::Revoked {
+            key_id: id,
+            at: t(11),
+        },
+        6,
+        9,
+    )
+    .unwrap();
+    assert_eq!(r.revoked_at, Some(t(10)));
+    assert_eq!((r.version, r.last_position), (6, 9));
+}

@@ -11,7 +11,9 @@ use uuid::Uuid;
 use crate::error::StorageError;
 use crate::fold::{Changes, Rows, Work};
 use crate::kind::ProjectionKind;
-use crate::rows::{CustomerQuery, CustomerRow, SessionUser, UserRow};
+use crate::rows::{
+    ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, SessionUser, UserRow,
+};
 
 /// The stored checkpoint of a projection: the last position applied, and the projection
 /// version the live tables were built with.
@@ -152,4 +154,26 @@ pub(crate) trait ReadStore: Send + Sync + 'static {
         user: Uuid,
         session: Uuid,
     ) -> Result<Option<SessionUser>, StorageError>;
+
+    /// The API key whose current secret, or previous secret during a rotation's grace
+    /// period, has this SHA-256 (hex).
+    async fn find_api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRow>, StorageError>;
+    async fn get_api_key(&self, id: Uuid) -> Result<Option<ApiKeyRow>, StorageError>;
+    /// Every API key, revoked ones included, oldest first.
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, StorageError>;
+
+    /// A page of the audit log, newest first (by log position), and the number of matches.
+    async fn list_audit(
+        &self,
+        query: &AuditQuery,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditRow>, u64), StorageError>;
+    /// Up to `limit` audit rows after a log position, oldest first (keyset pagination).
+    async fn audit_after(
+        &self,
+        query: &AuditQuery,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, StorageError>;
 }

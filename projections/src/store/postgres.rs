@@ -24,7 +24,14 @@ use crate::fold::{
     search_text,
 };
 use crate::kind::ProjectionKind;
-use crate::rows::{CustomerQuery, CustomerRow, SessionRow, SessionUser, UserRow};
+use crate::rows::{
+    ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, SessionRow, SessionUser, UserRow,
+};
+
+mod api_keys;
+mod audit;
+use api_keys::API_KEYS;
+use audit::AUDIT;
 
 /// First key of the two-key advisory locks ("EGEC" in ASCII), shared with the log's module
 /// so that everything Egec locks is recognisable in `pg_locks`.
@@ -102,6 +109,8 @@ fn tables(kind: ProjectionKind) -> &'static [TableDef] {
         ProjectionKind::Customers => &[CUSTOMERS],
         ProjectionKind::Users => &[USERS],
         ProjectionKind::Sessions => &[SESSIONS],
+        ProjectionKind::ApiKeys => &[API_KEYS],
+        ProjectionKind::Audit => &[AUDIT],
     }
 }
 
@@ -581,6 +590,18 @@ async fn apply_work(
             let touched = fold_sessions(plan, loaded);
             write_sessions(tx, &table, cached, &touched).await
         }
+        Work::ApiKeys(plan) => {
+            let table = table_for(API_KEYS.live, shadow);
+            let loaded = api_keys::load(tx, &table, &plan.load, cached).await?;
+            let touched = crate::fold::fold_api_keys(plan, loaded);
+            api_keys::write(tx, &table, cached, &touched).await
+        }
+        Work::Audit(plan) => {
+            let table = table_for(AUDIT.live, shadow);
+            let loaded = audit::load(tx, &table, &plan.load, cached).await?;
+            let touched = crate::fold::fold_audit(plan, loaded);
+            audit::write(tx, &table, cached, &touched).await
+        }
     }
 }
 
@@ -745,6 +766,12 @@ impl ReadStore for PgReadStore {
             ProjectionKind::Sessions => {
                 Rows::Sessions(load_sessions(&tx, &shadow.table(SESSIONS.live), &ids, false).await?)
             }
+            ProjectionKind::ApiKeys => {
+                Rows::ApiKeys(api_keys::load(&tx, &shadow.table(API_KEYS.live), &ids, false).await?)
+            }
+            ProjectionKind::Audit => {
+                Rows::Audit(audit::load(&tx, &shadow.table(AUDIT.live), &ids, false).await?)
+            }
         };
         tx.commit().await?;
         Ok(rows)
@@ -768,6 +795,14 @@ impl ReadStore for PgReadStore {
             Changes::Sessions(rows) => {
                 for chunk in rows.chunks(WRITE_CHUNK) {
                     write_sessions(&tx, &shadow.table(SESSIONS.live), false, chunk).await?;
+                }
+            }
+            Changes::ApiKeys(rows) => {
+                api_keys::write(&tx, &shadow.table(API_KEYS.live), false, rows).await?;
+            }
+            Changes::Audit(rows) => {
+                for chunk in rows.chunks(WRITE_CHUNK) {
+                    audit::write(&tx, &shadow.table(AUDIT.live), false, chunk).await?;
                 }
             }
         }
@@ -982,5 +1017,73 @@ impl ReadStore for PgReadStore {
                 ended: row.try_get(12)?,
             })),
         }
+    }
+
+    async fn find_api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRow>, StorageError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {c} FROM crm.api_keys WHERE secret_hash = $1 \
+                 UNION ALL \
+                 SELECT {c} FROM crm.api_keys WHERE previous_hash = $1 \
+                 LIMIT 1",
+                c = api_keys::COLUMNS
+            ))
+            .await?;
+        conn.query_opt(&stmt, &[&hash])
+            .await?
+            .as_ref()
+            .map(api_keys::from_row)
+            .transpose()
+    }
+
+    async fn get_api_key(&self, id: Uuid) -> Result<Option<ApiKeyRow>, StorageError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {} FROM crm.api_keys WHERE id = $1",
+                api_keys::COLUMNS
+            ))
+            .await?;
+        conn.query_opt(&stmt, &[&id])
+            .await?
+            .as_ref()
+            .map(api_keys::from_row)
+            .transpose()
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, StorageError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {} FROM crm.api_keys ORDER BY created_at, id",
+                api_keys::COLUMNS
+            ))
+            .await?;
+        conn.query(&stmt, &[])
+            .await?
+            .iter()
+            .map(api_keys::from_row)
+            .collect()
+    }
+
+    async fn list_audit(
+        &self,
+        query: &AuditQuery,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditRow>, u64), StorageError> {
+        let mut conn = self.pool.get().await?;
+        audit::list(&mut conn, query, offset, limit).await
+    }
+
+    async fn audit_after(
+        &self,
+        query: &AuditQuery,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, StorageError> {
+        let conn = self.pool.get().await?;
+        audit::after(&conn, query, after, limit).await
     }
 }

@@ -33,7 +33,14 @@ use crate::fold::{
     search_text,
 };
 use crate::kind::ProjectionKind;
-use crate::rows::{CustomerQuery, CustomerRow, SessionRow, SessionUser, UserRow};
+use crate::rows::{
+    ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, SessionRow, SessionUser, UserRow,
+};
+
+mod api_keys;
+mod audit;
+use api_keys::API_KEYS;
+use audit::AUDIT;
 
 /// Name of the read-model database file inside the data directory.
 pub const READ_DB_FILE: &str = "read.db";
@@ -126,6 +133,8 @@ fn tables(kind: ProjectionKind) -> &'static [TableDef] {
         ProjectionKind::Customers => &[CUSTOMERS, CUSTOMER_AGENTS],
         ProjectionKind::Users => &[USERS],
         ProjectionKind::Sessions => &[SESSIONS],
+        ProjectionKind::ApiKeys => &[API_KEYS],
+        ProjectionKind::Audit => &[AUDIT],
     }
 }
 
@@ -707,6 +716,20 @@ fn apply_work(
             write_sessions(tx, &table, &touched)?;
             Ok(false)
         }
+        Work::ApiKeys(plan) => {
+            let table = table_for(API_KEYS.live, shadow);
+            let loaded = api_keys::load(tx, &table, &plan.load)?;
+            let touched = crate::fold::fold_api_keys(plan, loaded);
+            api_keys::write(tx, &table, &touched)?;
+            Ok(false)
+        }
+        Work::Audit(plan) => {
+            let table = table_for(AUDIT.live, shadow);
+            let loaded = audit::load(tx, &table, &plan.load)?;
+            let touched = crate::fold::fold_audit(plan, loaded);
+            audit::write(tx, &table, &touched)?;
+            Ok(false)
+        }
     }
 }
 
@@ -856,6 +879,12 @@ impl ReadStore for SqliteReadStore {
                 ProjectionKind::Sessions => {
                     Rows::Sessions(load_sessions(conn, &shadow.table(SESSIONS.live), &ids)?)
                 }
+                ProjectionKind::ApiKeys => {
+                    Rows::ApiKeys(api_keys::load(conn, &shadow.table(API_KEYS.live), &ids)?)
+                }
+                ProjectionKind::Audit => {
+                    Rows::Audit(audit::load(conn, &shadow.table(AUDIT.live), &ids)?)
+                }
             })
         })
         .await
@@ -876,6 +905,8 @@ impl ReadStore for SqliteReadStore {
                 }
                 Changes::Users(rows) => write_users(&tx, &shadow.table(USERS.live), rows)?,
                 Changes::Sessions(rows) => write_sessions(&tx, &shadow.table(SESSIONS.live), rows)?,
+                Changes::ApiKeys(rows) => api_keys::write(&tx, &shadow.table(API_KEYS.live), rows)?,
+                Changes::Audit(rows) => audit::write(&tx, &shadow.table(AUDIT.live), rows)?,
             }
             tx.commit()?;
             Ok(())
@@ -1085,5 +1116,41 @@ impl ReadStore for SqliteReadStore {
                 .optional()?)
         })
         .await
+    }
+
+    async fn find_api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRow>, StorageError> {
+        let hash = hash.to_owned();
+        self.read(move |conn| api_keys::find_by_hash(conn, &hash))
+            .await
+    }
+
+    async fn get_api_key(&self, id: Uuid) -> Result<Option<ApiKeyRow>, StorageError> {
+        self.read(move |conn| api_keys::get(conn, id)).await
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, StorageError> {
+        self.read(|conn| api_keys::list(conn)).await
+    }
+
+    async fn list_audit(
+        &self,
+        query: &AuditQuery,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditRow>, u64), StorageError> {
+        let query = query.clone();
+        self.read(move |conn| audit::list(conn, &query, offset, limit))
+            .await
+    }
+
+    async fn audit_after(
+        &self,
+        query: &AuditQuery,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, StorageError> {
+        let query = query.clone();
+        self.read(move |conn| audit::after(conn, &query, after, limit))
+            .await
     }
 }

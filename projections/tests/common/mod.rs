@@ -450,7 +450,7 @@ impl Env {
                             users.insert(id, r);
                         }
                     }
-                    DomainEvent::Login(_) => {}
+                    DomainEvent::Login(_) | DomainEvent::ApiKey(_) => {}
                 }
             }
             pos = last;
