@@ -175,6 +175,13 @@ pub fn can_manage_user(actor: Role, target: Role) -> bool {
         }
 }
 
+/// Whether a principal may read a staff account: everyone may read their own (a staff user
+/// whose id is the account's; `reading_self`), other accounts need `users:view`.
+pub fn can_read_user(principal: Principal<'_>, reading_self: bool) -> bool {
+    (reading_self && matches!(principal, Principal::Staff(_)))
+        || allows(principal, Action::UsersView)
+}
+
 /// Whether `actor` may change a staff user who holds `current` and, when `new_role` is
 /// given, give them that role: the actor must be allowed to manage both the role the user
 /// has and the role they would get (an admin neither touches an admin nor makes one).
@@ -244,6 +251,26 @@ pub fn allowed_while(requirement: AccountRequirement, endpoint: SelfService) -> 
 mod tests {
     use super::*;
     use Role::*;
+
+    #[test]
+    fn everyone_reads_their_own_account_and_only_users_view_reads_others() {
+        for role in Role::ALL {
+            assert!(can_read_user(Principal::Staff(role), true), "{role:?} self");
+            assert_eq!(
+                can_read_user(Principal::Staff(role), false),
+                can(role, Action::UsersView),
+                "{role:?} other"
+            );
+        }
+        // A key has no account of its own: only its scopes count.
+        assert!(!can_read_user(Principal::ApiKey { scopes: &[] }, true));
+        assert!(can_read_user(
+            Principal::ApiKey {
+                scopes: &[Action::UsersView]
+            },
+            false
+        ));
+    }
 
     /// The review's customer matrix, written out in full so a change to the grants or to the
     /// hierarchy that alters any cell fails here.

@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use egec_domain::aggregate::UserAggregate;
 use egec_domain::event::DomainEvent;
-use egec_domain::permission::{Action, can_manage_user, can_update_user};
+use egec_domain::permission::{self, Action, can_manage_user, can_update_user};
 use egec_domain::user::{LoginEvent, UpdateUser, UserCommand, UserError, login_stream_id};
 use egec_domain::values::PersonName;
 use egec_domain::{Role, UserId};
@@ -124,9 +124,9 @@ pub async fn get(
     actor: Actor,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, ApiError> {
-    // Everyone may read their own account; reading others needs users:view.
-    if id != actor.user_id.as_uuid() {
-        actor.require(Action::UsersView)?;
+    let reading_self = id == actor.user_id.as_uuid();
+    if !permission::can_read_user(actor.principal(), reading_self) {
+        return Err(ApiError::Forbidden);
     }
     let row = state
         .read()
