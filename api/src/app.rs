@@ -174,10 +174,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let account_keys = Arc::new(auth::unknown_login::AccountKeys::new(&token_secret(
         &config,
     )?)?);
+    // One core is always left to everything else: argon2id's 19 MiB per hash also evicts
+    // the caches the other requests run on, which no scheduling priority prevents.
     let passwords = Arc::new(auth::password::Passwords::new(
         std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2),
+            .map(|n| n.get().saturating_sub(1))
+            .unwrap_or(1)
+            .max(1),
     )?);
     let rate_limits = Arc::new(crate::rate_limit::RateLimits::in_memory(config.rate_limits));
     crate::rate_limit::spawn_eviction(&rate_limits);

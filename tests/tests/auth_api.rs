@@ -181,3 +181,65 @@ both_backends!(
         }
     }
 );
+
+// A token is only as good as its signature under the server's own secret and algorithm.
+both_backends!(
+    forged_tokens_are_refused_unsigned_resigned_edited_or_with_another_algorithm,
+    |app: support::TestApp| async move {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        use serde_json::Value;
+
+        app.user("forge@egec.example", Role::Agent).await;
+        let token = app.login("forge@egec.example").await;
+        let parts: Vec<&str> = token.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let header: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+        let kid = header["kid"].as_str().map(str::to_owned);
+
+        // `alg: none` with no signature.
+        let mut none_header = header.clone();
+        none_header["alg"] = json!("none");
+        let unsigned = format!("{}.{}.", b64(&none_header), parts[1]);
+        // The same claims signed with another secret.
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = kid.clone();
+        let resigned = jsonwebtoken::encode(
+            &h,
+            &claims,
+            &EncodingKey::from_secret(b"another-secret-another-secret-1234"),
+        )
+        .unwrap();
+        // The right secret but an algorithm outside the allowlist.
+        let mut h = Header::new(Algorithm::HS512);
+        h.kid = kid.clone();
+        let other_alg = jsonwebtoken::encode(
+            &h,
+            &claims,
+            &EncodingKey::from_secret(support::JWT_SECRET.as_bytes()),
+        )
+        .unwrap();
+        // Claims edited (a later expiry) under the original signature.
+        let mut later = claims.clone();
+        later["exp"] = json!(claims["exp"].as_i64().unwrap() + 3600);
+        let edited = format!("{}.{}.{}", parts[0], b64(&later), parts[2]);
+
+        for (what, forged) in [
+            ("alg none", unsigned),
+            ("re-signed with another secret", resigned),
+            ("HS512 with the right secret", other_alg),
+            ("edited claims", edited),
+        ] {
+            let r = app.get("/api/auth/me", Some(&forged)).await;
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");
+        }
+        // The genuine token still works: the refusals were about the forgeries.
+        let r = app.get("/api/auth/me", Some(&token)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+);

@@ -3,8 +3,10 @@
 //! argon2id is meant to be expensive: one hash keeps a core busy for tens of milliseconds.
 //! A bounded pool stops a login storm from queueing unbounded work, but on its own it still
 //! lets the hashes take every core, and ordinary requests then wait their turn behind them.
-//! These threads run at nice 10, so whenever anything else wants a core the kernel gives it
-//! to that first; when nothing else does, hashing runs at full speed. Tokio's blocking pool
+//! These threads run under `SCHED_IDLE` (and nice 10), so whenever anything else wants a
+//! core the kernel gives it to that first; when nothing else does, hashing runs at full
+//! speed. The server also sizes the pool one below the core count, because argon2id's
+//! memory traffic slows whatever shares its caches, which no priority prevents. Tokio's blocking pool
 //! is not used because it also runs the SQLite store's I/O, which must not be slowed down.
 
 use std::sync::mpsc;
@@ -90,7 +92,12 @@ fn lower_priority() {
             let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
             // A new thread starts with its creator's nice value; go NICE below that.
             let current = libc::getpriority(libc::PRIO_PROCESS, tid);
-            libc::setpriority(libc::PRIO_PROCESS, tid, (current + NICE).min(19))
+            let niced = libc::setpriority(libc::PRIO_PROCESS, tid, (current + NICE).min(19));
+            // SCHED_IDLE: run only when no ordinary thread wants the core. The nice value
+            // above still orders these threads among themselves should this be refused.
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_IDLE, &param);
+            niced
         };
         if result != 0 {
             tracing::debug!("could not lower the priority of a hashing thread");
@@ -137,6 +144,18 @@ mod tests {
             nice,
             (own + NICE).min(19),
             "hashing thread vs starting thread"
+        );
+        let policy = pool
+            .run(|| {
+                // SAFETY: plain integer calls, as in `lower_priority`.
+                unsafe { libc::sched_getscheduler(libc::syscall(libc::SYS_gettid) as libc::pid_t) }
+            })
+            .await
+            .expect("ran");
+        assert_eq!(
+            policy,
+            libc::SCHED_IDLE,
+            "hashing threads yield to every other thread"
         );
     }
 }

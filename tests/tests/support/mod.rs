@@ -37,6 +37,9 @@ pub struct TestApp {
 
 pub const PASSWORD: &str = "violet tractor harbour 1987 spoon";
 
+/// The token signing secret of every test app (tests that forge tokens need it).
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
+
 /// As a value in `spawn_with`'s extra settings: leave the variable unset (its default).
 pub const UNSET: &str = "<unset>";
 
@@ -51,10 +54,7 @@ impl TestApp {
         let mut env: HashMap<String, String> = HashMap::new();
         env.insert("EGEC_LISTEN".into(), "127.0.0.1:0".into());
         env.insert("EGEC_DATA_DIR".into(), dir.path().display().to_string());
-        env.insert(
-            "EGEC_JWT_SECRET".into(),
-            "test-secret-test-secret-test-secret!".into(),
-        );
+        env.insert("EGEC_JWT_SECRET".into(), JWT_SECRET.into());
         env.insert("EGEC_MASTER_KEY".into(), "11".repeat(32));
         env.insert("EGEC_PHONE_DEFAULT_REGION".into(), "GB".into());
         env.insert("EGEC_DB_POOL_SIZE".into(), "8".into());
