@@ -299,8 +299,9 @@ pub fn cold_codec(stores: &Stores, master: &MasterKey, key_cache: usize) -> Code
 }
 
 /// The full rebuild: every event read, decrypted, decoded and folded into per-customer state.
-/// With a fresh codec the subject keys are loaded from the key table on first use, as after
-/// a restart; run again with the same codec, the keys come from its cache.
+/// With a fresh codec the subject keys are loaded from the key table, one query per page for
+/// the keys the page needs, as after a restart; run again with the same codec, the keys come
+/// from its cache.
 pub async fn rebuild(stores: &Stores, codec: &Codec) -> anyhow::Result<PassReport> {
     let started = Instant::now();
     let mut pages = page_reader(stores.log.clone());
@@ -311,8 +312,9 @@ pub async fn rebuild(stores: &Stores, codec: &Codec) -> anyhow::Result<PassRepor
         if page.is_empty() {
             break;
         }
-        for rec in &page {
-            let envelope = codec.decode(rec).await?;
+        // Keys are preloaded with one query per page, as the projections' decoding does.
+        for envelope in codec.decode_batch(&page).await {
+            let envelope = envelope?;
             if let DomainEvent::Customer(e) = envelope.event {
                 let slot = states.entry(envelope.stream_id).or_default();
                 *slot = evolve(std::mem::take(slot), &e);

@@ -39,7 +39,8 @@ impl CommandRow {
 
 pub struct RebuildRow {
     pub seeded: SeedReport,
-    /// The cold-key rebuild: the figure the target applies to.
+    /// The benchmark's own fold with a cold key cache (keys preloaded one query per page, as
+    /// the projections do); the target applies to the blue/green rebuild in `projections`.
     pub full: PassReport,
     /// The same pass again with every key cached: the cost without key loads.
     pub warm: PassReport,
@@ -236,9 +237,10 @@ pub fn print_table(reports: &[BackendReport], measure: Duration, warmup: Duratio
         }
     }
     println!(
-        "(rebuild ev/s: fresh codec, so each subject key is read from the key table once, as \
-         after a restart; keys cached/s: the same pass again; read-only/s: the paged read \
-         without decoding)"
+        "(rebuild ev/s: fresh codec, so the subject keys are read from the key table, one query \
+         per page, as after a restart; keys cached/s: the same pass again; read-only/s: the \
+         paged read without decoding; projections/s: the real blue/green rebuild, which the \
+         target applies to)"
     );
 
     println!();
@@ -267,11 +269,21 @@ pub fn print_table(reports: &[BackendReport], measure: Duration, warmup: Duratio
             );
         }
         if let Some(rb) = &r.rebuild {
+            match real_rebuild_per_s(rb) {
+                Some(per_s) => println!(
+                    "{:<9} rebuild (blue/green of the projections crate) >= {TARGET_REBUILD_PER_S:.0} events/s: {per_s:.0}  {}",
+                    r.backend,
+                    verdict(per_s >= TARGET_REBUILD_PER_S)
+                ),
+                None => println!(
+                    "{:<9} rebuild (blue/green of the projections crate): not measured",
+                    r.backend
+                ),
+            }
             println!(
-                "{:<9} rebuild >= {TARGET_REBUILD_PER_S:.0} events/s: {:.0}  {}",
+                "{:<9}   (for reference: the benchmark's own fold, cold keys: {:.0} events/s)",
                 r.backend,
                 rb.full.per_second(),
-                verdict(rb.full.per_second() >= TARGET_REBUILD_PER_S)
             );
         }
         for e in &r.errors {
@@ -351,7 +363,7 @@ pub fn json_value(
                 "rebuild_keys_cached_events_per_s": round(rb.warm.per_second(), 1),
                 "read_only_events_per_s": round(rb.read.per_second(), 1),
                 "projections_rebuild": projections,
-                "pass_rebuild": rb.full.per_second() >= TARGET_REBUILD_PER_S,
+                "pass_rebuild": real_rebuild_per_s(rb).is_some_and(|p| p >= TARGET_REBUILD_PER_S),
             }));
         }
         if let Some(p) = &r.profile {
@@ -398,4 +410,16 @@ pub fn json_value(
         "errors": errors,
     });
     line
+}
+
+/// The rebuild the target is about: the projections crate's blue/green rebuild, which is what
+/// `egec replay rebuild` and a new projection version run. The benchmark's own fold is a
+/// component figure beside it.
+fn real_rebuild_per_s(rb: &RebuildRow) -> Option<f64> {
+    match &rb.projections {
+        ProjectionsOutcome::Measured {
+            events, seconds, ..
+        } => Some(ratio(*events as f64, *seconds)),
+        ProjectionsOutcome::NotMeasured(_) => None,
+    }
 }
