@@ -144,7 +144,7 @@ mod tests {
                 std::thread::sleep(job);
                 std::time::Instant::now()
             }),
-            pool.run(|| std::time::Instant::now())
+            pool.run(std::time::Instant::now)
         );
         let (first_done, second_started) = (a.expect("ran"), b.expect("ran"));
         // The first answer came as soon as its job was done…
