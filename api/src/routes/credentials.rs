@@ -16,7 +16,6 @@ use egec_commands::handler::now_micros;
 use egec_domain::aggregate::UserAggregate;
 use egec_domain::event::DomainEvent;
 use egec_domain::password_policy::{self, PasswordContext};
-use egec_domain::permission::{Action, can_manage_user};
 use egec_domain::personal::Personal;
 use egec_domain::user::credentials::CredentialCommand;
 use egec_domain::user::{PasswordHash, User, UserCommand, UserState, lockout, login_stream_id};
@@ -289,17 +288,7 @@ pub async fn require_password_change(
     meta: RequestMeta,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    actor.require(Action::UsersManage)?;
-    let user = UserId::from_uuid(id);
-    let row = state
-        .read()
-        .get_user(user)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::NotFound)?;
-    if !can_manage_user(actor.role, row.role) {
-        return Err(ApiError::Forbidden);
-    }
+    let user = crate::routes::users::managed_user(&state, &actor, id).await?;
     let position = execute(
         &state,
         user,

@@ -180,14 +180,6 @@ async fn visible(
     Ok(row)
 }
 
-async fn wait_read(state: &AppState, position: Option<i64>) {
-    if let Some(p) = position
-        && !state.runner.wait_for(p, state.ryw_timeout()).await
-    {
-        tracing::warn!(position = p, "read-your-writes wait timed out");
-    }
-}
-
 #[utoipa::path(post, path = "/api/customers", request_body = CreateCustomerBody,
     responses((status = 201, body = CustomerView), (status = 422), (status = 403)), tag = "customers")]
 pub async fn create(
@@ -260,7 +252,7 @@ pub async fn create(
         )
         .await
         .map_err(|e| from_handler(e, domain_error))?;
-    wait_read(&state, done.position).await;
+    state.wait_for_write(done.position).await;
     // Answer from the decided state rather than the read model: data entry may create
     // customers it is not allowed to list or open afterwards.
     let CustomerState::Present(created) = &done.state else {
@@ -440,7 +432,7 @@ pub async fn patch(
         )
         .await
         .map_err(|e| from_handler(e, domain_error))?;
-    wait_read(&state, done.position).await;
+    state.wait_for_write(done.position).await;
     let row = visible(&state, &actor, id).await?;
     Ok(with_etag(
         StatusCode::OK,

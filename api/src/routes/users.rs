@@ -16,6 +16,7 @@ use egec_domain::permission::{self, Action, can_manage_user, can_update_user};
 use egec_domain::user::{LoginEvent, UpdateUser, UserCommand, UserError, login_stream_id};
 use egec_domain::values::PersonName;
 use egec_domain::{Role, UserId};
+use egec_projections::UserRow;
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -94,15 +95,8 @@ pub async fn create(
         }
         CreateUserError::Internal(e) => ApiError::Internal(e),
     })?;
-    if !state.runner.wait_for(position, state.ryw_timeout()).await {
-        tracing::warn!(position, "read-your-writes wait timed out");
-    }
-    let row = state
-        .read()
-        .get_user(id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::NotFound)?;
+    state.wait_for_write(Some(position)).await;
+    let row = user_row(&state, id).await?;
     Ok((StatusCode::CREATED, Json(user_json(&row))))
 }
 
@@ -128,12 +122,7 @@ pub async fn get(
     if !permission::can_read_user(actor.principal(), reading_self) {
         return Err(ApiError::Forbidden);
     }
-    let row = state
-        .read()
-        .get_user(UserId::from_uuid(id))
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::NotFound)?;
+    let row = user_row(&state, UserId::from_uuid(id)).await?;
     Ok(Json(user_json(&row)))
 }
 
@@ -145,17 +134,7 @@ pub async fn unlock(
     meta: RequestMeta,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    actor.require(Action::UsersManage)?;
-    let user = UserId::from_uuid(id);
-    let row = state
-        .read()
-        .get_user(user)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::NotFound)?;
-    if !can_manage_user(actor.role, row.role) {
-        return Err(ApiError::Forbidden);
-    }
+    let user = managed_user(&state, &actor, id).await?;
     let now = egec_commands::handler::now_micros();
     let event = DomainEvent::Login(LoginEvent::Unlocked {
         user_id: user,
@@ -187,12 +166,7 @@ pub async fn patch(
 ) -> Result<Json<Value>, ApiError> {
     actor.require(Action::UsersManage)?;
     let user = UserId::from_uuid(id);
-    let row = state
-        .read()
-        .get_user(user)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::NotFound)?;
+    let row = user_row(&state, user).await?;
     let mut problems = BTreeMap::new();
     let name = match body.name.as_deref().map(PersonName::parse) {
         None => None,
@@ -242,12 +216,7 @@ pub async fn patch(
         .await
         .map_err(|e| from_handler(e, user_error))?;
     state.wait_for_write(done.position).await;
-    let row = state
-        .read()
-        .get_user(user)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::NotFound)?;
+    let row = user_row(&state, user).await?;
     Ok(Json(user_json(&row)))
 }
 
@@ -260,17 +229,7 @@ pub async fn force_logout(
     meta: RequestMeta,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    actor.require(Action::UsersManage)?;
-    let user = UserId::from_uuid(id);
-    let row = state
-        .read()
-        .get_user(user)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::NotFound)?;
-    if !can_manage_user(actor.role, row.role) {
-        return Err(ApiError::Forbidden);
-    }
+    let user = managed_user(&state, &actor, id).await?;
     let done = state
         .bus
         .execute::<UserAggregate>(
@@ -285,4 +244,30 @@ pub async fn force_logout(
         .map_err(|e| from_handler(e, user_error))?;
     state.wait_for_write(done.position).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A staff user's row from the read model, or 404.
+pub(crate) async fn user_row(state: &AppState, user: UserId) -> Result<UserRow, ApiError> {
+    state
+        .read()
+        .get_user(user)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)
+}
+
+/// The staff user `id`, when the caller may manage users and this one in particular (404 when
+/// there is no such user, 403 when the caller may not manage them).
+pub(crate) async fn managed_user(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+) -> Result<UserId, ApiError> {
+    actor.require(Action::UsersManage)?;
+    let user = UserId::from_uuid(id);
+    let row = user_row(state, user).await?;
+    if !can_manage_user(actor.role, row.role) {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(user)
 }
