@@ -339,19 +339,31 @@ async fn prepare(
     })
 }
 
+/// The rows of `ids` from one of the batch path's tables (live or shadow), mapped by `map`.
+async fn load_by_id<T>(
+    tx: &Transaction<'_>,
+    columns: &str,
+    table: &str,
+    ids: &[Uuid],
+    cached: bool,
+    map: fn(&Row) -> Result<T, StorageError>,
+) -> Result<Vec<T>, StorageError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!("SELECT {columns} FROM crm.{table} WHERE id = ANY($1)");
+    let stmt = prepare(tx, &sql, cached).await?;
+    let rows = tx.query(&stmt, &[&ids]).await?;
+    rows.iter().map(map).collect()
+}
+
 async fn load_customers(
     tx: &Transaction<'_>,
     table: &str,
     ids: &[Uuid],
     cached: bool,
 ) -> Result<Vec<CustomerRow>, StorageError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = format!("SELECT {CUSTOMER_COLUMNS} FROM crm.{table} WHERE id = ANY($1)");
-    let stmt = prepare(tx, &sql, cached).await?;
-    let rows = tx.query(&stmt, &[&ids]).await?;
-    rows.iter().map(customer_from_row).collect()
+    load_by_id(tx, CUSTOMER_COLUMNS, table, ids, cached, customer_from_row).await
 }
 
 async fn load_users(
@@ -360,13 +372,7 @@ async fn load_users(
     ids: &[Uuid],
     cached: bool,
 ) -> Result<Vec<UserRow>, StorageError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = format!("SELECT {USER_COLUMNS} FROM crm.{table} WHERE id = ANY($1)");
-    let stmt = prepare(tx, &sql, cached).await?;
-    let rows = tx.query(&stmt, &[&ids]).await?;
-    rows.iter().map(user_from_row).collect()
+    load_by_id(tx, USER_COLUMNS, table, ids, cached, user_from_row).await
 }
 
 async fn load_sessions(
@@ -375,13 +381,7 @@ async fn load_sessions(
     ids: &[Uuid],
     cached: bool,
 ) -> Result<Vec<SessionRow>, StorageError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = format!("SELECT {SESSION_COLUMNS} FROM crm.{table} WHERE id = ANY($1)");
-    let stmt = prepare(tx, &sql, cached).await?;
-    let rows = tx.query(&stmt, &[&ids]).await?;
-    rows.iter().map(session_from_row).collect()
+    load_by_id(tx, SESSION_COLUMNS, table, ids, cached, session_from_row).await
 }
 
 /// A uuid list as a PostgreSQL array literal, cast to `uuid[]` in SQL: `unnest` flattens

@@ -508,37 +508,36 @@ fn table_for(live: &str, shadow: Option<&Shadow>) -> String {
     }
 }
 
+/// The rows of `ids` from one of the batch path's tables (live or shadow), mapped by `map`.
+/// One statement for any number of ids: the ids travel as one JSON array parameter.
+fn load_by_id<T>(
+    tx: &Connection,
+    columns: &str,
+    table: &str,
+    ids: &[Uuid],
+    map: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, StorageError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = serde_json::to_string(ids).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {columns} FROM {table} WHERE id IN (SELECT value FROM json_each(?1))"
+    ))?;
+    let rows = stmt.query_map([ids], map)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
 fn load_customers(
     tx: &Connection,
     table: &str,
     ids: &[Uuid],
 ) -> Result<Vec<CustomerRow>, StorageError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    // One statement for any number of ids: the ids travel as one JSON array parameter.
-    let ids = serde_json::to_string(ids).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-    let mut stmt = tx.prepare_cached(&format!(
-        "SELECT {CUSTOMER_COLUMNS} FROM {table} WHERE id IN (SELECT value FROM json_each(?1))"
-    ))?;
-    let rows = stmt
-        .query_map([ids], customer_from_row)?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    load_by_id(tx, CUSTOMER_COLUMNS, table, ids, customer_from_row)
 }
 
 fn load_users(tx: &Connection, table: &str, ids: &[Uuid]) -> Result<Vec<UserRow>, StorageError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids = serde_json::to_string(ids).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-    let mut stmt = tx.prepare_cached(&format!(
-        "SELECT {USER_COLUMNS} FROM {table} WHERE id IN (SELECT value FROM json_each(?1))"
-    ))?;
-    let rows = stmt
-        .query_map([ids], user_from_row)?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    load_by_id(tx, USER_COLUMNS, table, ids, user_from_row)
 }
 
 fn load_sessions(
@@ -546,17 +545,7 @@ fn load_sessions(
     table: &str,
     ids: &[Uuid],
 ) -> Result<Vec<SessionRow>, StorageError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids = serde_json::to_string(ids).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-    let mut stmt = tx.prepare_cached(&format!(
-        "SELECT {SESSION_COLUMNS} FROM {table} WHERE id IN (SELECT value FROM json_each(?1))"
-    ))?;
-    let rows = stmt
-        .query_map([ids], session_from_row)?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    load_by_id(tx, SESSION_COLUMNS, table, ids, session_from_row)
 }
 
 /// Writes the changed customer rows and their assignment rows. Answers whether any row was

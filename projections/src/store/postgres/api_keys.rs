@@ -59,13 +59,7 @@ pub(super) async fn load(
     ids: &[Uuid],
     cached: bool,
 ) -> Result<Vec<ApiKeyRow>, StorageError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = format!("SELECT {COLUMNS} FROM crm.{table} WHERE id = ANY($1)");
-    let stmt = prepare(tx, &sql, cached).await?;
-    let rows = tx.query(&stmt, &[&ids]).await?;
-    rows.iter().map(from_row).collect()
+    super::load_by_id(tx, COLUMNS, table, ids, cached, from_row).await
 }
 
 /// Few keys exist and few change per batch: one upsert per row keeps the arrays of

@@ -53,13 +53,7 @@ pub(super) async fn load(
     ids: &[Uuid],
     cached: bool,
 ) -> Result<Vec<AuditRow>, StorageError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = format!("SELECT {COLUMNS} FROM crm.{table} WHERE id = ANY($1)");
-    let stmt = prepare(tx, &sql, cached).await?;
-    let rows = tx.query(&stmt, &[&ids]).await?;
-    rows.iter().map(from_row).collect()
+    super::load_by_id(tx, COLUMNS, table, ids, cached, from_row).await
 }
 
 /// One multi-row statement per batch, like the other tables.

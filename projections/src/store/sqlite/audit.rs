@@ -56,17 +56,7 @@ pub(super) fn load(
     table: &str,
     ids: &[Uuid],
 ) -> Result<Vec<AuditRow>, StorageError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids = serde_json::to_string(ids).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-    let mut stmt = tx.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM {table} WHERE id IN (SELECT value FROM json_each(?1))"
-    ))?;
-    let rows = stmt
-        .query_map([ids], from_row)?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    super::load_by_id(tx, COLUMNS, table, ids, from_row)
 }
 
 pub(super) fn write(
