@@ -320,6 +320,27 @@ impl<E> Default for Plan<E> {
 }
 
 impl<E> Plan<E> {
+    /// The plan of one projection's work in `envelopes`: `pick` answers, for an event the
+    /// projection folds, the row id, whether the row cannot exist yet (the event starts the
+    /// row's own stream, so there is nothing to load), and the event.
+    fn of(envelopes: Vec<Envelope>, pick: impl Fn(Envelope) -> Option<(Uuid, bool, E)>) -> Plan<E> {
+        let mut plan = Plan::default();
+        let mut seen = IdMap::default();
+        for env in envelopes {
+            let (position, stream_version) = (env.position, env.stream_version);
+            if let Some((id, new_row, event)) = pick(env) {
+                let step = Step {
+                    id,
+                    position,
+                    stream_version,
+                    event,
+                };
+                plan.push(&mut seen, step, new_row);
+            }
+        }
+        plan
+    }
+
     fn push(&mut self, seen: &mut IdMap<()>, step: Step<E>, starts_stream: bool) {
         if seen.insert(step.id, ()).is_none() && !starts_stream {
             self.load.push(step.id);
@@ -344,105 +365,57 @@ impl Work {
     pub fn plan(kind: ProjectionKind, envelopes: Vec<Envelope>) -> Work {
         match kind {
             ProjectionKind::Customers => {
-                let mut plan = Plan::default();
-                let mut seen = IdMap::default();
-                for env in envelopes {
-                    if let DomainEvent::Customer(event) = env.event {
+                Work::Customers(Plan::of(envelopes, |env| match env.event {
+                    DomainEvent::Customer(event) => {
                         let id = event.customer_id();
-                        let starts_stream = env.stream_version == 1
+                        let starts = env.stream_version == 1
                             && CustomerId::from_stream_id(&env.stream_id) == Some(id);
-                        let step = Step {
-                            id: id.as_uuid(),
-                            position: env.position,
-                            stream_version: env.stream_version,
-                            event,
-                        };
-                        plan.push(&mut seen, step, starts_stream);
+                        Some((id.as_uuid(), starts, event))
                     }
-                }
-                Work::Customers(plan)
+                    _ => None,
+                }))
             }
-            ProjectionKind::Users => {
-                let mut plan = Plan::default();
-                let mut seen = IdMap::default();
-                for env in envelopes {
-                    if let DomainEvent::User(event) = env.event {
-                        let id = event.user_id();
-                        let starts_stream = env.stream_version == 1
-                            && UserId::from_stream_id(&env.stream_id) == Some(id);
-                        let step = Step {
-                            id: id.as_uuid(),
-                            position: env.position,
-                            stream_version: env.stream_version,
-                            event,
-                        };
-                        plan.push(&mut seen, step, starts_stream);
-                    }
+            ProjectionKind::Users => Work::Users(Plan::of(envelopes, |env| match env.event {
+                DomainEvent::User(event) => {
+                    let id = event.user_id();
+                    let starts = env.stream_version == 1
+                        && UserId::from_stream_id(&env.stream_id) == Some(id);
+                    Some((id.as_uuid(), starts, event))
                 }
-                Work::Users(plan)
-            }
+                _ => None,
+            })),
             ProjectionKind::Sessions => {
-                let mut plan = Plan::default();
-                let mut seen = IdMap::default();
-                for env in envelopes {
-                    if let DomainEvent::Login(LoginEvent::LoggedOut {
+                Work::Sessions(Plan::of(envelopes, |env| match env.event {
+                    DomainEvent::Login(LoginEvent::LoggedOut {
                         user_id,
                         session_id,
                         at,
-                    }) = env.event
-                    {
-                        let step = Step {
-                            id: session_id,
-                            position: env.position,
-                            stream_version: env.stream_version,
-                            event: SessionEnded {
-                                session_id,
-                                user_id,
-                                at,
-                            },
+                    }) => {
+                        let ended = SessionEnded {
+                            session_id,
+                            user_id,
+                            at,
                         };
                         // A session's row may exist already (two logouts with one token):
                         // always look.
-                        plan.push(&mut seen, step, false);
+                        Some((session_id, false, ended))
                     }
-                }
-                Work::Sessions(plan)
+                    _ => None,
+                }))
             }
-            ProjectionKind::ApiKeys => {
-                let mut plan = Plan::default();
-                let mut seen = IdMap::default();
-                for env in envelopes {
-                    if let DomainEvent::ApiKey(event) = env.event {
-                        let id = event.key_id();
-                        let starts_stream = env.stream_version == 1
-                            && egec_domain::ids::ApiKeyId::from_stream_id(&env.stream_id)
-                                == Some(id);
-                        let step = Step {
-                            id: id.as_uuid(),
-                            position: env.position,
-                            stream_version: env.stream_version,
-                            event,
-                        };
-                        plan.push(&mut seen, step, starts_stream);
-                    }
+            ProjectionKind::ApiKeys => Work::ApiKeys(Plan::of(envelopes, |env| match env.event {
+                DomainEvent::ApiKey(event) => {
+                    let id = event.key_id();
+                    let starts = env.stream_version == 1
+                        && egec_domain::ids::ApiKeyId::from_stream_id(&env.stream_id) == Some(id);
+                    Some((id.as_uuid(), starts, event))
                 }
-                Work::ApiKeys(plan)
-            }
-            ProjectionKind::Audit => {
-                let mut plan = Plan::default();
-                let mut seen = IdMap::default();
-                for env in envelopes {
-                    let step = Step {
-                        id: env.event_id,
-                        position: env.position,
-                        stream_version: env.stream_version,
-                        event: audit_row(&env),
-                    };
-                    // Every event makes its own row: nothing to load.
-                    plan.push(&mut seen, step, true);
-                }
-                Work::Audit(plan)
-            }
+                _ => None,
+            })),
+            // Every event makes its own row: nothing to load.
+            ProjectionKind::Audit => Work::Audit(Plan::of(envelopes, |env| {
+                Some((env.event_id, true, audit_row(&env)))
+            })),
         }
     }
 
