@@ -18,30 +18,25 @@ pub fn entity_of(event: &DomainEvent) -> (&'static str, Uuid) {
     match event {
         DomainEvent::Customer(e) => ("customer", e.customer_id().as_uuid()),
         DomainEvent::User(e) => ("user", e.user_id().as_uuid()),
-        DomainEvent::Login(LoginEvent::UnknownAccountFailed { account_key, .. }) => {
-            // No account: the entity is the keyed hash of the email tried, so attempts on one
-            // address group together without the address itself appearing.
-            (
-                "unknown_account",
-                Uuid::new_v5(&Uuid::NAMESPACE_OID, account_key.as_bytes()),
-            )
-        }
-        DomainEvent::Login(e) => ("user", login_user(e)),
+        DomainEvent::Login(e) => login_entity(e),
         DomainEvent::ApiKey(e) => ("api_key", e.key_id().as_uuid()),
     }
 }
 
-fn login_user(e: &LoginEvent) -> Uuid {
+fn login_entity(e: &LoginEvent) -> (&'static str, Uuid) {
     match e {
         LoginEvent::Succeeded { user_id, .. }
         | LoginEvent::Failed { user_id, .. }
         | LoginEvent::Locked { user_id, .. }
         | LoginEvent::Unlocked { user_id, .. }
         | LoginEvent::LoggedOut { user_id, .. }
-        | LoginEvent::AccessDenied { user_id, .. } => user_id.as_uuid(),
-        LoginEvent::UnknownAccountFailed { account_key, .. } => {
-            Uuid::new_v5(&Uuid::NAMESPACE_OID, account_key.as_bytes())
-        }
+        | LoginEvent::AccessDenied { user_id, .. } => ("user", user_id.as_uuid()),
+        // No account: the entity is the keyed hash of the email tried, so attempts on one
+        // address group together without the address itself appearing.
+        LoginEvent::UnknownAccountFailed { account_key, .. } => (
+            "unknown_account",
+            Uuid::new_v5(&Uuid::NAMESPACE_OID, account_key.as_bytes()),
+        ),
     }
 }
 
