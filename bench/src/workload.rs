@@ -74,6 +74,7 @@ impl Samples {
             )),
             correlation_id: Uuid::now_v7(),
             causation_id: None,
+            batch_id: None,
             occurred_at: Utc::now(),
         }
     }

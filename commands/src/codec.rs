@@ -136,6 +136,11 @@ impl Codec {
             "causation_id": meta.causation_id.map(|c| c.to_string()),
             "occurred_at": egec_domain::encoding::time_fact(meta.occurred_at),
         });
+        // Only batch events carry the key, so every other event's stored metadata (and so
+        // its hash) is exactly what it was before batches existed.
+        if let (Some(b), Some(m)) = (meta.batch_id, metadata.as_object_mut()) {
+            m.insert("batch_id".into(), Value::String(b.to_string()));
+        }
         if !meta_enc.is_empty()
             && let Some(m) = metadata.as_object_mut()
         {
@@ -320,6 +325,7 @@ impl Codec {
             user_agent: personal.remove("user_agent"),
             correlation_id: uuid_at("correlation_id")?.unwrap_or(Uuid::nil()),
             causation_id: uuid_at("causation_id")?,
+            batch_id: uuid_at("batch_id")?,
             occurred_at,
         })
     }

@@ -546,6 +546,41 @@ async fn a_stale_cached_aggregate_is_caught_by_the_version_check(e: Env) {
     );
 }
 
+async fn a_batch_id_is_stored_in_clear_metadata_and_read_back_only_where_given(e: Env) {
+    let batch = Uuid::now_v7();
+    let with_batch = CustomerId::from_uuid(Uuid::now_v7());
+    let mut m = meta();
+    m.batch_id = Some(batch);
+    e.bus
+        .execute::<CustomerAggregate>(
+            &with_batch.stream_id(),
+            &with_batch.subject(),
+            None,
+            Uuid::now_v7(),
+            &m,
+            create(with_batch),
+        )
+        .await
+        .unwrap();
+    let without = CustomerId::from_uuid(Uuid::now_v7());
+    run(&e, without, create(without)).await.unwrap();
+    for (id, expected) in [(with_batch, Some(batch)), (without, None)] {
+        let stored = e
+            .stores
+            .log
+            .read_stream(&id.stream_id(), 1, ReadBound::None)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored[0].metadata.get("batch_id").is_some(),
+            expected.is_some(),
+            "only batch events carry the key"
+        );
+        let env = e.bus.codec().decode(&stored[0]).await.unwrap();
+        assert_eq!(env.metadata.batch_id, expected);
+    }
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod sqlite { use super::*; $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(env(false).await).await } )* }
@@ -554,6 +589,7 @@ macro_rules! both {
 }
 
 both!(
+    a_batch_id_is_stored_in_clear_metadata_and_read_back_only_where_given,
     personal_fields_are_ciphertext_in_the_log_and_plaintext_when_read,
     after_erasure_every_field_reads_erased_and_the_key_is_never_recreated,
     a_legacy_v1_event_in_the_log_is_upcast_on_every_read_path,

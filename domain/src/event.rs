@@ -64,6 +64,9 @@ pub struct Metadata {
     pub user_agent: Option<Personal<String>>,
     pub correlation_id: Uuid,
     pub causation_id: Option<Uuid>,
+    /// The import or bulk edit this event belongs to: every event a batch causes carries
+    /// its id, so the batch can be listed, audited and undone as one.
+    pub batch_id: Option<Uuid>,
     pub occurred_at: DateTime<Utc>,
 }
 
@@ -77,6 +80,7 @@ impl Metadata {
             user_agent: None,
             correlation_id,
             causation_id: None,
+            batch_id: None,
             occurred_at,
         }
     }

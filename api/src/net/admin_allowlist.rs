@@ -51,6 +51,7 @@ pub async fn check(
             .and_then(|s| Uuid::parse_str(&s).ok())
             .unwrap_or_else(Uuid::now_v7),
         causation_id: None,
+        batch_id: None,
         occurred_at: now,
     };
     let event = DomainEvent::Login(LoginEvent::AccessDenied {

@@ -39,6 +39,7 @@ impl RequestMeta {
             user_agent: self.user_agent.clone().map(Personal::Known),
             correlation_id: self.correlation_id,
             causation_id: None,
+            batch_id: None,
             occurred_at: Utc::now(),
         }
     }
