@@ -71,10 +71,10 @@ pub struct PatchCustomerBody {
 
 /// Collects every field problem of a request before answering, so a client sees them all.
 #[derive(Default)]
-struct Fields(BTreeMap<String, String>);
+pub(crate) struct Fields(pub(crate) BTreeMap<String, String>);
 
 impl Fields {
-    fn take<T>(&mut self, name: &str, r: Result<T, Invalid>) -> Option<T> {
+    pub(crate) fn take<T>(&mut self, name: &str, r: Result<T, Invalid>) -> Option<T> {
         match r {
             Ok(v) => Some(v),
             Err(Invalid(msg)) => {
@@ -84,7 +84,7 @@ impl Fields {
         }
     }
 
-    fn opt<T>(
+    pub(crate) fn opt<T>(
         &mut self,
         name: &str,
         v: Option<&str>,
@@ -94,7 +94,7 @@ impl Fields {
     }
 
     /// Absent = no change, null or "" = clear, a value = set.
-    fn patch<T>(
+    pub(crate) fn patch<T>(
         &mut self,
         name: &str,
         v: Option<Option<String>>,
@@ -108,7 +108,7 @@ impl Fields {
         }
     }
 
-    fn finish(self) -> Result<(), ApiError> {
+    pub(crate) fn finish(self) -> Result<(), ApiError> {
         if self.0.is_empty() {
             Ok(())
         } else {
@@ -130,7 +130,7 @@ fn new_customer_id(meta: &RequestMeta) -> CustomerId {
     })
 }
 
-fn domain_error(e: CustomerError) -> ApiError {
+pub(crate) fn domain_error(e: CustomerError) -> ApiError {
     match e {
         CustomerError::NotFound | CustomerError::Deleted => ApiError::NotFound,
         CustomerError::AlreadyExists => ApiError::Conflict("customer already exists".into()),
@@ -144,7 +144,7 @@ fn domain_error(e: CustomerError) -> ApiError {
     }
 }
 
-fn with_etag(status: StatusCode, view: CustomerView) -> Response {
+pub(crate) fn with_etag(status: StatusCode, view: CustomerView) -> Response {
     let etag = format!("\"{}\"", view.version);
     let mut resp = (status, Json(view)).into_response();
     if let Ok(v) = HeaderValue::from_str(&etag) {
@@ -154,7 +154,7 @@ fn with_etag(status: StatusCode, view: CustomerView) -> Response {
 }
 
 /// The customer as the read model has it, if the actor may see it; 404 otherwise.
-async fn visible(
+pub(crate) async fn visible(
     state: &AppState,
     actor: &Actor,
     id: CustomerId,
@@ -370,7 +370,7 @@ pub async fn list(
     ))
 }
 
-fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     match headers.get(header::IF_MATCH) {
         None => Ok(None),
         Some(v) => {
