@@ -108,3 +108,32 @@ impl Aggregate for ApiKeyAggregate {
         }
     }
 }
+
+pub struct FollowupAggregate;
+
+impl Aggregate for FollowupAggregate {
+    type State = crate::followup::FollowupState;
+    type Command = crate::followup::FollowupCommand;
+    type Event = crate::followup::FollowupEvent;
+    type Error = crate::followup::FollowupError;
+
+    fn decide(
+        s: &Self::State,
+        c: Self::Command,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Self::Event>, Self::Error> {
+        crate::followup::decide(s, c, now)
+    }
+    fn evolve(s: Self::State, e: &Self::Event) -> Self::State {
+        crate::followup::evolve(s, e)
+    }
+    fn wrap(e: Self::Event) -> DomainEvent {
+        DomainEvent::Followup(e)
+    }
+    fn unwrap(e: DomainEvent) -> Option<Self::Event> {
+        match e {
+            DomainEvent::Followup(f) => Some(f),
+            _ => None,
+        }
+    }
+}

@@ -12,7 +12,7 @@ use crate::user::LoginEvent;
 use serde_json::Value;
 use uuid::Uuid;
 
-/// The entity an event is about: its type (`customer`, `user`, `api_key`) and id. Login
+/// The entity an event is about: its type (`customer`, `user`, `api_key`, `followup`) and id. Login
 /// activity is about the user.
 pub fn entity_of(event: &DomainEvent) -> (&'static str, Uuid) {
     match event {
@@ -20,6 +20,7 @@ pub fn entity_of(event: &DomainEvent) -> (&'static str, Uuid) {
         DomainEvent::User(e) => ("user", e.user_id().as_uuid()),
         DomainEvent::Login(e) => login_entity(e),
         DomainEvent::ApiKey(e) => ("api_key", e.key_id().as_uuid()),
+        DomainEvent::Followup(e) => ("followup", e.followup_id().as_uuid()),
     }
 }
 
@@ -161,6 +162,8 @@ mod tests {
             "ApiKeyRevoked",
             "ApiKeyRotated",
             "ApiKeyUsed",
+            "FollowupScheduled",
+            "FollowupCompleted",
         ] {
             assert!(types.contains(t), "no snapshot of {t}");
         }

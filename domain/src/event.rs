@@ -2,6 +2,7 @@
 
 use crate::api_key::ApiKeyEvent;
 use crate::customer::CustomerEvent;
+use crate::followup::FollowupEvent;
 use crate::encoding::{DecodeError, DecryptedEvent, EncodedEvent, EventCodec, upcast};
 use crate::personal::Personal;
 use crate::user::{LoginEvent, UserEvent};
@@ -15,6 +16,7 @@ pub enum DomainEvent {
     User(UserEvent),
     Login(LoginEvent),
     ApiKey(ApiKeyEvent),
+    Followup(FollowupEvent),
 }
 
 impl DomainEvent {
@@ -24,6 +26,7 @@ impl DomainEvent {
             DomainEvent::User(e) => e.encode(),
             DomainEvent::Login(e) => e.encode(),
             DomainEvent::ApiKey(e) => e.encode(),
+            DomainEvent::Followup(e) => e.encode(),
         }
     }
 
@@ -38,6 +41,8 @@ impl DomainEvent {
             LoginEvent::decode(&e).map(DomainEvent::Login)
         } else if e.event_type.starts_with("ApiKey") {
             ApiKeyEvent::decode(&e).map(DomainEvent::ApiKey)
+        } else if e.event_type.starts_with("Followup") {
+            FollowupEvent::decode(&e).map(DomainEvent::Followup)
         } else {
             Err(DecodeError(format!("unknown event type {}", e.event_type)))
         }
@@ -50,6 +55,7 @@ impl DomainEvent {
             DomainEvent::User(e) => e.action(),
             DomainEvent::Login(e) => e.action(),
             DomainEvent::ApiKey(e) => e.action(),
+            DomainEvent::Followup(e) => e.action(),
         }
     }
 }

@@ -54,6 +54,7 @@ macro_rules! id_type {
 id_type!(CustomerId, "customer");
 id_type!(UserId, "user");
 id_type!(ApiKeyId, "apikey");
+id_type!(FollowupId, "followup");
 
 #[cfg(test)]
 mod tests {
