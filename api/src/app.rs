@@ -68,6 +68,16 @@ pub fn router(state: AppState) -> Router {
             get(routes::customers::history),
         )
         .route(
+            "/api/customers/{id}/followups",
+            post(routes::followups::create).get(routes::followups::list_for_customer),
+        )
+        .route("/api/followups", get(routes::followups::list))
+        .route("/api/followups/{id}", get(routes::followups::get))
+        .route(
+            "/api/followups/{id}/complete",
+            post(routes::followups::complete),
+        )
+        .route(
             "/api/users",
             post(routes::users::create).get(routes::users::list),
         )

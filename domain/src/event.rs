@@ -2,8 +2,8 @@
 
 use crate::api_key::ApiKeyEvent;
 use crate::customer::CustomerEvent;
-use crate::followup::FollowupEvent;
 use crate::encoding::{DecodeError, DecryptedEvent, EncodedEvent, EventCodec, upcast};
+use crate::followup::FollowupEvent;
 use crate::personal::Personal;
 use crate::user::{LoginEvent, UserEvent};
 use crate::{Role, UserId};

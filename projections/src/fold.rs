@@ -9,18 +9,22 @@ use std::collections::HashMap;
 use chrono::{DateTime, SubsecRound, Utc};
 use egec_domain::customer::{Customer, CustomerChanges, CustomerEvent};
 use egec_domain::event::{DomainEvent, Envelope};
+use egec_domain::followup::FollowupEvent;
 use egec_domain::personal::{ERASED, Personal};
 use egec_domain::user::{FIRST_SESSION_VERSION, LoginEvent, UserEvent};
 use egec_domain::{CustomerId, UserId};
 use uuid::Uuid;
 
 use crate::kind::ProjectionKind;
-use crate::rows::{ApiKeyRow, AuditRow, CustomerRow, SessionRow, UserRow};
+use crate::rows::{ApiKeyRow, AuditRow, CustomerRow, FollowupRow, SessionRow, UserRow};
 
 mod api_keys;
 mod audit;
+mod followups;
 pub use api_keys::apply_api_key;
 pub use audit::{apply_audit, audit_row};
+pub use followups::{CUSTOMER_ERASED, apply_followup};
+pub(crate) use followups::{FollowupCache, FollowupWork};
 
 /// Both backends store whole microseconds; folding at that precision keeps a row read back
 /// from storage equal to the row that was written.
@@ -357,6 +361,7 @@ pub(crate) enum Work {
     Sessions(Plan<SessionEnded>),
     ApiKeys(Plan<egec_domain::api_key::ApiKeyEvent>),
     Audit(Plan<AuditRow>),
+    Followups(FollowupWork),
 }
 
 impl Work {
@@ -416,6 +421,7 @@ impl Work {
             ProjectionKind::Audit => Work::Audit(Plan::of(envelopes, |env| {
                 Some((env.event_id, true, audit_row(&env)))
             })),
+            ProjectionKind::Followups => Work::Followups(FollowupWork::of(envelopes)),
         }
     }
 
@@ -427,6 +433,7 @@ impl Work {
             (Work::Sessions(a), Work::Sessions(b)) => extend_plan(a, b),
             (Work::ApiKeys(a), Work::ApiKeys(b)) => extend_plan(a, b),
             (Work::Audit(a), Work::Audit(b)) => extend_plan(a, b),
+            (Work::Followups(a), Work::Followups(b)) => a.extend(b),
             // Work of one projection is only ever merged with work of the same projection.
             _ => {}
         }
@@ -439,6 +446,7 @@ impl Work {
             ProjectionKind::Sessions => Work::Sessions(Plan::default()),
             ProjectionKind::ApiKeys => Work::ApiKeys(Plan::default()),
             ProjectionKind::Audit => Work::Audit(Plan::default()),
+            ProjectionKind::Followups => Work::Followups(FollowupWork::default()),
         }
     }
 
@@ -454,6 +462,7 @@ impl Work {
             Work::Sessions(p) => p.steps.len(),
             Work::ApiKeys(p) => p.steps.len(),
             Work::Audit(p) => p.steps.len(),
+            Work::Followups(w) => w.len(),
         }
     }
 }
@@ -531,6 +540,13 @@ pub(crate) fn fold_api_keys(
     fold_plan(plan, loaded, |r| r.id, apply_api_key)
 }
 
+pub(crate) fn fold_followups(
+    plan: &Plan<FollowupEvent>,
+    loaded: Vec<FollowupRow>,
+) -> Vec<Touched<FollowupRow>> {
+    fold_plan(plan, loaded, |r| r.id, apply_followup)
+}
+
 pub(crate) fn fold_audit(plan: &Plan<AuditRow>, loaded: Vec<AuditRow>) -> Vec<Touched<AuditRow>> {
     fold_plan(plan, loaded, |r| r.event_id, apply_audit)
 }
@@ -543,6 +559,7 @@ pub(crate) enum Rows {
     Sessions(Vec<SessionRow>),
     ApiKeys(Vec<ApiKeyRow>),
     Audit(Vec<AuditRow>),
+    Followups(Vec<FollowupRow>),
 }
 
 /// Changed rows to write, each with the row as stored (`None`: not stored yet).
@@ -553,6 +570,8 @@ pub(crate) enum Changes {
     Sessions(Vec<Touched<SessionRow>>),
     ApiKeys(Vec<Touched<ApiKeyRow>>),
     Audit(Vec<Touched<AuditRow>>),
+    /// Changed rows, then the customers whose follow-up notes are to be erased.
+    Followups(Vec<Touched<FollowupRow>>, Vec<Uuid>),
 }
 
 impl Changes {
@@ -563,6 +582,7 @@ impl Changes {
             Changes::Sessions(v) => v.len(),
             Changes::ApiKeys(v) => v.len(),
             Changes::Audit(v) => v.len(),
+            Changes::Followups(v, erased) => v.len() + erased.len(),
         }
     }
 }
@@ -687,6 +707,7 @@ pub(crate) enum FoldCache {
     Sessions(RowCache<SessionRow>),
     ApiKeys(RowCache<ApiKeyRow>),
     Audit(RowCache<AuditRow>),
+    Followups(FollowupCache),
 }
 
 impl FoldCache {
@@ -697,6 +718,7 @@ impl FoldCache {
             ProjectionKind::Sessions => FoldCache::Sessions(RowCache::default()),
             ProjectionKind::ApiKeys => FoldCache::ApiKeys(RowCache::default()),
             ProjectionKind::Audit => FoldCache::Audit(RowCache::default()),
+            ProjectionKind::Followups => FoldCache::Followups(FollowupCache::default()),
         }
     }
 
@@ -707,6 +729,7 @@ impl FoldCache {
             FoldCache::Sessions(c) => c.rows.len(),
             FoldCache::ApiKeys(c) => c.rows.len(),
             FoldCache::Audit(c) => c.rows.len(),
+            FoldCache::Followups(c) => c.rows.rows.len(),
         }
     }
 
@@ -718,6 +741,7 @@ impl FoldCache {
             (FoldCache::Sessions(c), Work::Sessions(p)) => c.missing(p),
             (FoldCache::ApiKeys(c), Work::ApiKeys(p)) => c.missing(p),
             (FoldCache::Audit(c), Work::Audit(p)) => c.missing(p),
+            (FoldCache::Followups(c), Work::Followups(w)) => c.rows.missing(&w.plan),
             _ => Vec::new(),
         }
     }
@@ -729,6 +753,7 @@ impl FoldCache {
             (FoldCache::Sessions(c), Rows::Sessions(r)) => c.add_loaded(ids, r, |x| x.id),
             (FoldCache::ApiKeys(c), Rows::ApiKeys(r)) => c.add_loaded(ids, r, |x| x.id),
             (FoldCache::Audit(c), Rows::Audit(r)) => c.add_loaded(ids, r, |x| x.event_id),
+            (FoldCache::Followups(c), Rows::Followups(r)) => c.rows.add_loaded(ids, r, |x| x.id),
             _ => {}
         }
     }
@@ -740,6 +765,7 @@ impl FoldCache {
             (FoldCache::Sessions(c), Work::Sessions(p)) => c.fold(p, apply_session),
             (FoldCache::ApiKeys(c), Work::ApiKeys(p)) => c.fold(p, apply_api_key),
             (FoldCache::Audit(c), Work::Audit(p)) => c.fold(p, apply_audit),
+            (FoldCache::Followups(c), Work::Followups(w)) => c.fold(w),
             // A cache only ever receives work of its own projection.
             _ => {}
         }
@@ -753,6 +779,10 @@ impl FoldCache {
             FoldCache::Sessions(c) => Changes::Sessions(c.take_changes()),
             FoldCache::ApiKeys(c) => Changes::ApiKeys(c.take_changes()),
             FoldCache::Audit(c) => Changes::Audit(c.take_changes()),
+            FoldCache::Followups(c) => {
+                let (rows, erased) = c.take_changes();
+                Changes::Followups(rows, erased)
+            }
         }
     }
 }

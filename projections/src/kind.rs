@@ -14,16 +14,19 @@ pub enum ProjectionKind {
     ApiKeys,
     /// Every event, as the audit log shows it.
     Audit,
+    /// Follow-ups, visible with their customer.
+    Followups,
 }
 
 impl ProjectionKind {
     /// Every operational projection; read-your-writes waits for all of them.
-    pub const ALL: [ProjectionKind; 5] = [
+    pub const ALL: [ProjectionKind; 6] = [
         ProjectionKind::Customers,
         ProjectionKind::Users,
         ProjectionKind::Sessions,
         ProjectionKind::ApiKeys,
         ProjectionKind::Audit,
+        ProjectionKind::Followups,
     ];
 
     /// The name used in checkpoints, metrics and the rebuild command.
@@ -34,6 +37,7 @@ impl ProjectionKind {
             ProjectionKind::Sessions => "sessions",
             ProjectionKind::ApiKeys => "api_keys",
             ProjectionKind::Audit => "audit",
+            ProjectionKind::Followups => "followups",
         }
     }
 
@@ -50,6 +54,7 @@ impl ProjectionKind {
             ProjectionKind::Sessions => 1,
             ProjectionKind::ApiKeys => 1,
             ProjectionKind::Audit => 1,
+            ProjectionKind::Followups => 1,
         }
     }
 
@@ -67,6 +72,10 @@ impl ProjectionKind {
             ProjectionKind::Sessions => event_type == egec_domain::user::SESSION_ENDED,
             ProjectionKind::ApiKeys => event_type.starts_with("ApiKey"),
             ProjectionKind::Audit => true,
+            // The erasure of a customer erases the notes of their follow-ups.
+            ProjectionKind::Followups => {
+                event_type.starts_with("Followup") || event_type == crate::fold::CUSTOMER_ERASED
+            }
         }
     }
 }

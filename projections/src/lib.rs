@@ -10,7 +10,7 @@
 //! let row = runner.read_models().get_customer(id).await?;
 //! ```
 //!
-//! Each projection (`customers`, `users`, `sessions`, `api_keys`, `audit`) is a named,
+//! Each projection (`customers`, `users`, `sessions`, `api_keys`, `audit`, `followups`) is a named,
 //! versioned fold. The runner reads the log from the projection's checkpoint, folds a batch
 //! in memory, and writes the changed rows and the new checkpoint in one transaction, so every
 //! event takes effect exactly once however the process stops. Read models live in
@@ -31,8 +31,8 @@ pub use error::{ProjectionError, StorageError};
 pub use kind::ProjectionKind;
 pub use read_models::{MAX_PER_PAGE, ReadModels};
 pub use rows::{
-    ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, ProjectionStatus, RebuildReport,
-    RunState, SessionRow, SessionUser, UserRow,
+    ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, FollowupQuery, FollowupRow,
+    ProjectionStatus, RebuildReport, RunState, SessionRow, SessionUser, UserRow,
 };
 pub use runner::{ProjectionRunner, RunnerHandle, RunnerOptions};
 pub use store::sqlite::READ_DB_FILE;

@@ -173,6 +173,27 @@ impl ReadModels {
         Ok(self.store.audit_after(query, after, limit).await?)
     }
 
+    pub async fn get_followup(
+        &self,
+        id: egec_domain::ids::FollowupId,
+    ) -> Result<Option<crate::rows::FollowupRow>, ProjectionError> {
+        Ok(self.store.get_followup(id.as_uuid()).await?)
+    }
+
+    /// One page (1-based; `per_page` clamped to 1..=[`MAX_PER_PAGE`]) of the follow-ups
+    /// matching `query` whose customers the query's visibility allows, soonest due first,
+    /// and the total number of matches.
+    pub async fn list_followups(
+        &self,
+        query: &crate::rows::FollowupQuery,
+        page: u32,
+        per_page: u32,
+    ) -> Result<(Vec<crate::rows::FollowupRow>, u64), ProjectionError> {
+        let per_page = per_page.clamp(1, MAX_PER_PAGE);
+        let offset = u64::from(page.max(1) - 1) * u64::from(per_page);
+        Ok(self.store.list_followups(query, offset, per_page).await?)
+    }
+
     /// The stored checkpoint (last applied position) of a projection.
     pub async fn checkpoint(&self, name: &str) -> Result<i64, ProjectionError> {
         let kind = ProjectionKind::from_name(name)

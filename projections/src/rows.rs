@@ -227,3 +227,35 @@ pub struct AuditQuery {
     pub entity_id: Option<Uuid>,
     pub actor_id: Option<Uuid>,
 }
+
+/// One follow-up. The note is in clear as decoded (`"[ERASED]"` once its customer was
+/// erased); the status is not stored, it depends on when it is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FollowupRow {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub due_at: DateTime<Utc>,
+    pub note: String,
+    pub assigned_to: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub completed_by: Option<Uuid>,
+    pub version: i64,
+    pub last_position: i64,
+}
+
+/// Filters of the follow-up list. Follow-ups are visible only with their customer: the
+/// store joins the customers read model and applies `visibility` and `include_deleted` to
+/// the customer, so a reassignment changes who sees its follow-ups at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowupQuery {
+    pub assigned_to: Option<Uuid>,
+    pub customer_id: Option<Uuid>,
+    pub status: Option<egec_domain::followup::FollowupStatus>,
+    /// Only follow-ups due strictly before this time.
+    pub due_before: Option<DateTime<Utc>>,
+    /// The time `open` and `overdue` are decided at.
+    pub now: DateTime<Utc>,
+    pub visibility: Visibility,
+    pub include_deleted: bool,
+}

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod auth;
 pub mod credentials;
 pub mod customers;
+pub mod followups;
 pub mod login_factors;
 pub mod meta;
 pub mod ops;

@@ -2,3 +2,4 @@
 //! applied per the caller's permissions.
 
 pub mod customer;
+pub mod followup;

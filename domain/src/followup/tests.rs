@@ -122,7 +122,10 @@ fn the_status_is_done_once_completed_overdue_after_the_due_time_and_open_before(
     let due = now();
     let later = due + Duration::seconds(1);
     assert_eq!(FollowupStatus::at(due, None, due), FollowupStatus::Open);
-    assert_eq!(FollowupStatus::at(due, None, later), FollowupStatus::Overdue);
+    assert_eq!(
+        FollowupStatus::at(due, None, later),
+        FollowupStatus::Overdue
+    );
     assert_eq!(
         FollowupStatus::at(due, Some(later), later + Duration::days(9)),
         FollowupStatus::Done

@@ -12,7 +12,8 @@ use crate::error::StorageError;
 use crate::fold::{Changes, Rows, Work};
 use crate::kind::ProjectionKind;
 use crate::rows::{
-    ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, SessionUser, UserRow,
+    ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, FollowupQuery, FollowupRow,
+    SessionUser, UserRow,
 };
 
 /// The stored checkpoint of a projection: the last position applied, and the projection
@@ -176,4 +177,14 @@ pub(crate) trait ReadStore: Send + Sync + 'static {
         after: i64,
         limit: u32,
     ) -> Result<Vec<AuditRow>, StorageError>;
+
+    async fn get_followup(&self, id: Uuid) -> Result<Option<FollowupRow>, StorageError>;
+    /// A page of the follow-ups matching the query whose customers it may see, soonest due
+    /// first (ties by id), and the number of matches.
+    async fn list_followups(
+        &self,
+        query: &FollowupQuery,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<FollowupRow>, u64), StorageError>;
 }

@@ -25,13 +25,16 @@ use crate::fold::{
 };
 use crate::kind::ProjectionKind;
 use crate::rows::{
-    ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, SessionRow, SessionUser, UserRow,
+    ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, FollowupQuery, FollowupRow,
+    SessionRow, SessionUser, UserRow,
 };
 
 mod api_keys;
 mod audit;
+mod followups;
 use api_keys::API_KEYS;
 use audit::AUDIT;
+use followups::FOLLOWUPS;
 
 /// First key of the two-key advisory locks ("EGEC" in ASCII), shared with the log's module
 /// so that everything Egec locks is recognisable in `pg_locks`.
@@ -111,6 +114,7 @@ fn tables(kind: ProjectionKind) -> &'static [TableDef] {
         ProjectionKind::Sessions => &[SESSIONS],
         ProjectionKind::ApiKeys => &[API_KEYS],
         ProjectionKind::Audit => &[AUDIT],
+        ProjectionKind::Followups => &[FOLLOWUPS],
     }
 }
 
@@ -602,6 +606,12 @@ async fn apply_work(
             let touched = crate::fold::fold_audit(plan, loaded);
             audit::write(tx, &table, cached, &touched).await
         }
+        Work::Followups(w) => {
+            let table = table_for(FOLLOWUPS.live, shadow);
+            let loaded = followups::load(tx, &table, &w.plan.load, cached).await?;
+            let touched = crate::fold::fold_followups(&w.plan, loaded);
+            followups::write(tx, &table, cached, &touched, &w.erased_customers).await
+        }
     }
 }
 
@@ -772,6 +782,9 @@ impl ReadStore for PgReadStore {
             ProjectionKind::Audit => {
                 Rows::Audit(audit::load(&tx, &shadow.table(AUDIT.live), &ids, false).await?)
             }
+            ProjectionKind::Followups => Rows::Followups(
+                followups::load(&tx, &shadow.table(FOLLOWUPS.live), &ids, false).await?,
+            ),
         };
         tx.commit().await?;
         Ok(rows)
@@ -804,6 +817,12 @@ impl ReadStore for PgReadStore {
                 for chunk in rows.chunks(WRITE_CHUNK) {
                     audit::write(&tx, &shadow.table(AUDIT.live), false, chunk).await?;
                 }
+            }
+            Changes::Followups(rows, erased) => {
+                for chunk in rows.chunks(WRITE_CHUNK) {
+                    followups::write(&tx, &shadow.table(FOLLOWUPS.live), false, chunk, &[]).await?;
+                }
+                followups::write(&tx, &shadow.table(FOLLOWUPS.live), false, &[], erased).await?;
             }
         }
         tx.commit().await?;
@@ -1085,5 +1104,20 @@ impl ReadStore for PgReadStore {
     ) -> Result<Vec<AuditRow>, StorageError> {
         let conn = self.pool.get().await?;
         audit::after(&conn, query, after, limit).await
+    }
+
+    async fn get_followup(&self, id: Uuid) -> Result<Option<FollowupRow>, StorageError> {
+        let conn = self.pool.get().await?;
+        followups::get(&conn, id).await
+    }
+
+    async fn list_followups(
+        &self,
+        query: &FollowupQuery,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<FollowupRow>, u64), StorageError> {
+        let mut conn = self.pool.get().await?;
+        followups::list(&mut conn, query, offset, limit).await
     }
 }

@@ -34,13 +34,16 @@ use crate::fold::{
 };
 use crate::kind::ProjectionKind;
 use crate::rows::{
-    ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, SessionRow, SessionUser, UserRow,
+    ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, FollowupQuery, FollowupRow,
+    SessionRow, SessionUser, UserRow,
 };
 
 mod api_keys;
 mod audit;
+mod followups;
 use api_keys::API_KEYS;
 use audit::AUDIT;
+use followups::FOLLOWUPS;
 
 /// Name of the read-model database file inside the data directory.
 pub const READ_DB_FILE: &str = "read.db";
@@ -135,6 +138,7 @@ fn tables(kind: ProjectionKind) -> &'static [TableDef] {
         ProjectionKind::Sessions => &[SESSIONS],
         ProjectionKind::ApiKeys => &[API_KEYS],
         ProjectionKind::Audit => &[AUDIT],
+        ProjectionKind::Followups => &[FOLLOWUPS],
     }
 }
 
@@ -719,6 +723,12 @@ fn apply_work(
             audit::write(tx, &table, &touched)?;
             Ok(false)
         }
+        Work::Followups(w) => {
+            let table = table_for(FOLLOWUPS.live, shadow);
+            let loaded = followups::load(tx, &table, &w.plan.load)?;
+            let touched = crate::fold::fold_followups(&w.plan, loaded);
+            followups::write(tx, &table, &touched, &w.erased_customers)
+        }
     }
 }
 
@@ -874,6 +884,9 @@ impl ReadStore for SqliteReadStore {
                 ProjectionKind::Audit => {
                     Rows::Audit(audit::load(conn, &shadow.table(AUDIT.live), &ids)?)
                 }
+                ProjectionKind::Followups => {
+                    Rows::Followups(followups::load(conn, &shadow.table(FOLLOWUPS.live), &ids)?)
+                }
             })
         })
         .await
@@ -896,6 +909,9 @@ impl ReadStore for SqliteReadStore {
                 Changes::Sessions(rows) => write_sessions(&tx, &shadow.table(SESSIONS.live), rows)?,
                 Changes::ApiKeys(rows) => api_keys::write(&tx, &shadow.table(API_KEYS.live), rows)?,
                 Changes::Audit(rows) => audit::write(&tx, &shadow.table(AUDIT.live), rows)?,
+                Changes::Followups(rows, erased) => {
+                    followups::write(&tx, &shadow.table(FOLLOWUPS.live), rows, erased)?;
+                }
             }
             tx.commit()?;
             Ok(())
@@ -1140,6 +1156,21 @@ impl ReadStore for SqliteReadStore {
     ) -> Result<Vec<AuditRow>, StorageError> {
         let query = query.clone();
         self.read(move |conn| audit::after(conn, &query, after, limit))
+            .await
+    }
+
+    async fn get_followup(&self, id: Uuid) -> Result<Option<FollowupRow>, StorageError> {
+        self.read(move |conn| followups::get(conn, id)).await
+    }
+
+    async fn list_followups(
+        &self,
+        query: &FollowupQuery,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<FollowupRow>, u64), StorageError> {
+        let query = query.clone();
+        self.read(move |conn| followups::list(conn, &query, offset, limit))
             .await
     }
 }
