@@ -41,6 +41,9 @@ enum Rule {
     UpdateUser,
     /// `CustomersView`, else 403; then `can_see_customer`, else 404; then the action, else 403.
     Customer(Option<Action>),
+    /// A follow-up endpoint: the follow-up action, else 403; then, like [`Rule::Customer`],
+    /// `CustomersView`, else 403, and `can_see_customer` of its customer, else 404.
+    Followup(Action),
 }
 
 struct Endpoint {
@@ -107,6 +110,36 @@ const ENDPOINTS: &[Endpoint] = &[
         Method::GET,
         "/api/customers/{id}/history",
         Rule::Customer(None),
+        200,
+    ),
+    ep(
+        Method::POST,
+        "/api/customers/{id}/followups",
+        Rule::Followup(Action::FollowupsEdit),
+        201,
+    ),
+    ep(
+        Method::GET,
+        "/api/customers/{id}/followups",
+        Rule::Followup(Action::FollowupsView),
+        200,
+    ),
+    ep(
+        Method::GET,
+        "/api/followups",
+        Rule::Can(Action::FollowupsView),
+        200,
+    ),
+    ep(
+        Method::GET,
+        "/api/followups/{id}",
+        Rule::Followup(Action::FollowupsView),
+        200,
+    ),
+    ep(
+        Method::POST,
+        "/api/followups/{id}/complete",
+        Rule::Followup(Action::FollowupsEdit),
         200,
     ),
     ep(Method::POST, "/api/users", Rule::ManageUser, 201),
@@ -220,6 +253,21 @@ fn expected(e: &Endpoint, role: Role, actor: Uuid, t: Target) -> u16 {
             t.user_role.expect("target role"),
             t.new_role,
         )),
+        Rule::Followup(action) => {
+            let me = UserId::from_uuid(actor);
+            let assigned = if t.assigned_to_caller {
+                vec![me]
+            } else {
+                vec![UserId::from_uuid(Uuid::from_u128(u128::MAX))]
+            };
+            if !can(role, action) || !can(role, Action::CustomersView) {
+                403
+            } else if !can_see_customer(role, me, &assigned) {
+                404
+            } else {
+                e.success
+            }
+        }
         Rule::Customer(then) => {
             let me = UserId::from_uuid(actor);
             let assigned = if t.assigned_to_caller {
@@ -323,6 +371,20 @@ impl Ctx<'_> {
                 "/api/customers",
                 Some(&self.root),
                 json!({ "name": "Grace Hopper", "assigned_agent_ids": assigned }),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        Uuid::parse_str(json_of(r).await["id"].as_str().unwrap()).unwrap()
+    }
+
+    /// A follow-up of the customer, scheduled by the superadmin.
+    async fn followup(&self, customer: Uuid) -> Uuid {
+        let r = self
+            .app
+            .post(
+                &format!("/api/customers/{customer}/followups"),
+                Some(&self.root),
+                json!({ "due_at": "2030-01-01T09:00:00Z", "note": "matrix follow-up" }),
             )
             .await;
         assert_eq!(r.status(), StatusCode::CREATED);
@@ -524,6 +586,81 @@ async fn customers(ctx: &mut Ctx<'_>, a: &Actor, mine: Uuid, other: Uuid) {
             t,
             None,
             exp(Method::GET, tp, assigned),
+        )
+        .await;
+    }
+}
+
+/// The follow-up endpoints, on a customer assigned to the caller and on one that is not.
+/// Each completion gets a fresh follow-up (a second completion is a conflict).
+async fn followups(ctx: &mut Ctx<'_>, a: &Actor, mine: Uuid, other: Uuid) {
+    let who = a.role.as_str();
+    let t = Some(a.token.as_str());
+    let exp = |m: Method, p: &str, assigned: bool| {
+        expected(
+            endpoint(&m, p),
+            a.role,
+            a.id,
+            Target {
+                assigned_to_caller: assigned,
+                ..Target::default()
+            },
+        )
+    };
+    let p = "/api/followups";
+    ctx.call(who, p, Method::GET, p, t, None, exp(Method::GET, p, false))
+        .await;
+    for (customer, assigned) in [(mine, true), (other, false)] {
+        let who = format!("{who}{}", if assigned { "" } else { " (unassigned)" });
+        let tp = "/api/customers/{id}/followups";
+        let path = format!("/api/customers/{customer}/followups");
+        // No assignee: it defaults to the caller, who may be given it whenever they may
+        // create it (they hold the edit permission and see the customer).
+        let body = json!({
+            "due_at": (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339(),
+            "note": "call back",
+        });
+        ctx.call(
+            &who,
+            tp,
+            Method::POST,
+            &path,
+            t,
+            Some(body),
+            exp(Method::POST, tp, assigned),
+        )
+        .await;
+        ctx.call(
+            &who,
+            tp,
+            Method::GET,
+            &path,
+            t,
+            None,
+            exp(Method::GET, tp, assigned),
+        )
+        .await;
+        let id = ctx.followup(customer).await;
+        let tp = "/api/followups/{id}";
+        ctx.call(
+            &who,
+            tp,
+            Method::GET,
+            &format!("/api/followups/{id}"),
+            t,
+            None,
+            exp(Method::GET, tp, assigned),
+        )
+        .await;
+        let tp = "/api/followups/{id}/complete";
+        ctx.call(
+            &who,
+            tp,
+            Method::POST,
+            &format!("/api/followups/{id}/complete"),
+            t,
+            Some(json!({})),
+            exp(Method::POST, tp, assigned),
         )
         .await;
     }
@@ -796,6 +933,7 @@ both_backends!(
         for a in &actors {
             self_service(&mut ctx, a).await;
             customers(&mut ctx, a, mine, other).await;
+            followups(&mut ctx, a, mine, other).await;
             users(&mut ctx, a, &targets).await;
             the_rest(&mut ctx, a).await;
         }
