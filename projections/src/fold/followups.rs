@@ -142,3 +142,111 @@ impl FollowupCache {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, TimeZone, Utc};
+    use egec_domain::followup::FollowupScheduled;
+    use egec_domain::personal::Personal;
+    use egec_domain::values::Notes;
+    use egec_domain::{CustomerId, UserId};
+
+    fn t(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_780_000_000 + s, 0).single().unwrap()
+    }
+
+    fn scheduled(id: u128, customer: u128) -> FollowupEvent {
+        FollowupEvent::Scheduled(FollowupScheduled {
+            followup_id: FollowupId::from_uuid(Uuid::from_u128(id)),
+            customer_id: CustomerId::from_uuid(Uuid::from_u128(customer)),
+            due_at: t(100),
+            note: Personal::Known(Notes::parse("call back").unwrap()),
+            assigned_to: UserId::from_uuid(Uuid::from_u128(7)),
+            at: t(0),
+        })
+    }
+
+    fn completed(id: u128, customer: u128, at: i64) -> FollowupEvent {
+        FollowupEvent::Completed {
+            followup_id: FollowupId::from_uuid(Uuid::from_u128(id)),
+            customer_id: CustomerId::from_uuid(Uuid::from_u128(customer)),
+            completed_by: UserId::from_uuid(Uuid::from_u128(8)),
+            at: t(at),
+        }
+    }
+
+    fn work(events: Vec<FollowupEvent>, erased: Vec<u128>) -> FollowupWork {
+        let mut w = FollowupWork::default();
+        let mut seen = IdMap::default();
+        for (i, event) in events.into_iter().enumerate() {
+            let step = Step {
+                id: event.followup_id().as_uuid(),
+                position: i as i64 + 1,
+                stream_version: 1,
+                event,
+            };
+            w.plan.push(&mut seen, step, false);
+        }
+        w.erased_customers = erased.into_iter().map(Uuid::from_u128).collect();
+        w
+    }
+
+    #[test]
+    fn a_follow_up_is_completed_once_and_events_without_a_row_change_nothing() {
+        let row = apply_followup(None, &scheduled(1, 2), 1, 10).unwrap();
+        assert_eq!(row.note, "call back");
+        assert_eq!(row.completed_at, None);
+        let row = apply_followup(Some(row), &completed(1, 2, 5), 2, 11).unwrap();
+        assert_eq!(row.completed_at, Some(t(5)));
+        let again = apply_followup(Some(row.clone()), &completed(1, 2, 9), 3, 12).unwrap();
+        assert_eq!(
+            again.completed_at,
+            Some(t(5)),
+            "the first completion stands"
+        );
+        assert_eq!(
+            apply_followup(Some(row.clone()), &scheduled(1, 2), 4, 13),
+            Some(row)
+        );
+        assert_eq!(apply_followup(None, &completed(1, 2, 5), 1, 1), None);
+    }
+
+    #[test]
+    fn a_rebuild_erases_cached_notes_and_keeps_the_erasure_for_rows_written_earlier() {
+        let mut cache = FollowupCache::default();
+        cache.fold(&work(vec![scheduled(1, 2), scheduled(3, 4)], vec![]));
+        // An earlier flush wrote both rows with their notes.
+        let (written, erased) = cache.take_changes();
+        assert_eq!(written.len(), 2);
+        assert!(erased.is_empty());
+        // Then customer 4's row comes back into the cache (loaded, as the rebuild loads
+        // missing rows) and customer 2 is erased while none of its rows is cached.
+        let three = Uuid::from_u128(3);
+        let stored: Vec<FollowupRow> = written
+            .into_iter()
+            .map(|t| t.row)
+            .filter(|r| r.id == three)
+            .collect();
+        cache.rows.add_loaded(&[three], stored, |r| r.id);
+        cache.fold(&work(vec![completed(3, 4, 5)], vec![]));
+        cache.fold(&work(vec![], vec![2, 4]));
+        let (rows, erased) = cache.take_changes();
+        assert_eq!(erased, vec![Uuid::from_u128(2), Uuid::from_u128(4)]);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].row.note, ERASED);
+        assert_eq!(rows[0].row.completed_at, Some(t(5)));
+    }
+
+    #[test]
+    fn the_plan_takes_follow_up_events_and_customer_erasures_only() {
+        let w = work(vec![scheduled(1, 2)], vec![2]);
+        assert_eq!(w.len(), 2);
+        let mut a = FollowupWork::default();
+        a.extend(w);
+        assert_eq!(a.erased_customers, vec![Uuid::from_u128(2)]);
+        assert!(crate::kind::ProjectionKind::Followups.wants(CUSTOMER_ERASED));
+        assert!(crate::kind::ProjectionKind::Followups.wants("FollowupScheduled"));
+        assert!(!crate::kind::ProjectionKind::Followups.wants("CustomerUpdated"));
+    }
+}
