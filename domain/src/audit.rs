@@ -12,8 +12,8 @@ use crate::user::LoginEvent;
 use serde_json::Value;
 use uuid::Uuid;
 
-/// The entity an event is about: its type (`customer`, `user`, `api_key`, `followup`) and id. Login
-/// activity is about the user.
+/// The entity an event is about: its type (`customer`, `user`, `api_key`, `followup`) and
+/// id. Login activity is about the user.
 pub fn entity_of(event: &DomainEvent) -> (&'static str, Uuid) {
     match event {
         DomainEvent::Customer(e) => ("customer", e.customer_id().as_uuid()),

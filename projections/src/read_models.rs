@@ -173,6 +173,8 @@ impl ReadModels {
         Ok(self.store.audit_after(query, after, limit).await?)
     }
 
+    /// One follow-up, whoever may see it: visibility goes with the customer, which the
+    /// caller checks.
     pub async fn get_followup(
         &self,
         id: egec_domain::ids::FollowupId,
