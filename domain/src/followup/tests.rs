@@ -183,3 +183,36 @@ fn an_erased_note_decodes_as_erased() {
     };
     assert_eq!(s.note, Personal::Erased);
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Done exactly when completed; otherwise overdue exactly when the due time is past.
+        #[test]
+        fn the_status_follows_completion_then_the_due_time(
+            due in -1_000_000i64..1_000_000,
+            read in -1_000_000i64..1_000_000,
+            completed in proptest::option::of(-1_000_000i64..1_000_000),
+        ) {
+            let at = |s: i64| now() + Duration::seconds(s);
+            let status = FollowupStatus::at(at(due), completed.map(at), at(read));
+            let expected = match completed {
+                Some(_) => FollowupStatus::Done,
+                None if due < read => FollowupStatus::Overdue,
+                None => FollowupStatus::Open,
+            };
+            prop_assert_eq!(status, expected);
+        }
+
+        /// Only the three status names parse, and each prints back as itself.
+        #[test]
+        fn only_open_done_and_overdue_parse_as_a_status(s in "\\PC{0,12}") {
+            match s.parse::<FollowupStatus>() {
+                Ok(st) => prop_assert_eq!(st.as_str(), s.as_str()),
+                Err(_) => prop_assert!(!["open", "done", "overdue"].contains(&s.as_str())),
+            }
+        }
+    }
+}
