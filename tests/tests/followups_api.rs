@@ -279,6 +279,26 @@ both_backends!(
             let r = app.get(&format!("/api/followups?{q}"), Some(&admin)).await;
             assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{q}");
         }
+        // An agent assigned to the customer but deactivated cannot be given it.
+        let (gone, _) = app.as_role(Role::Agent).await;
+        let r = app
+            .patch(
+                &format!("/api/users/{gone}"),
+                Some(&admin),
+                json!({ "active": false }),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let c_gone = customer(&app, &admin, &[gone]).await;
+        let r = app
+            .post(
+                &format!("/api/customers/{c_gone}/followups"),
+                Some(&admin),
+                json!({ "due_at": in_days(1), "note": NOTE, "assigned_to": gone }),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(json_of(r).await["error"]["fields"]["assigned_to"].is_string());
         // A valid assignee: an agent assigned to the customer.
         let c2 = customer(&app, &admin, &[other_agent]).await;
         let f = followup(
