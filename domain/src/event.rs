@@ -1,6 +1,7 @@
 //! Every domain event the log can hold, and the metadata each carries.
 
 use crate::api_key::ApiKeyEvent;
+use crate::bulk::BulkEvent;
 use crate::customer::CustomerEvent;
 use crate::encoding::{DecodeError, DecryptedEvent, EncodedEvent, EventCodec, upcast};
 use crate::personal::Personal;
@@ -15,6 +16,7 @@ pub enum DomainEvent {
     User(UserEvent),
     Login(LoginEvent),
     ApiKey(ApiKeyEvent),
+    Bulk(BulkEvent),
 }
 
 impl DomainEvent {
@@ -24,6 +26,7 @@ impl DomainEvent {
             DomainEvent::User(e) => e.encode(),
             DomainEvent::Login(e) => e.encode(),
             DomainEvent::ApiKey(e) => e.encode(),
+            DomainEvent::Bulk(e) => e.encode(),
         }
     }
 
@@ -38,6 +41,8 @@ impl DomainEvent {
             LoginEvent::decode(&e).map(DomainEvent::Login)
         } else if e.event_type.starts_with("ApiKey") {
             ApiKeyEvent::decode(&e).map(DomainEvent::ApiKey)
+        } else if e.event_type.starts_with("BulkEdit") {
+            BulkEvent::decode(&e).map(DomainEvent::Bulk)
         } else {
             Err(DecodeError(format!("unknown event type {}", e.event_type)))
         }
@@ -50,6 +55,7 @@ impl DomainEvent {
             DomainEvent::User(e) => e.action(),
             DomainEvent::Login(e) => e.action(),
             DomainEvent::ApiKey(e) => e.action(),
+            DomainEvent::Bulk(e) => e.action(),
         }
     }
 }
