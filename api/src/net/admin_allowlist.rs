@@ -58,6 +58,8 @@ pub async fn check(
         user_id,
         path: parts.uri.path().chars().take(512).collect(),
         reason: DenialReason::IpNotAllowed,
+        action: None,
+        customer_id: None,
         at: now,
     });
     state
