@@ -532,3 +532,72 @@ fn undo_is_planned_only_for_a_bulk_edit_event() {
     assert_eq!(plan_undo(&history, 0), None);
     assert_eq!(plan_undo(&history, 5), None);
 }
+
+mod undo_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn agents(ns: &[u8]) -> Vec<UserId> {
+        ns.iter()
+            .map(|n| UserId::from_uuid(uuid::Uuid::from_u128(u128::from(*n) + 100)))
+            .collect()
+    }
+
+    proptest! {
+        /// Whatever the customer looked like and whatever the batch set, undoing it with
+        /// nothing in between brings back exactly the status and agents of before.
+        #[test]
+        fn undoing_a_batch_with_nothing_since_restores_the_state_before_it(
+            start in 0usize..5,
+            status in proptest::option::of(0usize..6),
+            new_agents in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..4)),
+            before_agents in proptest::collection::vec(any::<u8>(), 0..4),
+        ) {
+            let mut history = created();
+            history.extend(
+                decide(&given(&history), assign(agents(&before_agents)), t(1)).unwrap(),
+            );
+            history.extend(
+                decide(
+                    &given(&history),
+                    bulk(Some(CustomerStatus::ALL[start]), None),
+                    t(2),
+                )
+                .unwrap(),
+            );
+            let before = given(&history).customer().unwrap().clone();
+            let Ok(batch) = decide(
+                &given(&history),
+                bulk(status.map(|i| CustomerStatus::ALL[i]), new_agents.as_deref().map(agents)),
+                t(3),
+            ) else {
+                // An illegal move is refused and there is nothing to undo.
+                return Ok(());
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            history.extend(batch);
+            let plan = plan_undo(&history, history.len() - 1).unwrap();
+            prop_assert!(plan.changed_since.is_empty());
+            history.extend(
+                decide(
+                    &given(&history),
+                    CustomerCommand::RevertBulkEdit {
+                        status: plan.status,
+                        assigned_agent_ids: plan.assigned_agent_ids,
+                    },
+                    t(4),
+                )
+                .unwrap(),
+            );
+            let after = given(&history).customer().unwrap().clone();
+            prop_assert_eq!(after.status, before.status);
+            prop_assert!(same_set(&after.assigned_agent_ids, &before.assigned_agent_ids));
+        }
+    }
+
+    fn same_set(a: &[UserId], b: &[UserId]) -> bool {
+        a.len() == b.len() && a.iter().all(|x| b.contains(x))
+    }
+}
