@@ -42,9 +42,14 @@ fn login_entity(e: &LoginEvent) -> (&'static str, Uuid) {
 }
 
 /// Facts left out of descriptions: the time and the entity's id (they have their own
-/// columns) and hashes (not secrets, but of no use to a reader).
+/// columns), hashes (not secrets, but of no use to a reader) and the customer list of a
+/// bulk edit (up to a thousand ids; its `customers` fact gives the count).
 fn hidden(key: &str) -> bool {
-    key == "at" || key.ends_with("_id") || key.contains("hash") || key == "session_id"
+    key == "at"
+        || key.ends_with("_id")
+        || key.contains("hash")
+        || key == "session_id"
+        || key == "customer_ids"
 }
 
 fn short(v: &Value) -> String {

@@ -654,3 +654,50 @@ both_backends!(
         assert!(!csv.contains(PASSPORT) && !csv.contains("ZX9988776"));
     }
 );
+
+both_backends!(
+    a_delete_or_an_assignment_with_a_stale_if_match_is_a_version_conflict,
+    |app: TestApp| async move {
+        let (_, root) = app.as_role(Role::Superadmin).await;
+        let (agent, _) = app.as_role(Role::Agent).await;
+        let id = customer(&app, &root, "Vera Version", &[]).await;
+        let r = app
+            .patch(
+                &format!("/api/customers/{id}"),
+                Some(&root),
+                json!({ "status": "contacted" }),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let client = reqwest::Client::new();
+        let base = format!("http://{}", app.running.addr);
+        let r = client
+            .put(format!("{base}/api/customers/{id}/agents"))
+            .bearer_auth(&root)
+            .header("If-Match", "\"1\"")
+            .json(&json!({ "agent_ids": [agent] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        assert_eq!(json_of(r).await["error"]["code"], "version_conflict");
+        let r = client
+            .delete(format!("{base}/api/customers/{id}"))
+            .bearer_auth(&root)
+            .header("If-Match", "\"1\"")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        let r = client
+            .put(format!("{base}/api/customers/{id}/agents"))
+            .bearer_auth(&root)
+            .header("If-Match", "\"2\"")
+            .json(&json!({ "agent_ids": [agent] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["etag"], "\"3\"");
+    }
+);
