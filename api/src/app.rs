@@ -78,6 +78,22 @@ pub fn router(state: AppState) -> Router {
             post(routes::followups::complete),
         )
         .route(
+            "/api/customers/{id}",
+            axum::routing::delete(routes::customers::delete),
+        )
+        .route(
+            "/api/customers/{id}/agents",
+            axum::routing::put(routes::customers::assign_agents),
+        )
+        .route(
+            "/api/customers/bulk",
+            post(routes::customer_bulk::bulk_edit),
+        )
+        .route(
+            "/api/customers/bulk/{batch_id}/undo",
+            post(routes::customer_bulk::undo),
+        )
+        .route(
             "/api/users",
             post(routes::users::create).get(routes::users::list),
         )
@@ -111,6 +127,10 @@ pub fn router(state: AppState) -> Router {
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::denial::record,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

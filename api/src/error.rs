@@ -20,6 +20,10 @@ pub enum ApiError {
     InvalidCredentials,
     #[error("not allowed")]
     Forbidden,
+    /// A refusal by the permission module: 403, or 404 for a hidden customer; recorded as
+    /// `ACCESS_DENIED` by `crate::denial::record`.
+    #[error("{0}")]
+    Denied(crate::denial::Denial),
     #[error("not found")]
     NotFound,
     #[error("the resource changed since version {expected}; it is now at {actual}")]
@@ -69,6 +73,8 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Denied(d) if d.hides_existence() => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Denied(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
@@ -133,7 +139,11 @@ impl IntoResponse for ApiError {
             );
             return resp;
         }
-        (status, Json(json!({ "error": Value::Object(err) }))).into_response()
+        let mut resp = (status, Json(json!({ "error": Value::Object(err) }))).into_response();
+        if let ApiError::Denied(d) = self {
+            resp.extensions_mut().insert(d);
+        }
+        resp
     }
 }
 

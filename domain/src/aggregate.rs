@@ -137,3 +137,33 @@ impl Aggregate for FollowupAggregate {
         }
     }
 }
+
+/// A bulk edit's batch (see [`crate::bulk`]).
+pub struct BulkAggregate;
+
+impl Aggregate for BulkAggregate {
+    type State = crate::bulk::BulkState;
+    type Command = crate::bulk::BulkCommand;
+    type Event = crate::bulk::BulkEvent;
+    type Error = crate::bulk::BulkError;
+
+    fn decide(
+        s: &Self::State,
+        c: Self::Command,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Self::Event>, Self::Error> {
+        crate::bulk::decide(s, c, now)
+    }
+    fn evolve(s: Self::State, e: &Self::Event) -> Self::State {
+        crate::bulk::evolve(s, e)
+    }
+    fn wrap(e: Self::Event) -> DomainEvent {
+        DomainEvent::Bulk(e)
+    }
+    fn unwrap(e: DomainEvent) -> Option<Self::Event> {
+        match e {
+            DomainEvent::Bulk(b) => Some(b),
+            _ => None,
+        }
+    }
+}

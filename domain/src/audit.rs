@@ -21,6 +21,7 @@ pub fn entity_of(event: &DomainEvent) -> (&'static str, Uuid) {
         DomainEvent::Login(e) => login_entity(e),
         DomainEvent::ApiKey(e) => ("api_key", e.key_id().as_uuid()),
         DomainEvent::Followup(e) => ("followup", e.followup_id().as_uuid()),
+        DomainEvent::Bulk(e) => ("bulk_edit", e.batch_id()),
     }
 }
 
@@ -42,9 +43,14 @@ fn login_entity(e: &LoginEvent) -> (&'static str, Uuid) {
 }
 
 /// Facts left out of descriptions: the time and the entity's id (they have their own
-/// columns) and hashes (not secrets, but of no use to a reader).
+/// columns), hashes (not secrets, but of no use to a reader) and the customer list of a
+/// bulk edit (up to a thousand ids; its `customers` fact gives the count).
 fn hidden(key: &str) -> bool {
-    key == "at" || key.ends_with("_id") || key.contains("hash") || key == "session_id"
+    key == "at"
+        || key.ends_with("_id")
+        || key.contains("hash")
+        || key == "session_id"
+        || key == "customer_ids"
 }
 
 fn short(v: &Value) -> String {

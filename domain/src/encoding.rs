@@ -193,8 +193,10 @@ pub struct Upcaster {
 }
 
 /// Every upcaster the domain knows, applied in a chain until the event is current.
-pub fn upcasters() -> &'static [Upcaster] {
+pub fn upcasters() -> impl Iterator<Item = &'static Upcaster> {
     crate::customer::UPCASTERS
+        .iter()
+        .chain(crate::security::UPCASTERS)
 }
 
 /// Brings an event up to the current schema version of its type.
@@ -202,7 +204,6 @@ pub fn upcast(mut e: DecryptedEvent) -> Result<DecryptedEvent, DecodeError> {
     // Bounded: each step raises the version by one, and no event type has more versions.
     for _ in 0..64 {
         match upcasters()
-            .iter()
             .find(|u| u.event_type == e.event_type && u.from_version == e.schema_version)
         {
             Some(u) => {

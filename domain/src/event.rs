@@ -1,6 +1,7 @@
 //! Every domain event the log can hold, and the metadata each carries.
 
 use crate::api_key::ApiKeyEvent;
+use crate::bulk::BulkEvent;
 use crate::customer::CustomerEvent;
 use crate::encoding::{DecodeError, DecryptedEvent, EncodedEvent, EventCodec, upcast};
 use crate::followup::FollowupEvent;
@@ -17,6 +18,7 @@ pub enum DomainEvent {
     Login(LoginEvent),
     ApiKey(ApiKeyEvent),
     Followup(FollowupEvent),
+    Bulk(BulkEvent),
 }
 
 impl DomainEvent {
@@ -27,6 +29,7 @@ impl DomainEvent {
             DomainEvent::Login(e) => e.encode(),
             DomainEvent::ApiKey(e) => e.encode(),
             DomainEvent::Followup(e) => e.encode(),
+            DomainEvent::Bulk(e) => e.encode(),
         }
     }
 
@@ -43,6 +46,8 @@ impl DomainEvent {
             ApiKeyEvent::decode(&e).map(DomainEvent::ApiKey)
         } else if e.event_type.starts_with("Followup") {
             FollowupEvent::decode(&e).map(DomainEvent::Followup)
+        } else if e.event_type.starts_with("BulkEdit") {
+            BulkEvent::decode(&e).map(DomainEvent::Bulk)
         } else {
             Err(DecodeError(format!("unknown event type {}", e.event_type)))
         }
@@ -56,6 +61,7 @@ impl DomainEvent {
             DomainEvent::Login(e) => e.action(),
             DomainEvent::ApiKey(e) => e.action(),
             DomainEvent::Followup(e) => e.action(),
+            DomainEvent::Bulk(e) => e.action(),
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod aggregate;
 pub mod api_key;
 pub mod audit;
+pub mod bulk;
 pub mod customer;
 pub mod encoding;
 pub mod event;

@@ -144,6 +144,17 @@ pub fn apply_customer(
             erase(&mut r.passport_number);
             erase(&mut r.notes);
         }
+        CustomerEvent::AgentsAssigned { agent_ids, .. } => {
+            r.assigned_agent_ids = agent_ids.iter().map(UserId::as_uuid).collect();
+        }
+        CustomerEvent::BulkEdited(b) | CustomerEvent::BulkEditReverted(b) => {
+            if let Some(s) = b.status {
+                r.status = s;
+            }
+            if let Some(a) = &b.assigned_agent_ids {
+                r.assigned_agent_ids = a.iter().map(UserId::as_uuid).collect();
+            }
+        }
     }
     r.version = stream_version;
     r.updated_at = micros(event.at());

@@ -142,6 +142,30 @@ const ENDPOINTS: &[Endpoint] = &[
         Rule::Followup(Action::FollowupsEdit),
         200,
     ),
+    ep(
+        Method::DELETE,
+        "/api/customers/{id}",
+        Rule::Customer(Some(Action::CustomersDelete)),
+        204,
+    ),
+    ep(
+        Method::PUT,
+        "/api/customers/{id}/agents",
+        Rule::Customer(Some(Action::CustomersEdit)),
+        200,
+    ),
+    ep(
+        Method::POST,
+        "/api/customers/bulk",
+        Rule::Can(Action::CustomersBulkEdit),
+        200,
+    ),
+    ep(
+        Method::POST,
+        "/api/customers/bulk/{batch_id}/undo",
+        Rule::Can(Action::CustomersBulkEdit),
+        200,
+    ),
     ep(Method::POST, "/api/users", Rule::ManageUser, 201),
     ep(Method::GET, "/api/users", Rule::Can(Action::UsersView), 200),
     ep(Method::GET, "/api/users/{id}", Rule::UserRead, 200),
@@ -666,6 +690,86 @@ async fn followups(ctx: &mut Ctx<'_>, a: &Actor, mine: Uuid, other: Uuid) {
     }
 }
 
+/// Deletion, assignment, bulk edit and undo change the customer they touch: each cell gets
+/// fresh customers (assigned to the agent `agent`, or to nobody) and, for the undo, a fresh
+/// batch made by the superadmin.
+async fn customer_changes(ctx: &mut Ctx<'_>, a: &Actor, agent: Uuid) {
+    let who = a.role.as_str();
+    let t = Some(a.token.as_str());
+    let exp = |m: Method, p: &str, assigned: bool| {
+        expected(
+            endpoint(&m, p),
+            a.role,
+            a.id,
+            Target {
+                assigned_to_caller: assigned,
+                ..Target::default()
+            },
+        )
+    };
+    for assigned in [true, false] {
+        let who = format!("{who}{}", if assigned { "" } else { " (unassigned)" });
+        let owners: &[Uuid] = if assigned { &[agent] } else { &[] };
+        let id = ctx.customer(owners).await;
+        let tp = "/api/customers/{id}/agents";
+        ctx.call(
+            &who,
+            tp,
+            Method::PUT,
+            &format!("/api/customers/{id}/agents"),
+            t,
+            Some(json!({ "agent_ids": owners })),
+            exp(Method::PUT, tp, assigned),
+        )
+        .await;
+        let tp = "/api/customers/{id}";
+        ctx.call(
+            &who,
+            tp,
+            Method::DELETE,
+            &format!("/api/customers/{id}"),
+            t,
+            None,
+            exp(Method::DELETE, tp, assigned),
+        )
+        .await;
+    }
+    let id = ctx.customer(&[]).await;
+    let p = "/api/customers/bulk";
+    ctx.call(
+        who,
+        p,
+        Method::POST,
+        p,
+        t,
+        Some(json!({ "ids": [id], "set": { "status": "contacted" } })),
+        exp(Method::POST, p, false),
+    )
+    .await;
+    let id = ctx.customer(&[]).await;
+    let r = ctx
+        .app
+        .post(
+            p,
+            Some(&ctx.root),
+            json!({ "ids": [id], "set": { "status": "qualified" } }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let batch = json_of(r).await["batch_id"].as_str().unwrap().to_owned();
+    let tp = "/api/customers/bulk/{batch_id}/undo";
+    ctx.call(
+        who,
+        tp,
+        Method::POST,
+        &format!("/api/customers/bulk/{batch}/undo"),
+        t,
+        Some(json!({})),
+        exp(Method::POST, tp, false),
+    )
+    .await;
+}
+
 async fn users(ctx: &mut Ctx<'_>, a: &Actor, targets: &HashMap<Role, Uuid>) {
     let who = a.role.as_str();
     let t = Some(a.token.as_str());
@@ -844,7 +948,8 @@ async fn anonymous(ctx: &mut Ctx<'_>, customer: Uuid, user: Uuid, key: Uuid) {
             Rule::Public => e.success,
             _ => 401,
         };
-        let path = e.path.replace(
+        let path = e.path.replace("{batch_id}", &Uuid::nil().to_string());
+        let path = path.replace(
             "{id}",
             &if e.path.starts_with("/api/customers") {
                 customer
@@ -934,6 +1039,7 @@ both_backends!(
             self_service(&mut ctx, a).await;
             customers(&mut ctx, a, mine, other).await;
             followups(&mut ctx, a, mine, other).await;
+            customer_changes(&mut ctx, a, agent).await;
             users(&mut ctx, a, &targets).await;
             the_rest(&mut ctx, a).await;
         }

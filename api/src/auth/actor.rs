@@ -39,7 +39,9 @@ impl Actor {
         if self.can(action) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden)
+            Err(ApiError::Denied(crate::denial::Denial::forbidden(
+                self, action,
+            )))
         }
     }
 

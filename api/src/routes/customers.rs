@@ -1,6 +1,7 @@
 //! Customer endpoints. Handlers stay thin: extract, build the command, dispatch, map.
 
 use crate::auth::actor::Actor;
+use crate::denial::Denial;
 use crate::error::{ApiError, from_handler};
 use crate::json::{ApiJson, double_option};
 use crate::routes::meta::RequestMeta;
@@ -20,7 +21,7 @@ use egec_domain::permission::{
     Action, Visibility, can_see_customer, can_see_deleted_customers, customer_visibility,
 };
 use egec_domain::values::*;
-use egec_domain::{CustomerId, UserId};
+use egec_domain::{CustomerId, Role, UserId};
 use egec_projections::CustomerQuery;
 use serde::Deserialize;
 use serde_json::json;
@@ -153,13 +154,24 @@ pub(crate) fn with_etag(status: StatusCode, view: CustomerView) -> Response {
     resp
 }
 
-/// The customer as the read model has it, if the actor may see it; 404 otherwise.
+/// Refuses `action` on a customer with a denial that names it (403, recorded).
+pub(crate) fn require_on(actor: &Actor, action: Action, id: CustomerId) -> Result<(), ApiError> {
+    if actor.can(action) {
+        Ok(())
+    } else {
+        Err(ApiError::Denied(Denial::forbidden(actor, action).about(id)))
+    }
+}
+
+/// The customer as the read model has it, if the actor may see it; 404 otherwise. A customer
+/// that exists but is hidden from the actor (not assigned to an agent, or deleted) answers
+/// exactly like a missing one, and the refusal is recorded as `ACCESS_DENIED`.
 pub(crate) async fn visible(
     state: &AppState,
     actor: &Actor,
     id: CustomerId,
 ) -> Result<egec_projections::CustomerRow, ApiError> {
-    actor.require(Action::CustomersView)?;
+    require_on(actor, Action::CustomersView, id)?;
     let row = state
         .read()
         .get_customer(id)
@@ -175,9 +187,55 @@ pub(crate) async fn visible(
     if !can_see_customer(actor.role, actor.user_id, &assigned)
         || (row.deleted && !can_see_deleted_customers(actor.role))
     {
-        return Err(ApiError::NotFound);
+        return Err(ApiError::Denied(Denial::not_visible(actor, id)));
     }
     Ok(row)
+}
+
+/// Most agents one customer may have: a guard against absurd requests, far above practice.
+pub(crate) const MAX_AGENTS: usize = 50;
+
+/// Checks that every id names an active user who may be assigned customers (an agent or a
+/// superagent), against the users read model. Returns them in order without repeats, or a
+/// 422 naming the ids that may not be assigned under `field`.
+pub(crate) async fn assignable_agents(
+    state: &AppState,
+    field: &str,
+    ids: &[Uuid],
+) -> Result<Vec<UserId>, ApiError> {
+    let mut out: Vec<UserId> = Vec::with_capacity(ids.len());
+    let mut refused = Vec::new();
+    for id in ids {
+        let user = UserId::from_uuid(*id);
+        if out.contains(&user) {
+            continue;
+        }
+        if out.len() >= MAX_AGENTS {
+            return Err(ApiError::field(
+                field,
+                format!("at most {MAX_AGENTS} agents may be assigned"),
+            ));
+        }
+        let row = state
+            .read()
+            .get_user(user)
+            .await
+            .map_err(ApiError::internal)?;
+        match row {
+            Some(u) if u.active && matches!(u.role, Role::Agent | Role::Superagent) => {
+                out.push(user)
+            }
+            _ => refused.push(id.to_string()),
+        }
+    }
+    if refused.is_empty() {
+        Ok(out)
+    } else {
+        Err(ApiError::field(
+            field,
+            format!("not an active agent or superagent: {}", refused.join(", ")),
+        ))
+    }
 }
 
 #[utoipa::path(post, path = "/api/customers", request_body = CreateCustomerBody,
@@ -397,7 +455,7 @@ pub async fn patch(
 ) -> Result<Response, ApiError> {
     let id = CustomerId::from_uuid(id);
     visible(&state, &actor, id).await?;
-    actor.require(Action::CustomersEdit)?;
+    require_on(&actor, Action::CustomersEdit, id)?;
     let expected = if_match(&headers)?;
     let region = state.config.phone_default_region.as_deref();
     let mut f = Fields::default();
@@ -455,5 +513,82 @@ pub async fn history(
         .map_err(ApiError::internal)?;
     Ok(Json(
         json!({ "items": history_items(&events, actor.can(Action::PassportReveal)) }),
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/customers/{id}", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 403), (status = 404), (status = 409)), tag = "customers")]
+pub async fn delete(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let id = CustomerId::from_uuid(id);
+    visible(&state, &actor, id).await?;
+    require_on(&actor, Action::CustomersDelete, id)?;
+    let expected = if_match(&headers)?;
+    let done = state
+        .bus
+        .execute::<CustomerAggregate>(
+            &id.stream_id(),
+            &id.subject(),
+            expected,
+            meta.command_id,
+            &meta.metadata(&actor),
+            CustomerCommand::Delete,
+        )
+        .await
+        .map_err(|e| from_handler(e, domain_error))?;
+    state.wait_for_write(done.position).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssignAgentsBody {
+    /// The complete new assignment: active agents or superagents.
+    pub agent_ids: Vec<Uuid>,
+}
+
+#[utoipa::path(put, path = "/api/customers/{id}/agents", params(("id" = Uuid, Path)),
+    request_body = AssignAgentsBody,
+    responses((status = 200, body = CustomerView), (status = 403), (status = 404), (status = 409), (status = 422)),
+    tag = "customers")]
+pub async fn assign_agents(
+    State(state): State<AppState>,
+    actor: Actor,
+    meta: RequestMeta,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<AssignAgentsBody>,
+) -> Result<Response, ApiError> {
+    let id = CustomerId::from_uuid(id);
+    visible(&state, &actor, id).await?;
+    require_on(&actor, Action::CustomersEdit, id)?;
+    let expected = if_match(&headers)?;
+    let agent_ids = assignable_agents(&state, "agent_ids", &body.agent_ids).await?;
+    let done = state
+        .bus
+        .execute::<CustomerAggregate>(
+            &id.stream_id(),
+            &id.subject(),
+            expected,
+            meta.command_id,
+            &meta.metadata(&actor),
+            CustomerCommand::AssignAgents { agent_ids },
+        )
+        .await
+        .map_err(|e| from_handler(e, domain_error))?;
+    state.wait_for_write(done.position).await;
+    // Answer from the decided state: an agent who just unassigned themselves may no longer
+    // read the customer, but the change they made is still theirs to see.
+    let CustomerState::Present(c) = &done.state else {
+        return Err(ApiError::NotFound);
+    };
+    Ok(with_etag(
+        StatusCode::OK,
+        CustomerView::from_state(c, actor.can(Action::PassportReveal)),
     ))
 }

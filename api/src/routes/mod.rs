@@ -3,6 +3,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod credentials;
+pub mod customer_bulk;
 pub mod customers;
 pub mod followups;
 pub mod login_factors;

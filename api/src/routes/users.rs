@@ -1,6 +1,7 @@
 //! Staff user management: create, list, read, change, unlock, force-logout.
 
 use crate::auth::actor::Actor;
+use crate::denial::Denial;
 use crate::error::{ApiError, from_handler};
 use crate::json::ApiJson;
 use crate::routes::auth::user_json;
@@ -70,7 +71,10 @@ pub async fn create(
         .parse()
         .map_err(|e: egec_domain::role::UnknownRole| ApiError::field("role", e.to_string()))?;
     if !can_manage_user(actor.role, role) {
-        return Err(ApiError::Forbidden);
+        return Err(ApiError::Denied(Denial::forbidden(
+            &actor,
+            Action::UsersManage,
+        )));
     }
     let new = NewUser {
         email: &body.email,
@@ -120,7 +124,10 @@ pub async fn get(
 ) -> Result<Json<Value>, ApiError> {
     let reading_self = id == actor.user_id.as_uuid();
     if !permission::can_read_user(actor.principal(), reading_self) {
-        return Err(ApiError::Forbidden);
+        return Err(ApiError::Denied(Denial::forbidden(
+            &actor,
+            Action::UsersView,
+        )));
     }
     let row = user_row(&state, UserId::from_uuid(id)).await?;
     Ok(Json(user_json(&row)))
@@ -188,7 +195,10 @@ pub async fn patch(
         return Err(ApiError::Validation(problems));
     }
     if !can_update_user(actor.role, row.role, role) {
-        return Err(ApiError::Forbidden);
+        return Err(ApiError::Denied(Denial::forbidden(
+            &actor,
+            Action::UsersManage,
+        )));
     }
     // Read from the users read model: two demotions of different superadmins at the same
     // moment can both see the other still active (see ARCHITECTURE.md).
@@ -267,7 +277,10 @@ pub(crate) async fn managed_user(
     let user = UserId::from_uuid(id);
     let row = user_row(state, user).await?;
     if !can_manage_user(actor.role, row.role) {
-        return Err(ApiError::Forbidden);
+        return Err(ApiError::Denied(Denial::forbidden(
+            actor,
+            Action::UsersManage,
+        )));
     }
     Ok(user)
 }

@@ -1,4 +1,4 @@
-use super::events::{CustomerChanges, CustomerCreated, CustomerEvent, CustomerUpdated};
+use super::events::{BulkFields, CustomerChanges, CustomerCreated, CustomerEvent, CustomerUpdated};
 use super::state::{Customer, CustomerState};
 use super::status::CustomerStatus;
 use crate::personal::Personal;
@@ -38,7 +38,26 @@ pub enum CustomerCommand {
     Create(Box<CreateCustomer>),
     Update(UpdateCustomer),
     Delete,
-    Erase { reason: String },
+    Erase {
+        reason: String,
+    },
+    /// Replaces the assigned agents. The ids must have been checked by the caller to be
+    /// active agents or superagents (the users read model is not the domain's to read).
+    AssignAgents {
+        agent_ids: Vec<UserId>,
+    },
+    /// One customer's part of a bulk edit: the status moves by the workflow's rules.
+    BulkEdit {
+        status: Option<CustomerStatus>,
+        assigned_agent_ids: Option<Vec<UserId>>,
+    },
+    /// One customer's part of undoing a bulk edit: puts fields back to the values they had
+    /// before the batch (see [`super::plan_undo`]). Restoring is not a workflow step, so the
+    /// status may move backwards here and only here.
+    RevertBulkEdit {
+        status: Option<CustomerStatus>,
+        assigned_agent_ids: Option<Vec<UserId>>,
+    },
 }
 
 /// Why a customer command was refused. Purely business reasons: nothing technical.
@@ -84,6 +103,28 @@ fn diff<T: PartialEq>(
 fn diff_plain<T: PartialEq>(current: &Option<T>, new: Option<Option<T>>) -> Option<Option<T>> {
     let new = new?;
     (current != &new).then_some(new)
+}
+
+/// Drops repeated ids, keeping the first occurrence of each.
+fn distinct(ids: Vec<UserId>) -> Vec<UserId> {
+    let mut out: Vec<UserId> = Vec::with_capacity(ids.len());
+    for id in ids {
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    out
+}
+
+/// Whether two assignments name the same agents, whatever their order.
+fn same_agents(a: &[UserId], b: &[UserId]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
+/// The new assignment if it differs from the current one.
+fn agents_change(cur: &Customer, new: Option<Vec<UserId>>) -> Option<Vec<UserId>> {
+    new.map(distinct)
+        .filter(|a| !same_agents(a, &cur.assigned_agent_ids))
 }
 
 /// Decides what a command means for a customer. `now` is passed in: the domain reads no clock.
@@ -147,6 +188,51 @@ pub fn decide(
                 at: now,
             }])
         }
+        CustomerCommand::AssignAgents { agent_ids } => {
+            let cur = live(state)?;
+            Ok(agents_change(cur, Some(agent_ids))
+                .map(|agent_ids| CustomerEvent::AgentsAssigned {
+                    customer_id: cur.id,
+                    agent_ids,
+                    at: now,
+                })
+                .into_iter()
+                .collect())
+        }
+        CustomerCommand::BulkEdit {
+            status,
+            assigned_agent_ids,
+        } => {
+            let cur = live(state)?;
+            if let Some(to) = status
+                && !cur.status.can_move_to(to)
+            {
+                return Err(CustomerError::IllegalTransition {
+                    from: cur.status,
+                    to,
+                });
+            }
+            let fields = BulkFields {
+                customer_id: cur.id,
+                status: status.filter(|s| *s != cur.status),
+                assigned_agent_ids: agents_change(cur, assigned_agent_ids),
+                at: now,
+            };
+            Ok(bulk_event(fields, CustomerEvent::BulkEdited))
+        }
+        CustomerCommand::RevertBulkEdit {
+            status,
+            assigned_agent_ids,
+        } => {
+            let cur = live(state)?;
+            let fields = BulkFields {
+                customer_id: cur.id,
+                status: status.filter(|s| *s != cur.status),
+                assigned_agent_ids: agents_change(cur, assigned_agent_ids),
+                at: now,
+            };
+            Ok(bulk_event(fields, CustomerEvent::BulkEditReverted))
+        }
         CustomerCommand::Erase { reason } => {
             let reason = reason.trim().to_owned();
             if reason.is_empty() {
@@ -163,5 +249,14 @@ pub fn decide(
                 }]),
             }
         }
+    }
+}
+
+/// The event of a bulk change, or none when it changes nothing for this customer.
+fn bulk_event(fields: BulkFields, wrap: fn(BulkFields) -> CustomerEvent) -> Vec<CustomerEvent> {
+    if fields.status.is_none() && fields.assigned_agent_ids.is_none() {
+        vec![]
+    } else {
+        vec![wrap(fields)]
     }
 }

@@ -21,6 +21,28 @@ pub enum CustomerEvent {
         reason: String,
         at: DateTime<Utc>,
     },
+    /// The agents assigned to the customer were replaced by `agent_ids` (each verified by
+    /// the caller to be an active agent or superagent when the command was given).
+    AgentsAssigned {
+        customer_id: CustomerId,
+        agent_ids: Vec<UserId>,
+        at: DateTime<Utc>,
+    },
+    /// A bulk edit changed this customer; the batch id is in the event's metadata. Only the
+    /// fields the batch really changed are present.
+    BulkEdited(BulkFields),
+    /// The undo of a bulk edit put fields back to their value before the batch. It is not a
+    /// workflow step, so it may move the status backwards.
+    BulkEditReverted(BulkFields),
+}
+
+/// The fields a bulk edit (or its undo) sets on one customer; `None` leaves a field alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BulkFields {
+    pub customer_id: CustomerId,
+    pub status: Option<CustomerStatus>,
+    pub assigned_agent_ids: Option<Vec<UserId>>,
+    pub at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +90,9 @@ pub const CREATED: &str = "CustomerCreated";
 pub const UPDATED: &str = "CustomerUpdated";
 pub const DELETED: &str = "CustomerDeleted";
 pub const ERASED_EVENT: &str = "CustomerErased";
+pub const AGENTS_ASSIGNED: &str = "CustomerAgentsAssigned";
+pub const BULK_EDITED: &str = "CustomerBulkEdited";
+pub const BULK_EDIT_REVERTED: &str = "CustomerBulkEditReverted";
 
 impl CustomerEvent {
     pub fn customer_id(&self) -> CustomerId {
@@ -75,7 +100,9 @@ impl CustomerEvent {
             CustomerEvent::Created(e) => e.customer_id,
             CustomerEvent::Updated(e) => e.customer_id,
             CustomerEvent::Deleted { customer_id, .. }
-            | CustomerEvent::Erased { customer_id, .. } => *customer_id,
+            | CustomerEvent::Erased { customer_id, .. }
+            | CustomerEvent::AgentsAssigned { customer_id, .. } => *customer_id,
+            CustomerEvent::BulkEdited(b) | CustomerEvent::BulkEditReverted(b) => b.customer_id,
         }
     }
 
@@ -83,7 +110,10 @@ impl CustomerEvent {
         match self {
             CustomerEvent::Created(e) => e.at,
             CustomerEvent::Updated(e) => e.at,
-            CustomerEvent::Deleted { at, .. } | CustomerEvent::Erased { at, .. } => *at,
+            CustomerEvent::Deleted { at, .. }
+            | CustomerEvent::Erased { at, .. }
+            | CustomerEvent::AgentsAssigned { at, .. } => *at,
+            CustomerEvent::BulkEdited(b) | CustomerEvent::BulkEditReverted(b) => b.at,
         }
     }
 
@@ -94,6 +124,29 @@ impl CustomerEvent {
             CustomerEvent::Updated(_) => "CUSTOMER_UPDATED",
             CustomerEvent::Deleted { .. } => "CUSTOMER_DELETED",
             CustomerEvent::Erased { .. } => "CUSTOMER_ERASED",
+            CustomerEvent::AgentsAssigned { .. } => "CUSTOMER_AGENTS_ASSIGNED",
+            CustomerEvent::BulkEdited(_) => "CUSTOMER_BULK_EDITED",
+            CustomerEvent::BulkEditReverted(_) => "CUSTOMER_BULK_EDIT_REVERTED",
+        }
+    }
+
+    /// Whether the event changes the customer's status.
+    pub fn changes_status(&self) -> bool {
+        match self {
+            CustomerEvent::Updated(u) => u.changes.status.is_some(),
+            CustomerEvent::BulkEdited(b) | CustomerEvent::BulkEditReverted(b) => b.status.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Whether the event changes who is assigned to the customer.
+    pub fn changes_assignment(&self) -> bool {
+        match self {
+            CustomerEvent::AgentsAssigned { .. } => true,
+            CustomerEvent::BulkEdited(b) | CustomerEvent::BulkEditReverted(b) => {
+                b.assigned_agent_ids.is_some()
+            }
+            _ => false,
         }
     }
 }
@@ -156,6 +209,36 @@ fn text_fact<T>(
     fact_opt_str(e, key)
         .map(|s| parse(s).map_err(|err| DecodeError(format!("{key}: {err}"))))
         .transpose()
+}
+
+/// The facts of a bulk edit or its undo: a field is present only when it is set.
+fn bulk_fields(mut e: EncodedEvent, b: &BulkFields) -> EncodedEvent {
+    e = e
+        .fact("customer_id", b.customer_id.to_string())
+        .fact("at", time_fact(b.at));
+    if let Some(s) = b.status {
+        e = e.fact("status", s.as_str());
+    }
+    if let Some(a) = &b.assigned_agent_ids {
+        e = e.fact("assigned_agent_ids", agents_json(a));
+    }
+    e
+}
+
+fn bulk_from(
+    e: &DecryptedEvent,
+    customer_id: CustomerId,
+    at: DateTime<Utc>,
+) -> Result<BulkFields, DecodeError> {
+    Ok(BulkFields {
+        customer_id,
+        status: fact_opt_str(e, "status").map(status_from).transpose()?,
+        assigned_agent_ids: match e.facts.contains_key("assigned_agent_ids") {
+            true => Some(agents_from(e)?),
+            false => None,
+        },
+        at,
+    })
 }
 
 impl EventCodec for CustomerEvent {
@@ -224,6 +307,18 @@ impl EventCodec for CustomerEvent {
                 .fact("customer_id", customer_id.to_string())
                 .fact("reason", reason.as_str())
                 .fact("at", time_fact(*at)),
+            CustomerEvent::AgentsAssigned {
+                customer_id,
+                agent_ids,
+                at,
+            } => EncodedEvent::new(AGENTS_ASSIGNED, 1)
+                .fact("customer_id", customer_id.to_string())
+                .fact("assigned_agent_ids", agents_json(agent_ids))
+                .fact("at", time_fact(*at)),
+            CustomerEvent::BulkEdited(b) => bulk_fields(EncodedEvent::new(BULK_EDITED, 1), b),
+            CustomerEvent::BulkEditReverted(b) => {
+                bulk_fields(EncodedEvent::new(BULK_EDIT_REVERTED, 1), b)
+            }
         }
     }
 
@@ -278,6 +373,17 @@ impl EventCodec for CustomerEvent {
                 reason: fact_str(e, "reason")?.to_owned(),
                 at,
             }),
+            (AGENTS_ASSIGNED, 1) => Ok(CustomerEvent::AgentsAssigned {
+                customer_id,
+                agent_ids: agents_from(e)?,
+                at,
+            }),
+            (BULK_EDITED, 1) => Ok(CustomerEvent::BulkEdited(bulk_from(e, customer_id, at)?)),
+            (BULK_EDIT_REVERTED, 1) => Ok(CustomerEvent::BulkEditReverted(bulk_from(
+                e,
+                customer_id,
+                at,
+            )?)),
             (t, v) => Err(DecodeError(format!("unknown customer event {t} v{v}"))),
         }
     }

@@ -4,12 +4,14 @@ mod decide;
 mod events;
 mod state;
 mod status;
+mod undo;
 mod upcast;
 
 pub use decide::{CreateCustomer, CustomerCommand, CustomerError, UpdateCustomer, decide};
-pub use events::{CustomerChanges, CustomerCreated, CustomerEvent, CustomerUpdated};
+pub use events::{BulkFields, CustomerChanges, CustomerCreated, CustomerEvent, CustomerUpdated};
 pub use state::{Customer, CustomerState, evolve};
 pub use status::CustomerStatus;
+pub use undo::{BulkField, UndoPlan, plan_undo};
 pub(crate) use upcast::UPCASTERS;
 
 #[cfg(test)]

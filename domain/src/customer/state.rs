@@ -104,6 +104,17 @@ pub fn evolve(state: CustomerState, event: &CustomerEvent) -> CustomerState {
                 CustomerEvent::Created(_) => return CustomerState::Present(c),
                 CustomerEvent::Updated(u) => apply_changes(&mut c, &u.changes),
                 CustomerEvent::Deleted { .. } => c.deleted = true,
+                CustomerEvent::AgentsAssigned { agent_ids, .. } => {
+                    c.assigned_agent_ids = agent_ids.clone();
+                }
+                CustomerEvent::BulkEdited(b) | CustomerEvent::BulkEditReverted(b) => {
+                    if let Some(s) = b.status {
+                        c.status = s;
+                    }
+                    if let Some(a) = &b.assigned_agent_ids {
+                        c.assigned_agent_ids = a.clone();
+                    }
+                }
                 CustomerEvent::Erased { .. } => {
                     c.erased = true;
                     c.name = Personal::Erased;

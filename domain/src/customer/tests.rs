@@ -21,6 +21,10 @@ fn agent() -> UserId {
     UserId::from_uuid(uuid::Uuid::from_u128(0x7))
 }
 
+fn agent2() -> UserId {
+    UserId::from_uuid(uuid::Uuid::from_u128(0x8))
+}
+
 fn given(events: &[CustomerEvent]) -> CustomerState {
     events.iter().fold(CustomerState::Absent, evolve)
 }
@@ -200,6 +204,38 @@ fn all_event_kinds() -> Vec<CustomerEvent> {
         )
         .unwrap(),
     );
+    history.extend(
+        decide(
+            &given(&history),
+            CustomerCommand::AssignAgents {
+                agent_ids: vec![agent(), agent2()],
+            },
+            t(11),
+        )
+        .unwrap(),
+    );
+    history.extend(
+        decide(
+            &given(&history),
+            CustomerCommand::BulkEdit {
+                status: Some(CustomerStatus::Applied),
+                assigned_agent_ids: Some(vec![agent2()]),
+            },
+            t(12),
+        )
+        .unwrap(),
+    );
+    history.extend(
+        decide(
+            &given(&history),
+            CustomerCommand::RevertBulkEdit {
+                status: Some(CustomerStatus::Qualified),
+                assigned_agent_ids: Some(vec![agent(), agent2()]),
+            },
+            t(13),
+        )
+        .unwrap(),
+    );
     history.extend(decide(&given(&history), CustomerCommand::Delete, t(20)).unwrap());
     history.push(CustomerEvent::Erased {
         customer_id: id(),
@@ -261,4 +297,307 @@ fn erased_personal_fields_decode_as_erased() {
     };
     assert_eq!(c.name, Personal::Erased);
     assert_eq!(c.phone, Some(Personal::Erased));
+}
+
+fn assign(ids: Vec<UserId>) -> CustomerCommand {
+    CustomerCommand::AssignAgents { agent_ids: ids }
+}
+
+fn bulk(status: Option<CustomerStatus>, agents: Option<Vec<UserId>>) -> CustomerCommand {
+    CustomerCommand::BulkEdit {
+        status,
+        assigned_agent_ids: agents,
+    }
+}
+
+#[test]
+fn assigning_agents_replaces_the_assignment_without_repeats() {
+    let events = decide(
+        &given(&created()),
+        assign(vec![agent2(), agent2(), agent()]),
+        t(1),
+    )
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![CustomerEvent::AgentsAssigned {
+            customer_id: id(),
+            agent_ids: vec![agent2(), agent()],
+            at: t(1),
+        }]
+    );
+    let state = given(&[created(), events].concat());
+    assert_eq!(
+        state.customer().unwrap().assigned_agent_ids,
+        vec![agent2(), agent()]
+    );
+}
+
+#[test]
+fn assigning_the_same_agents_in_another_order_appends_nothing() {
+    let mut history = created();
+    history.extend(decide(&given(&history), assign(vec![agent(), agent2()]), t(1)).unwrap());
+    assert_eq!(
+        decide(&given(&history), assign(vec![agent2(), agent()]), t(2)),
+        Ok(vec![])
+    );
+}
+
+#[test]
+fn assigning_no_agents_unassigns_everyone() {
+    let events = decide(&given(&created()), assign(vec![]), t(1)).unwrap();
+    let state = given(&[created(), events].concat());
+    assert!(state.customer().unwrap().assigned_agent_ids.is_empty());
+}
+
+#[test]
+fn agents_of_a_deleted_or_missing_customer_cannot_be_assigned() {
+    assert_eq!(
+        decide(&CustomerState::Absent, assign(vec![agent()]), t(1)),
+        Err(CustomerError::NotFound)
+    );
+    let mut history = created();
+    history.extend(decide(&given(&history), CustomerCommand::Delete, t(1)).unwrap());
+    assert_eq!(
+        decide(&given(&history), assign(vec![agent2()]), t(2)),
+        Err(CustomerError::Deleted)
+    );
+}
+
+#[test]
+fn a_bulk_edit_records_only_the_fields_it_really_changes() {
+    let events = decide(
+        &given(&created()),
+        bulk(Some(CustomerStatus::New), Some(vec![agent2()])),
+        t(1),
+    )
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![CustomerEvent::BulkEdited(BulkFields {
+            customer_id: id(),
+            status: None,
+            assigned_agent_ids: Some(vec![agent2()]),
+            at: t(1),
+        })]
+    );
+    assert_eq!(
+        decide(
+            &given(&created()),
+            bulk(Some(CustomerStatus::New), Some(vec![agent()])),
+            t(1)
+        ),
+        Ok(vec![])
+    );
+}
+
+#[test]
+fn a_bulk_edit_follows_the_status_workflow() {
+    let mut history = created();
+    history.extend(
+        decide(
+            &given(&history),
+            bulk(Some(CustomerStatus::Enrolled), None),
+            t(1),
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        given(&history).customer().unwrap().status,
+        CustomerStatus::Enrolled
+    );
+    assert_eq!(
+        decide(
+            &given(&history),
+            bulk(Some(CustomerStatus::Contacted), None),
+            t(2)
+        ),
+        Err(CustomerError::IllegalTransition {
+            from: CustomerStatus::Enrolled,
+            to: CustomerStatus::Contacted
+        })
+    );
+}
+
+#[test]
+fn reverting_a_bulk_edit_may_move_the_status_backwards() {
+    let mut history = created();
+    history.extend(
+        decide(
+            &given(&history),
+            bulk(Some(CustomerStatus::Enrolled), None),
+            t(1),
+        )
+        .unwrap(),
+    );
+    let reverted = decide(
+        &given(&history),
+        CustomerCommand::RevertBulkEdit {
+            status: Some(CustomerStatus::New),
+            assigned_agent_ids: None,
+        },
+        t(2),
+    )
+    .unwrap();
+    assert_eq!(
+        reverted,
+        vec![CustomerEvent::BulkEditReverted(BulkFields {
+            customer_id: id(),
+            status: Some(CustomerStatus::New),
+            assigned_agent_ids: None,
+            at: t(2),
+        })]
+    );
+    history.extend(reverted);
+    assert_eq!(
+        given(&history).customer().unwrap().status,
+        CustomerStatus::New
+    );
+}
+
+#[test]
+fn undo_restores_every_field_the_batch_changed_when_nothing_changed_it_since() {
+    let mut history = created();
+    history.extend(
+        decide(
+            &given(&history),
+            bulk(Some(CustomerStatus::Qualified), Some(vec![agent2()])),
+            t(1),
+        )
+        .unwrap(),
+    );
+    let batch = history.len() - 1;
+    // A later change to another field does not stand in the way.
+    history.extend(
+        decide(
+            &given(&history),
+            CustomerCommand::Update(UpdateCustomer {
+                country: Some(None),
+                ..Default::default()
+            }),
+            t(2),
+        )
+        .unwrap(),
+    );
+    let plan = plan_undo(&history, batch).unwrap();
+    assert_eq!(
+        plan,
+        UndoPlan {
+            status: Some(CustomerStatus::New),
+            assigned_agent_ids: Some(vec![agent()]),
+            changed_since: vec![],
+        }
+    );
+}
+
+#[test]
+fn undo_skips_a_field_that_was_changed_after_the_batch() {
+    let mut history = created();
+    history.extend(
+        decide(
+            &given(&history),
+            bulk(Some(CustomerStatus::Contacted), Some(vec![agent2()])),
+            t(1),
+        )
+        .unwrap(),
+    );
+    let batch = history.len() - 1;
+    history.extend(
+        decide(
+            &given(&history),
+            CustomerCommand::Update(UpdateCustomer {
+                status: Some(CustomerStatus::Applied),
+                ..Default::default()
+            }),
+            t(2),
+        )
+        .unwrap(),
+    );
+    let plan = plan_undo(&history, batch).unwrap();
+    assert_eq!(plan.status, None);
+    assert_eq!(plan.assigned_agent_ids, Some(vec![agent()]));
+    assert_eq!(plan.changed_since, vec![BulkField::Status]);
+    history.extend(decide(&given(&history), assign(vec![]), t(3)).unwrap());
+    let plan = plan_undo(&history, batch).unwrap();
+    assert!(!plan.restores_anything());
+    assert_eq!(
+        plan.changed_since,
+        vec![BulkField::Status, BulkField::AssignedAgentIds]
+    );
+}
+
+#[test]
+fn undo_is_planned_only_for_a_bulk_edit_event() {
+    let history = created();
+    assert_eq!(plan_undo(&history, 0), None);
+    assert_eq!(plan_undo(&history, 5), None);
+}
+
+mod undo_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn agents(ns: &[u8]) -> Vec<UserId> {
+        ns.iter()
+            .map(|n| UserId::from_uuid(uuid::Uuid::from_u128(u128::from(*n) + 100)))
+            .collect()
+    }
+
+    proptest! {
+        /// Whatever the customer looked like and whatever the batch set, undoing it with
+        /// nothing in between brings back exactly the status and agents of before.
+        #[test]
+        fn undoing_a_batch_with_nothing_since_restores_the_state_before_it(
+            start in 0usize..5,
+            status in proptest::option::of(0usize..6),
+            new_agents in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..4)),
+            before_agents in proptest::collection::vec(any::<u8>(), 0..4),
+        ) {
+            let mut history = created();
+            history.extend(
+                decide(&given(&history), assign(agents(&before_agents)), t(1)).unwrap(),
+            );
+            history.extend(
+                decide(
+                    &given(&history),
+                    bulk(Some(CustomerStatus::ALL[start]), None),
+                    t(2),
+                )
+                .unwrap(),
+            );
+            let before = given(&history).customer().unwrap().clone();
+            let Ok(batch) = decide(
+                &given(&history),
+                bulk(status.map(|i| CustomerStatus::ALL[i]), new_agents.as_deref().map(agents)),
+                t(3),
+            ) else {
+                // An illegal move is refused and there is nothing to undo.
+                return Ok(());
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            history.extend(batch);
+            let plan = plan_undo(&history, history.len() - 1).unwrap();
+            prop_assert!(plan.changed_since.is_empty());
+            history.extend(
+                decide(
+                    &given(&history),
+                    CustomerCommand::RevertBulkEdit {
+                        status: plan.status,
+                        assigned_agent_ids: plan.assigned_agent_ids,
+                    },
+                    t(4),
+                )
+                .unwrap(),
+            );
+            let after = given(&history).customer().unwrap().clone();
+            prop_assert_eq!(after.status, before.status);
+            prop_assert!(same_set(&after.assigned_agent_ids, &before.assigned_agent_ids));
+        }
+    }
+
+    fn same_set(a: &[UserId], b: &[UserId]) -> bool {
+        a.len() == b.len() && a.iter().all(|x| b.contains(x))
+    }
 }

@@ -439,10 +439,16 @@ pub enum LoginEvent {
     /// An authenticated request was refused by a network rule (e.g. the admin IP allowlist);
     /// recorded in the month's security stream (see [`crate::security`]), not the user's
     /// login stream. `path` is the request path without its query string.
+    ///
+    /// Schema version 2 adds the refused permission (`action`, when a permission was
+    /// missing) and the customer concerned (`customer_id`, when a customer was hidden or
+    /// the refusal was about one); version 1 events read back with neither.
     AccessDenied {
         user_id: UserId,
         path: String,
         reason: crate::security::DenialReason,
+        action: Option<crate::permission::Action>,
+        customer_id: Option<crate::CustomerId>,
         at: DateTime<Utc>,
     },
     /// An attempt for an email no active account has. `account_key` is a keyed hash of the
@@ -569,11 +575,15 @@ impl EventCodec for LoginEvent {
                 user_id,
                 path,
                 reason,
+                action,
+                customer_id,
                 at,
-            } => EncodedEvent::new(ACCESS_DENIED, 1)
+            } => EncodedEvent::new(ACCESS_DENIED, 2)
                 .fact("user_id", user_id.to_string())
                 .fact("path", path.as_str())
                 .fact("reason", reason.as_str())
+                .fact("action", action.map(|a| a.name()))
+                .fact("customer_id", customer_id.map(|c| c.to_string()))
                 .fact("at", time_fact(*at)),
             LoginEvent::UnknownAccountFailed {
                 account_key,
@@ -617,11 +627,21 @@ impl EventCodec for LoginEvent {
                 session_id: fact_uuid(e, "session_id")?,
                 at: fact_time(e, "at")?,
             }),
-            (ACCESS_DENIED, 1) => Ok(LoginEvent::AccessDenied {
+            (ACCESS_DENIED, 2) => Ok(LoginEvent::AccessDenied {
                 user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
                 path: fact_str(e, "path")?.to_owned(),
                 reason: crate::security::DenialReason::parse(fact_str(e, "reason")?)
                     .ok_or_else(|| DecodeError::new("bad access denial reason"))?,
+                action: fact_opt_str(e, "action")
+                    .map(|a| {
+                        crate::permission::Action::from_name(a)
+                            .ok_or_else(|| DecodeError::new("bad refused action"))
+                    })
+                    .transpose()?,
+                customer_id: match fact_opt_str(e, "customer_id") {
+                    None => None,
+                    Some(_) => Some(crate::CustomerId::from_uuid(fact_uuid(e, "customer_id")?)),
+                },
                 at: fact_time(e, "at")?,
             }),
             (LOGIN_FAILED_UNKNOWN_ACCOUNT, 1) => Ok(LoginEvent::UnknownAccountFailed {

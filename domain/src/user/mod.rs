@@ -11,8 +11,8 @@ pub use decide::{
     evolve,
 };
 pub use events::{
-    LOGIN_FAILED_UNKNOWN_ACCOUNT, LoginEvent, LoginFailure, PasswordHash, SESSION_ENDED, UserEvent,
-    login_stream_id, recent_login_stream_ids, unknown_login_stream_id,
+    ACCESS_DENIED, LOGIN_FAILED_UNKNOWN_ACCOUNT, LoginEvent, LoginFailure, PasswordHash,
+    SESSION_ENDED, UserEvent, login_stream_id, recent_login_stream_ids, unknown_login_stream_id,
 };
 
 #[cfg(test)]

@@ -526,6 +526,27 @@ enum Op {
     Country(Option<u8>),
     Delete,
     Erase,
+    Assign(Vec<u8>),
+    Bulk(Option<usize>, Option<Vec<u8>>),
+    Revert(Option<usize>, Option<Vec<u8>>),
+}
+
+fn agents_of(ns: &[u8]) -> Vec<UserId> {
+    ns.iter().map(|n| uid(u128::from(*n))).collect()
+}
+
+fn bulk_fields(
+    id: CustomerId,
+    status: &Option<usize>,
+    agents: &Option<Vec<u8>>,
+    at: DateTime<Utc>,
+) -> egec_domain::customer::BulkFields {
+    egec_domain::customer::BulkFields {
+        customer_id: id,
+        status: status.map(|i| CustomerStatus::ALL[i]),
+        assigned_agent_ids: agents.as_deref().map(agents_of),
+        at,
+    }
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -539,6 +560,17 @@ fn op() -> impl Strategy<Value = Op> {
         proptest::option::of(any::<u8>()).prop_map(Op::Country),
         Just(Op::Delete),
         Just(Op::Erase),
+        proptest::collection::vec(any::<u8>(), 0..3).prop_map(Op::Assign),
+        (
+            proptest::option::of(0usize..6),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..3))
+        )
+            .prop_map(|(s, a)| Op::Bulk(s, a)),
+        (
+            proptest::option::of(0usize..6),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..3))
+        )
+            .prop_map(|(s, a)| Op::Revert(s, a)),
     ]
 }
 
@@ -586,6 +618,15 @@ fn event_of(op: &Op, id: CustomerId, at: DateTime<Utc>) -> CustomerEvent {
                 at,
             };
         }
+        Op::Assign(ns) => {
+            return CustomerEvent::AgentsAssigned {
+                customer_id: id,
+                agent_ids: agents_of(ns),
+                at,
+            };
+        }
+        Op::Bulk(s, a) => return CustomerEvent::BulkEdited(bulk_fields(id, s, a, at)),
+        Op::Revert(s, a) => return CustomerEvent::BulkEditReverted(bulk_fields(id, s, a, at)),
     }
     updated(id, ch, at)
 }

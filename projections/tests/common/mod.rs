@@ -450,7 +450,10 @@ impl Env {
                             users.insert(id, r);
                         }
                     }
-                    DomainEvent::Login(_) | DomainEvent::ApiKey(_) | DomainEvent::Followup(_) => {}
+                    DomainEvent::Login(_)
+                    | DomainEvent::ApiKey(_)
+                    | DomainEvent::Followup(_)
+                    | DomainEvent::Bulk(_) => {}
                 }
             }
             pos = last;
