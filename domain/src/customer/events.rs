@@ -1,3 +1,4 @@
+use super::attachment::{ATTACHMENT_ADDED, AttachmentAdded};
 use super::status::CustomerStatus;
 use crate::encoding::*;
 use crate::personal::Personal;
@@ -21,6 +22,8 @@ pub enum CustomerEvent {
         reason: String,
         at: DateTime<Utc>,
     },
+    /// A file was attached (see `attachment.rs`).
+    AttachmentAdded(AttachmentAdded),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +77,7 @@ impl CustomerEvent {
         match self {
             CustomerEvent::Created(e) => e.customer_id,
             CustomerEvent::Updated(e) => e.customer_id,
+            CustomerEvent::AttachmentAdded(e) => e.customer_id,
             CustomerEvent::Deleted { customer_id, .. }
             | CustomerEvent::Erased { customer_id, .. } => *customer_id,
         }
@@ -83,6 +87,7 @@ impl CustomerEvent {
         match self {
             CustomerEvent::Created(e) => e.at,
             CustomerEvent::Updated(e) => e.at,
+            CustomerEvent::AttachmentAdded(e) => e.at,
             CustomerEvent::Deleted { at, .. } | CustomerEvent::Erased { at, .. } => *at,
         }
     }
@@ -94,6 +99,7 @@ impl CustomerEvent {
             CustomerEvent::Updated(_) => "CUSTOMER_UPDATED",
             CustomerEvent::Deleted { .. } => "CUSTOMER_DELETED",
             CustomerEvent::Erased { .. } => "CUSTOMER_ERASED",
+            CustomerEvent::AttachmentAdded(_) => "ATTACHMENT_ADDED",
         }
     }
 }
@@ -224,6 +230,7 @@ impl EventCodec for CustomerEvent {
                 .fact("customer_id", customer_id.to_string())
                 .fact("reason", reason.as_str())
                 .fact("at", time_fact(*at)),
+            CustomerEvent::AttachmentAdded(a) => a.encode(),
         }
     }
 
@@ -233,14 +240,14 @@ impl EventCodec for CustomerEvent {
         match (e.event_type.as_str(), e.schema_version) {
             (CREATED, 2) => Ok(CustomerEvent::Created(CustomerCreated {
                 customer_id,
-                name: personal_req(e, "name", PersonName::parse)?,
+                name: personal_req(e, "name", PersonName::from_stored)?,
                 email: personal_opt(e, "email", Email::parse)?,
                 phone: personal_opt(e, "phone", PhoneE164::from_stored)?,
                 passport_number: personal_opt(e, "passport_number", PassportNumber::parse)?,
-                country: text_fact(e, "country", Country::parse)?,
-                source: text_fact(e, "source", Source::parse)?,
+                country: text_fact(e, "country", Country::from_stored)?,
+                source: text_fact(e, "source", Source::from_stored)?,
                 status: status_from(fact_str(e, "status")?)?,
-                notes: personal_opt(e, "notes", Notes::parse)?,
+                notes: personal_opt(e, "notes", Notes::from_stored)?,
                 assigned_agent_ids: agents_from(e)?,
                 at,
             })),
@@ -252,7 +259,7 @@ impl EventCodec for CustomerEvent {
                 Ok(CustomerEvent::Updated(CustomerUpdated {
                     customer_id,
                     changes: CustomerChanges {
-                        name: personal_opt(e, "name", PersonName::parse)?,
+                        name: personal_opt(e, "name", PersonName::from_stored)?,
                         email: field(&cleared, "email", personal_opt(e, "email", Email::parse)?),
                         phone: field(
                             &cleared,
@@ -264,10 +271,14 @@ impl EventCodec for CustomerEvent {
                             "passport_number",
                             personal_opt(e, "passport_number", PassportNumber::parse)?,
                         ),
-                        country: text_change(e, "country", Country::parse)?,
-                        source: text_change(e, "source", Source::parse)?,
+                        country: text_change(e, "country", Country::from_stored)?,
+                        source: text_change(e, "source", Source::from_stored)?,
                         status: fact_opt_str(e, "status").map(status_from).transpose()?,
-                        notes: field(&cleared, "notes", personal_opt(e, "notes", Notes::parse)?),
+                        notes: field(
+                            &cleared,
+                            "notes",
+                            personal_opt(e, "notes", Notes::from_stored)?,
+                        ),
                     },
                     at,
                 }))
@@ -278,6 +289,11 @@ impl EventCodec for CustomerEvent {
                 reason: fact_str(e, "reason")?.to_owned(),
                 at,
             }),
+            (ATTACHMENT_ADDED, 1) => Ok(CustomerEvent::AttachmentAdded(AttachmentAdded::decode(
+                e,
+                customer_id,
+                at,
+            )?)),
             (t, v) => Err(DecodeError(format!("unknown customer event {t} v{v}"))),
         }
     }

@@ -104,6 +104,9 @@ pub fn evolve(state: CustomerState, event: &CustomerEvent) -> CustomerState {
                 CustomerEvent::Created(_) => return CustomerState::Present(c),
                 CustomerEvent::Updated(u) => apply_changes(&mut c, &u.changes),
                 CustomerEvent::Deleted { .. } => c.deleted = true,
+                // Attachments live in their own store; the customer's fields stay as they
+                // are, but the version moves on like for any event of the stream.
+                CustomerEvent::AttachmentAdded(_) => {}
                 CustomerEvent::Erased { .. } => {
                     c.erased = true;
                     c.name = Personal::Erased;
