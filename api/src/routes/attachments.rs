@@ -166,7 +166,6 @@ pub async fn upload(
         .map_err(attachment_error)?;
     let ciphertext_hash = Sha256Hex::parse(&stored.ciphertext_hash)
         .map_err(|Invalid(m)| ApiError::internal(anyhow::anyhow!(m)))?;
-    let size = content.len() as u64;
     let result = state
         .bus
         .execute::<CustomerAggregate>(
@@ -177,9 +176,9 @@ pub async fn upload(
             &meta.metadata(&actor),
             CustomerCommand::AddAttachment(AddAttachment {
                 attachment_id,
-                file_name: file_name.clone(),
+                file_name,
                 content_type,
-                size,
+                size: content.len() as u64,
                 ciphertext_hash,
             }),
         )
@@ -198,15 +197,23 @@ pub async fn upload(
         }
     };
     state.wait_for_write(done.position).await;
-    let view = AttachmentView {
-        id: attachment_id,
-        customer_id: id,
-        file_name: file_name.as_str().to_owned(),
-        content_type: content_type.mime().to_owned(),
-        size,
-        created_at: Utc::now(),
+    // The event just appended, or, for a retry that appended nothing, the one the first
+    // attempt appended: the answer always describes what the log holds.
+    let added = done.events.into_iter().find_map(|e| match e {
+        CustomerEvent::AttachmentAdded(a) => Some(a),
+        _ => None,
+    });
+    let added = match added {
+        Some(a) => a,
+        None => recorded(&state, customer_id)
+            .await?
+            .into_iter()
+            .find(|a| a.attachment_id == attachment_id)
+            .ok_or_else(|| {
+                ApiError::internal(anyhow::anyhow!("attachment {attachment_id} not recorded"))
+            })?,
     };
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    Ok((StatusCode::CREATED, Json(AttachmentView::of(&added))).into_response())
 }
 
 /// Every attachment recorded on the customer's stream.
