@@ -490,6 +490,9 @@ both_backends!(
         let last = history["items"].as_array().unwrap().last().unwrap().clone();
         assert_eq!(last["action"], "ATTACHMENT_ADDED");
         assert_eq!(last["version"], before + 1);
+        let added = &last["changes"]["attachments"]["to"];
+        assert_eq!(added["file_name"], "Jane Attachperson CV.pdf");
+        assert_eq!(added["content_type"], "application/pdf");
 
         let audit = json_of(
             app.get(
