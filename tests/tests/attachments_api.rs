@@ -110,6 +110,34 @@ async fn raw_blobs(app: &TestApp) -> Vec<Vec<u8>> {
     }
 }
 
+/// Every stored event payload, as the database returns it.
+async fn raw_payloads(app: &TestApp) -> Vec<String> {
+    match app.backend {
+        Backend::Sqlite => {
+            let conn = rusqlite::Connection::open(app.data_dir.join("egec.db")).unwrap();
+            let mut stmt = conn.prepare("SELECT payload FROM events").unwrap();
+            stmt.query_map([], |r| r.get::<_, String>(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        }
+        Backend::Postgres => {
+            let (client, conn) =
+                tokio_postgres::connect(app.database_url.as_ref().unwrap(), tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            client
+                .query("SELECT payload::text FROM egec.events", &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect()
+        }
+    }
+}
+
 /// How many key versions the subject still has in the key table.
 async fn subject_key_count(app: &TestApp, subject: &str) -> i64 {
     match app.backend {
@@ -420,6 +448,15 @@ both_backends!(
         let needle = b"Jane Attachperson";
         assert!(!blobs[0].windows(needle.len()).any(|w| w == needle));
         assert!(!blobs[0].windows(8).any(|w| w == &content[..8]));
+        let payloads = raw_payloads(&app).await;
+        assert!(
+            payloads.iter().any(|p| p.contains("\"application/pdf\"")),
+            "the event's facts stay readable"
+        );
+        assert!(
+            payloads.iter().all(|p| !p.contains("passport.pdf")),
+            "the file name is encrypted in the log"
+        );
 
         let s = &app.running.state;
         let meta = Metadata::system(Uuid::now_v7(), chrono::Utc::now());
