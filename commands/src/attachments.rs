@@ -5,9 +5,11 @@
 //! as associated data, so a blob copied under another id or customer fails to open. Erasing
 //! the customer destroys that key, and with it every way to read the blob.
 //!
-//! The blob is written before the event that names it is appended. If that append fails the
-//! caller deletes the blob; should the deletion fail as well, the orphan is unreadable by
-//! anyone, since downloads start from an event of the customer's stream and none names it.
+//! The blob is written before the event that names it is appended. When the append is
+//! refused for certain (the domain said no) the caller deletes the blob; when the outcome is
+//! unknown (a storage failure after which the commit may have happened) it stays. A blob that
+//! no event names is unreadable by anyone, since downloads start from an event of the
+//! customer's stream, and its ciphertext dies with the customer's key like the rest.
 
 use crate::crypto::{CryptoError, field_aad};
 use crate::store::StoreError;

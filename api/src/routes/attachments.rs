@@ -17,6 +17,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use egec_commands::attachments::AttachmentError;
+use egec_commands::handler::HandlerError;
 use egec_commands::store::ReadBound;
 use egec_domain::CustomerId;
 use egec_domain::aggregate::CustomerAggregate;
@@ -186,9 +187,18 @@ pub async fn upload(
     let done = match result {
         Ok(done) => done,
         Err(e) => {
-            // No event names the blob: remove it. Should that fail too, the orphan stays
-            // unreadable, since every download starts from the event.
+            // Refused for certain (the domain said no, or writers kept winning): no event
+            // names the blob, so it goes. After a storage or appender failure the append may
+            // still have committed, so the blob stays; if it did not, the orphan is unreadable
+            // by anyone, since every download starts from an event naming it.
+            let refused = matches!(
+                e,
+                HandlerError::Domain(_)
+                    | HandlerError::VersionConflict { .. }
+                    | HandlerError::Contention(_)
+            );
             if stored.created
+                && refused
                 && let Err(d) = state.attachments.discard(attachment_id).await
             {
                 tracing::warn!(%attachment_id, error = %d, "orphan attachment blob left behind");
