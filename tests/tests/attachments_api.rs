@@ -582,3 +582,57 @@ both_backends!(
         assert_eq!(r.bytes().await.unwrap().as_ref(), png().as_slice());
     }
 );
+
+both_backends!(
+    a_deleted_customer_takes_no_attachment_and_hides_its_files_from_everyone_but_the_superadmin,
+    |app: TestApp| async move {
+        let (_, superadmin) = app.as_role(Role::Superadmin).await;
+        let (_, admin) = app.as_role(Role::Admin).await;
+        let id = customer(&app, &admin, &[]).await;
+        let a = upload_ok(&app, &admin, id, "before.png", &png()).await;
+        let download = format!("/api/attachments/{}", a["id"].as_str().unwrap());
+
+        let s = &app.running.state;
+        let customer_id = CustomerId::from_uuid(id);
+        let meta = Metadata::system(Uuid::now_v7(), chrono::Utc::now());
+        let done = s
+            .bus
+            .execute::<egec_domain::aggregate::CustomerAggregate>(
+                &customer_id.stream_id(),
+                &customer_id.subject(),
+                None,
+                Uuid::now_v7(),
+                &meta,
+                egec_domain::customer::CustomerCommand::Delete,
+            )
+            .await
+            .unwrap();
+        s.wait_for_write(done.position).await;
+
+        for token in [&superadmin, &admin] {
+            let r = app
+                .upload(
+                    &upload_path(id),
+                    Some(token),
+                    "after.png",
+                    "image/png",
+                    &png(),
+                )
+                .await;
+            assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        }
+        assert_eq!(
+            app.get(&download, Some(&admin)).await.status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            app.get(&download, Some(&superadmin)).await.status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            raw_blobs(&app).await.len(),
+            1,
+            "no blob stored for a refused upload"
+        );
+    }
+);
