@@ -67,6 +67,16 @@ pub fn router(state: AppState) -> Router {
             "/api/customers/{id}/history",
             get(routes::customers::history),
         )
+        // Uploads get their own body limit (API.md: 10 MiB) instead of the JSON one.
+        .route(
+            "/api/customers/{id}/attachments",
+            post(routes::attachments::upload)
+                .layer(DefaultBodyLimit::max(
+                    routes::attachments::MAX_UPLOAD_BODY_BYTES,
+                ))
+                .get(routes::attachments::list),
+        )
+        .route("/api/attachments/{id}", get(routes::attachments::download))
         .route(
             "/api/customers/{id}/followups",
             post(routes::followups::create).get(routes::followups::list_for_customer),
@@ -236,6 +246,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         api_key_usage: Default::default(),
         metrics,
         rate_limits,
+        attachments: Arc::new(egec_commands::attachments::Attachments::new(
+            core.stores.blobs.clone(),
+            core.bus.codec().vault().clone(),
+        )),
     };
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move { axum::serve(listener, app).await });

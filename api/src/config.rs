@@ -45,6 +45,10 @@ pub struct Config {
     /// Roles that must enrol in two-factor authentication before anything else
     /// (`EGEC_MFA_REQUIRED_ROLES`).
     pub mfa_required_roles: Vec<egec_domain::Role>,
+    /// Email domains refused for customers: the shipped list plus
+    /// `EGEC_DISPOSABLE_EMAIL_DOMAINS_FILE` (a file, one domain a line) and
+    /// `EGEC_DISPOSABLE_EMAIL_DOMAINS` (a comma list).
+    pub disposable_email_domains: std::sync::Arc<egec_domain::values::DisposableDomains>,
 }
 
 /// When a session ends without anyone ending it.
@@ -293,6 +297,7 @@ impl Config {
                 errors.push("EGEC_MASTER_KEY_PREVIOUS must differ from EGEC_MASTER_KEY".to_owned());
             }
         }
+        let disposable_email_domains = disposable_email_domains(src, &mut errors);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -317,8 +322,31 @@ impl Config {
             master_key_previous: master_key_previous.map(SecretString::from),
             password_max_age,
             mfa_required_roles,
+            disposable_email_domains,
         })
     }
+}
+
+/// The shipped disposable-domain list extended by `EGEC_DISPOSABLE_EMAIL_DOMAINS_FILE` and
+/// `EGEC_DISPOSABLE_EMAIL_DOMAINS`. An unreadable file is a configuration error: starting
+/// without the operator's list would silently accept the domains they meant to refuse.
+fn disposable_email_domains(
+    src: &dyn Source,
+    errors: &mut Vec<String>,
+) -> std::sync::Arc<egec_domain::values::DisposableDomains> {
+    let mut domains = egec_domain::values::DisposableDomains::shipped();
+    if let Some(path) = src.get("EGEC_DISPOSABLE_EMAIL_DOMAINS_FILE") {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => domains = domains.with_lines(&text),
+            Err(e) => errors.push(format!(
+                "EGEC_DISPOSABLE_EMAIL_DOMAINS_FILE cannot be read ({path}): {e}"
+            )),
+        }
+    }
+    if let Some(list) = src.get("EGEC_DISPOSABLE_EMAIL_DOMAINS") {
+        domains = domains.with_comma_list(&list);
+    }
+    std::sync::Arc::new(domains)
 }
 
 /// `EGEC_MFA_REQUIRED_ROLES`: a comma list of roles; unset = superadmin and admin; empty (or

@@ -32,6 +32,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body is too large")]
     PayloadTooLarge,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("some fields are not valid")]
     Validation(BTreeMap<String, String>),
     #[error("{0}")]
@@ -79,6 +81,9 @@ impl ApiError {
             ApiError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ApiError::Validation(_) | ApiError::Unprocessable(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed")
             }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Rate-limit state and statistics of this process.
     pub rate_limits: Arc<crate::rate_limit::RateLimits>,
+    /// Encrypted attachment contents under each customer's key.
+    pub attachments: Arc<egec_commands::attachments::Attachments>,
 }
 
 impl AppState {

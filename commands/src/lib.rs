@@ -2,6 +2,7 @@
 //! vault, the codec that encrypts personal fields, and the command handler.
 
 pub mod appender;
+pub mod attachments;
 pub mod codec;
 pub mod crypto;
 pub mod erase;

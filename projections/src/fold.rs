@@ -136,6 +136,8 @@ pub fn apply_customer(
         CustomerEvent::Created(_) => return Some(r),
         CustomerEvent::Updated(u) => apply_changes(&mut r, &u.changes),
         CustomerEvent::Deleted { .. } => r.deleted = true,
+        // No column changes; the version and time move on as in the domain's `evolve`.
+        CustomerEvent::AttachmentAdded(_) => {}
         CustomerEvent::Erased { .. } => {
             r.erased = true;
             r.name = ERASED.to_owned();

@@ -166,6 +166,24 @@ const ENDPOINTS: &[Endpoint] = &[
         Rule::Can(Action::CustomersBulkEdit),
         200,
     ),
+    ep(
+        Method::POST,
+        "/api/customers/{id}/attachments",
+        Rule::Customer(Some(Action::CustomersEdit)),
+        201,
+    ),
+    ep(
+        Method::GET,
+        "/api/customers/{id}/attachments",
+        Rule::Customer(None),
+        200,
+    ),
+    ep(
+        Method::GET,
+        "/api/attachments/{id}",
+        Rule::Customer(None),
+        200,
+    ),
     ep(Method::POST, "/api/users", Rule::ManageUser, 201),
     ep(Method::GET, "/api/users", Rule::Can(Action::UsersView), 200),
     ep(Method::GET, "/api/users/{id}", Rule::UserRead, 200),
@@ -372,6 +390,42 @@ impl Ctx<'_> {
         self.matrix
             .record(who, &method, (e.path, path), expected, r.status());
         r
+    }
+
+    /// [`Ctx::call`] for an upload: a multipart body with one small PNG as `file`.
+    async fn call_upload(
+        &mut self,
+        who: &str,
+        template: &str,
+        path: &str,
+        token: Option<&str>,
+        expected: u16,
+    ) {
+        let e = endpoint(&Method::POST, template);
+        let caller = who.split(' ').next().unwrap_or(who).to_owned();
+        self.matrix.covered.insert((caller, Method::POST, e.path));
+        let r = self
+            .app
+            .upload(path, token, "matrix.png", "image/png", MATRIX_PNG)
+            .await;
+        self.matrix
+            .record(who, &Method::POST, (e.path, path), expected, r.status());
+    }
+
+    /// An attachment on the customer, uploaded by the superadmin.
+    async fn attachment(&self, customer: Uuid) -> Uuid {
+        let r = self
+            .app
+            .upload(
+                &format!("/api/customers/{customer}/attachments"),
+                Some(&self.root),
+                "matrix.png",
+                "image/png",
+                MATRIX_PNG,
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        Uuid::parse_str(json_of(r).await["id"].as_str().unwrap()).unwrap()
     }
 
     /// A fresh user of the role, logged in: for calls that change the caller.
@@ -770,6 +824,43 @@ async fn customer_changes(ctx: &mut Ctx<'_>, a: &Actor, agent: Uuid) {
     .await;
 }
 
+/// The PNG signature and a little more: enough for the magic-byte check.
+const MATRIX_PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01";
+
+/// Upload, list and download on a customer assigned to the caller and on one that is not;
+/// `files` holds an attachment of each (same order as the customers).
+async fn attachments(ctx: &mut Ctx<'_>, a: &Actor, customers: [Uuid; 2], files: [Uuid; 2]) {
+    let t = Some(a.token.as_str());
+    for ((id, file), assigned) in customers.into_iter().zip(files).zip([true, false]) {
+        let who = format!(
+            "{}{}",
+            a.role.as_str(),
+            if assigned { "" } else { " (unassigned)" }
+        );
+        let exp = |m: Method, p: &str| {
+            expected(
+                endpoint(&m, p),
+                a.role,
+                a.id,
+                Target {
+                    assigned_to_caller: assigned,
+                    ..Target::default()
+                },
+            )
+        };
+        let tp = "/api/customers/{id}/attachments";
+        let path = format!("/api/customers/{id}/attachments");
+        ctx.call_upload(&who, tp, &path, t, exp(Method::POST, tp))
+            .await;
+        ctx.call(&who, tp, Method::GET, &path, t, None, exp(Method::GET, tp))
+            .await;
+        let tp = "/api/attachments/{id}";
+        let path = format!("/api/attachments/{file}");
+        ctx.call(&who, tp, Method::GET, &path, t, None, exp(Method::GET, tp))
+            .await;
+    }
+}
+
 async fn users(ctx: &mut Ctx<'_>, a: &Actor, targets: &HashMap<Role, Uuid>) {
     let who = a.role.as_str();
     let t = Some(a.token.as_str());
@@ -1031,6 +1122,7 @@ both_backends!(
         };
         let mine = ctx.customer(&[agent]).await;
         let other = ctx.customer(&[]).await;
+        let files = [ctx.attachment(mine).await, ctx.attachment(other).await];
         let mut targets = HashMap::new();
         for role in Role::ALL {
             targets.insert(role, ctx.fresh_user(role).await);
@@ -1040,6 +1132,7 @@ both_backends!(
             customers(&mut ctx, a, mine, other).await;
             followups(&mut ctx, a, mine, other).await;
             customer_changes(&mut ctx, a, agent).await;
+            attachments(&mut ctx, a, [mine, other], files).await;
             users(&mut ctx, a, &targets).await;
             the_rest(&mut ctx, a).await;
         }

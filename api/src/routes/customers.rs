@@ -253,7 +253,9 @@ pub async fn create(
         Some(n) => f.take("name", PersonName::parse(n)),
         None => f.take("name", Err(Invalid("name is required"))),
     };
-    let email = f.opt("email", body.email.as_deref(), Email::parse);
+    // Customer emails refuse throw-away domains (config: the shipped list and the operator's).
+    let domains = &state.config.disposable_email_domains;
+    let email = f.opt("email", body.email.as_deref(), |s| domains.parse_email(s));
     let phone = f.opt("phone", body.phone.as_deref(), |s| {
         PhoneE164::parse(s, region)
     });
@@ -461,7 +463,9 @@ pub async fn patch(
     let mut f = Fields::default();
     let update = UpdateCustomer {
         name: f.opt("name", body.name.as_deref(), PersonName::parse),
-        email: f.patch("email", body.email, Email::parse),
+        email: f.patch("email", body.email, |s| {
+            state.config.disposable_email_domains.parse_email(s)
+        }),
         phone: f.patch("phone", body.phone, |s| PhoneE164::parse(s, region)),
         passport_number: f.patch(
             "passport_number",

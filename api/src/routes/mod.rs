@@ -1,5 +1,6 @@
 pub mod admin;
 pub mod api_keys;
+pub mod attachments;
 pub mod audit;
 pub mod auth;
 pub mod credentials;

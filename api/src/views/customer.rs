@@ -109,6 +109,20 @@ pub fn history_items(events: &[Envelope], reveal: bool) -> Vec<Value> {
         let changes = match e {
             // An erasure blanks fields; listing `from` would defeat it, so it lists none.
             CustomerEvent::Erased { .. } => Map::new(),
+            // An attachment changes no field of the customer: the file it added is the change.
+            CustomerEvent::AttachmentAdded(a) => {
+                let mut m = Map::new();
+                m.insert(
+                    "attachments".into(),
+                    json!({ "from": null, "to": {
+                        "id": a.attachment_id,
+                        "file_name": a.file_name.shown(),
+                        "content_type": a.content_type.mime(),
+                        "size": a.size,
+                    }}),
+                );
+                m
+            }
             _ => diff(before.as_ref(), &after),
         };
         items.push(json!({

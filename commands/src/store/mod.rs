@@ -4,6 +4,7 @@
 //! backend lives in its own submodule and nowhere else. Both backends run the same
 //! conformance suite (`tests/store_conformance.rs` in this crate).
 
+pub mod blobs;
 pub mod hash;
 pub mod open;
 mod plan;

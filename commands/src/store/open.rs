@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::blobs::BlobStore;
 use super::postgres::PgLog;
 use super::sqlite::SqliteLog;
 use super::{Backend, EventLog, KeyTable, StoreError};
@@ -13,6 +14,8 @@ use super::{Backend, EventLog, KeyTable, StoreError};
 pub struct Stores {
     pub log: Arc<dyn EventLog>,
     pub keys: Arc<dyn KeyTable>,
+    /// Encrypted attachment contents, in the log's database.
+    pub blobs: Arc<dyn BlobStore>,
     pub sqlite: Option<Arc<SqliteLog>>,
     pub postgres: Option<Arc<PgLog>>,
 }
@@ -29,6 +32,7 @@ impl Stores {
         Self {
             log: log.clone(),
             keys: log.clone(),
+            blobs: log.clone(),
             sqlite: Some(log),
             postgres: None,
         }
@@ -40,6 +44,7 @@ impl Stores {
         Self {
             log: log.clone(),
             keys: log.clone(),
+            blobs: log.clone(),
             sqlite: None,
             postgres: Some(log),
         }

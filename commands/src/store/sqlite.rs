@@ -27,6 +27,8 @@ use super::{
     RecordedEvent, StoreError, SubjectKeys, WrappedKey,
 };
 
+mod blobs;
+
 mod embedded {
     refinery::embed_migrations!("../migrations/sqlite");
 }

@@ -1,3 +1,4 @@
+use super::attachment::{AddAttachment, AttachmentAdded};
 use super::events::{BulkFields, CustomerChanges, CustomerCreated, CustomerEvent, CustomerUpdated};
 use super::state::{Customer, CustomerState};
 use super::status::CustomerStatus;
@@ -58,6 +59,8 @@ pub enum CustomerCommand {
         status: Option<CustomerStatus>,
         assigned_agent_ids: Option<Vec<UserId>>,
     },
+    /// Records a file whose encrypted content the caller already stored.
+    AddAttachment(AddAttachment),
 }
 
 /// Why a customer command was refused. Purely business reasons: nothing technical.
@@ -232,6 +235,20 @@ pub fn decide(
                 at: now,
             };
             Ok(bulk_event(fields, CustomerEvent::BulkEditReverted))
+        }
+        // Only a live customer takes files: a deleted one is gone for everyone but the
+        // superadmin, and an erased one has no key left to encrypt them under.
+        CustomerCommand::AddAttachment(a) => {
+            let cur = live(state)?;
+            Ok(vec![CustomerEvent::AttachmentAdded(AttachmentAdded {
+                customer_id: cur.id,
+                attachment_id: a.attachment_id,
+                file_name: Personal::Known(a.file_name),
+                content_type: a.content_type,
+                size: a.size,
+                ciphertext_hash: a.ciphertext_hash,
+                at: now,
+            })])
         }
         CustomerCommand::Erase { reason } => {
             let reason = reason.trim().to_owned();

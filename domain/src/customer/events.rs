@@ -1,3 +1,4 @@
+use super::attachment::{ATTACHMENT_ADDED, AttachmentAdded};
 use super::status::CustomerStatus;
 use crate::encoding::*;
 use crate::personal::Personal;
@@ -21,6 +22,8 @@ pub enum CustomerEvent {
         reason: String,
         at: DateTime<Utc>,
     },
+    /// A file was attached (see `attachment.rs`).
+    AttachmentAdded(AttachmentAdded),
     /// The agents assigned to the customer were replaced by `agent_ids` (each verified by
     /// the caller to be an active agent or superagent when the command was given).
     AgentsAssigned {
@@ -99,6 +102,7 @@ impl CustomerEvent {
         match self {
             CustomerEvent::Created(e) => e.customer_id,
             CustomerEvent::Updated(e) => e.customer_id,
+            CustomerEvent::AttachmentAdded(e) => e.customer_id,
             CustomerEvent::Deleted { customer_id, .. }
             | CustomerEvent::Erased { customer_id, .. }
             | CustomerEvent::AgentsAssigned { customer_id, .. } => *customer_id,
@@ -114,6 +118,7 @@ impl CustomerEvent {
             | CustomerEvent::Erased { at, .. }
             | CustomerEvent::AgentsAssigned { at, .. } => *at,
             CustomerEvent::BulkEdited(b) | CustomerEvent::BulkEditReverted(b) => b.at,
+            CustomerEvent::AttachmentAdded(e) => e.at,
         }
     }
 
@@ -124,6 +129,7 @@ impl CustomerEvent {
             CustomerEvent::Updated(_) => "CUSTOMER_UPDATED",
             CustomerEvent::Deleted { .. } => "CUSTOMER_DELETED",
             CustomerEvent::Erased { .. } => "CUSTOMER_ERASED",
+            CustomerEvent::AttachmentAdded(_) => "ATTACHMENT_ADDED",
             CustomerEvent::AgentsAssigned { .. } => "CUSTOMER_AGENTS_ASSIGNED",
             CustomerEvent::BulkEdited(_) => "CUSTOMER_BULK_EDITED",
             CustomerEvent::BulkEditReverted(_) => "CUSTOMER_BULK_EDIT_REVERTED",
@@ -319,6 +325,7 @@ impl EventCodec for CustomerEvent {
             CustomerEvent::BulkEditReverted(b) => {
                 bulk_fields(EncodedEvent::new(BULK_EDIT_REVERTED, 1), b)
             }
+            CustomerEvent::AttachmentAdded(a) => a.encode(),
         }
     }
 
@@ -328,14 +335,14 @@ impl EventCodec for CustomerEvent {
         match (e.event_type.as_str(), e.schema_version) {
             (CREATED, 2) => Ok(CustomerEvent::Created(CustomerCreated {
                 customer_id,
-                name: personal_req(e, "name", PersonName::parse)?,
+                name: personal_req(e, "name", PersonName::from_stored)?,
                 email: personal_opt(e, "email", Email::parse)?,
                 phone: personal_opt(e, "phone", PhoneE164::from_stored)?,
                 passport_number: personal_opt(e, "passport_number", PassportNumber::parse)?,
-                country: text_fact(e, "country", Country::parse)?,
-                source: text_fact(e, "source", Source::parse)?,
+                country: text_fact(e, "country", Country::from_stored)?,
+                source: text_fact(e, "source", Source::from_stored)?,
                 status: status_from(fact_str(e, "status")?)?,
-                notes: personal_opt(e, "notes", Notes::parse)?,
+                notes: personal_opt(e, "notes", Notes::from_stored)?,
                 assigned_agent_ids: agents_from(e)?,
                 at,
             })),
@@ -347,7 +354,7 @@ impl EventCodec for CustomerEvent {
                 Ok(CustomerEvent::Updated(CustomerUpdated {
                     customer_id,
                     changes: CustomerChanges {
-                        name: personal_opt(e, "name", PersonName::parse)?,
+                        name: personal_opt(e, "name", PersonName::from_stored)?,
                         email: field(&cleared, "email", personal_opt(e, "email", Email::parse)?),
                         phone: field(
                             &cleared,
@@ -359,10 +366,14 @@ impl EventCodec for CustomerEvent {
                             "passport_number",
                             personal_opt(e, "passport_number", PassportNumber::parse)?,
                         ),
-                        country: text_change(e, "country", Country::parse)?,
-                        source: text_change(e, "source", Source::parse)?,
+                        country: text_change(e, "country", Country::from_stored)?,
+                        source: text_change(e, "source", Source::from_stored)?,
                         status: fact_opt_str(e, "status").map(status_from).transpose()?,
-                        notes: field(&cleared, "notes", personal_opt(e, "notes", Notes::parse)?),
+                        notes: field(
+                            &cleared,
+                            "notes",
+                            personal_opt(e, "notes", Notes::from_stored)?,
+                        ),
                     },
                     at,
                 }))
@@ -380,6 +391,11 @@ impl EventCodec for CustomerEvent {
             }),
             (BULK_EDITED, 1) => Ok(CustomerEvent::BulkEdited(bulk_from(e, customer_id, at)?)),
             (BULK_EDIT_REVERTED, 1) => Ok(CustomerEvent::BulkEditReverted(bulk_from(
+                e,
+                customer_id,
+                at,
+            )?)),
+            (ATTACHMENT_ADDED, 1) => Ok(CustomerEvent::AttachmentAdded(AttachmentAdded::decode(
                 e,
                 customer_id,
                 at,

@@ -1,5 +1,6 @@
 //! The customer aggregate: its state, commands, events and the pure `decide`/`evolve` pair.
 
+mod attachment;
 mod decide;
 mod events;
 mod state;
@@ -7,6 +8,7 @@ mod status;
 mod undo;
 mod upcast;
 
+pub use attachment::{AddAttachment, AttachmentAdded};
 pub use decide::{CreateCustomer, CustomerCommand, CustomerError, UpdateCustomer, decide};
 pub use events::{BulkFields, CustomerChanges, CustomerCreated, CustomerEvent, CustomerUpdated};
 pub use state::{Customer, CustomerState, evolve};
@@ -14,5 +16,7 @@ pub use status::CustomerStatus;
 pub use undo::{BulkField, UndoPlan, plan_undo};
 pub(crate) use upcast::UPCASTERS;
 
+#[cfg(test)]
+mod attachment_tests;
 #[cfg(test)]
 mod tests;

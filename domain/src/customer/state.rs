@@ -115,6 +115,9 @@ pub fn evolve(state: CustomerState, event: &CustomerEvent) -> CustomerState {
                         c.assigned_agent_ids = a.clone();
                     }
                 }
+                // Attachments live in their own store; the customer's fields stay as they
+                // are, but the version moves on like for any event of the stream.
+                CustomerEvent::AttachmentAdded(_) => {}
                 CustomerEvent::Erased { .. } => {
                     c.erased = true;
                     c.name = Personal::Erased;

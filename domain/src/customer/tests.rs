@@ -236,6 +236,14 @@ fn all_event_kinds() -> Vec<CustomerEvent> {
         )
         .unwrap(),
     );
+    history.extend(
+        decide(
+            &given(&history),
+            CustomerCommand::AddAttachment(super::attachment_tests::add_cv()),
+            t(15),
+        )
+        .unwrap(),
+    );
     history.extend(decide(&given(&history), CustomerCommand::Delete, t(20)).unwrap());
     history.push(CustomerEvent::Erased {
         customer_id: id(),

@@ -329,7 +329,7 @@ impl EventCodec for UserEvent {
             (USER_CREATED, 1) => Ok(UserEvent::Created {
                 user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
                 email: personal_req(e, "email", Email::parse)?,
-                name: personal_req(e, "name", PersonName::parse)?,
+                name: personal_req(e, "name", PersonName::from_stored)?,
                 role: fact_str(e, "role")?
                     .parse()
                     .map_err(|_| DecodeError::new("bad role"))?,
@@ -338,7 +338,7 @@ impl EventCodec for UserEvent {
             }),
             (USER_RENAMED, 1) => Ok(UserEvent::Renamed {
                 user_id: UserId::from_uuid(fact_uuid(e, "user_id")?),
-                name: personal_req(e, "name", PersonName::parse)?,
+                name: personal_req(e, "name", PersonName::from_stored)?,
                 at: fact_time(e, "at")?,
             }),
             (USER_ROLE_CHANGED, 1) => Ok(UserEvent::RoleChanged {

@@ -1,11 +1,15 @@
 //! Validated values. Each is built by one constructor that checks its input, so a value of
 //! one of these types is valid wherever it appears ("parse, don't validate").
 
+mod attachment;
+mod disposable;
 mod email;
 mod passport;
 mod phone;
 mod text;
 
+pub use attachment::{AttachmentType, FileName, Sha256Hex};
+pub use disposable::{DISPOSABLE_REFUSED, DisposableDomains};
 pub use email::Email;
 pub use passport::PassportNumber;
 pub use phone::PhoneE164;

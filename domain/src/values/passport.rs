@@ -62,9 +62,19 @@ mod tests {
 
     proptest! {
         #[test]
-        fn a_parsed_passport_number_parses_to_itself(s in "\\PC{0,20}") {
+        fn a_parsed_passport_number_parses_to_itself(s in "\\PC{0,20}|[a-zA-Z0-9 -]{0,16}") {
             if let Ok(p) = PassportNumber::parse(&s) {
                 prop_assert_eq!(PassportNumber::parse(p.as_str()), Ok(p.clone()));
+            }
+        }
+
+        #[test]
+        fn a_parsed_passport_number_is_6_to_12_upper_case_letters_and_digits(s in "\\PC{0,20}|[a-zA-Z0-9 ]{0,16}") {
+            if let Ok(p) = PassportNumber::parse(&s) {
+                let v = p.as_str();
+                prop_assert!((6..=12).contains(&v.len()));
+                prop_assert!(v.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()));
+                prop_assert!(v.bytes().any(|b| b.is_ascii_digit()));
             }
         }
     }

@@ -127,7 +127,51 @@ mod tests {
         );
     }
 
+    #[test]
+    fn letters_and_too_short_or_too_long_numbers_are_refused() {
+        for bad in [
+            "+44 20 7946 095X",
+            "phone",
+            "+1",
+            "+44 20",
+            "+44 20 7946 0958 1234 5678",
+            "+999 1234567",
+        ] {
+            assert!(
+                PhoneE164::parse(bad, Some("GB")).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    /// The E.164 shape: `+`, a non-zero first digit, at most 15 digits in all.
+    fn is_e164(s: &str) -> bool {
+        s.strip_prefix('+').is_some_and(|d| {
+            (7..=15).contains(&d.len())
+                && d.bytes().all(|b| b.is_ascii_digit())
+                && !d.starts_with('0')
+        })
+    }
+
     proptest! {
+        #[test]
+        fn any_input_never_panics_the_parser(s in "\\PC{0,50}", region in "[A-Za-z]{0,3}") {
+            let _ = PhoneE164::parse(&s, Some(region.as_str()));
+            let _ = PhoneE164::parse(&s, None);
+        }
+
+        #[test]
+        fn e164_output_always_has_the_e164_shape_and_reparses_equal(
+            s in "\\+?[1-9][0-9 ()-]{5,16}",
+            region in proptest::sample::select(vec!["GB", "EG", "US", "DE", "FR"]),
+        ) {
+            if let Ok(p) = PhoneE164::parse(&s, Some(region)) {
+                prop_assert!(is_e164(p.as_str()), "{} is not E.164", p.as_str());
+                prop_assert_eq!(PhoneE164::parse(p.as_str(), None), Ok(p.clone()));
+                prop_assert_eq!(PhoneE164::parse(p.as_str(), Some(region)), Ok(p.clone()));
+            }
+        }
+
         #[test]
         fn parsing_never_panics_and_e164_output_parses_to_itself(s in "[+0-9 ()-]{0,30}") {
             if let Ok(p) = PhoneE164::parse(&s, Some("GB")) {

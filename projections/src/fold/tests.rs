@@ -524,6 +524,7 @@ enum Op {
     Passport(Option<u8>),
     Notes(Option<u8>),
     Country(Option<u8>),
+    Attach(u8),
     Delete,
     Erase,
     Assign(Vec<u8>),
@@ -558,6 +559,7 @@ fn op() -> impl Strategy<Value = Op> {
         proptest::option::of(any::<u8>()).prop_map(Op::Passport),
         proptest::option::of(any::<u8>()).prop_map(Op::Notes),
         proptest::option::of(any::<u8>()).prop_map(Op::Country),
+        any::<u8>().prop_map(Op::Attach),
         Just(Op::Delete),
         Just(Op::Erase),
         proptest::collection::vec(any::<u8>(), 0..3).prop_map(Op::Assign),
@@ -604,6 +606,18 @@ fn event_of(op: &Op, id: CustomerId, at: DateTime<Utc>) -> CustomerEvent {
         }
         Op::Country(v) => {
             ch.country = Some(v.map(|n| Country::parse(&format!("Land {n}")).unwrap()))
+        }
+        Op::Attach(n) => {
+            use egec_domain::values::{AttachmentType, FileName, Sha256Hex};
+            return CustomerEvent::AttachmentAdded(egec_domain::customer::AttachmentAdded {
+                customer_id: id,
+                attachment_id: uuid::Uuid::from_u128(u128::from(*n)),
+                file_name: k(format!("file {n}.pdf")).map(|s| FileName::parse(&s).unwrap()),
+                content_type: AttachmentType::Pdf,
+                size: u64::from(*n),
+                ciphertext_hash: Sha256Hex::parse(&"ab".repeat(32)).unwrap(),
+                at,
+            });
         }
         Op::Delete => {
             return CustomerEvent::Deleted {

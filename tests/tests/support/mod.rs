@@ -255,3 +255,59 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// A `multipart/form-data` body with the given parts (name, file name, content type, bytes)
+/// and its `Content-Type` header value, built by hand so the declared type is whatever the
+/// test says (uploads must ignore it).
+pub fn multipart_body(parts: &[(&str, Option<&str>, &str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = format!("egec-test-{}", uuid::Uuid::now_v7().simple());
+    let mut body = Vec::new();
+    for (name, file_name, content_type, bytes) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        let disposition = match file_name {
+            Some(f) => format!("form-data; name=\"{name}\"; filename=\"{f}\""),
+            None => format!("form-data; name=\"{name}\""),
+        };
+        body.extend_from_slice(format!("Content-Disposition: {disposition}\r\n").as_bytes());
+        body.extend_from_slice(format!("Content-Type: {content_type}\r\n\r\n").as_bytes());
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+impl TestApp {
+    /// Uploads one file as the multipart field `file` to `POST <path>`.
+    pub async fn upload(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        file_name: &str,
+        declared_type: &str,
+        bytes: &[u8],
+    ) -> Response {
+        let (content_type, body) =
+            multipart_body(&[("file", Some(file_name), declared_type, bytes)]);
+        self.upload_raw(path, token, &content_type, body).await
+    }
+
+    /// Sends a hand-made body with its `Content-Type` to `POST <path>`.
+    pub async fn upload_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Response {
+        let mut r = self
+            .client
+            .post(format!("{}{}", self.base, path))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().await.expect("request sent")
+    }
+}
