@@ -574,3 +574,58 @@ both_backends!(
         assert_eq!(list(&app, &superadmin, "/api/followups").await["total"], 1);
     }
 );
+
+both_backends!(
+    reassigning_the_customer_moves_its_follow_ups_to_the_new_agent_at_once,
+    |app: TestApp| async move {
+        let (_, admin) = app.as_role(Role::Admin).await;
+        let (first_id, first) = app.as_role(Role::Agent).await;
+        let second_id = app.user("second.agent@example.com", Role::Agent).await;
+        let second = app.login("second.agent@example.com").await;
+        let c = customer(&app, &admin, &[first_id]).await;
+        let f = followup(
+            &app,
+            &first,
+            c,
+            json!({ "due_at": in_days(1), "note": NOTE }),
+        )
+        .await;
+        let id = f["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            ids(&list(&app, &first, "/api/followups").await),
+            [id.clone()]
+        );
+        assert!(ids(&list(&app, &second, "/api/followups").await).is_empty());
+
+        let r = app
+            .request(
+                Method::PUT,
+                &format!("/api/customers/{c}/agents"),
+                Some(&admin),
+                Some(json!({ "agent_ids": [second_id] })),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+
+        // The very next requests see the new assignment, on the list and by id.
+        assert!(ids(&list(&app, &first, "/api/followups").await).is_empty());
+        let r = app.get(&format!("/api/followups/{id}"), Some(&first)).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let r = app
+            .post(
+                &format!("/api/followups/{id}/complete"),
+                Some(&first),
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            ids(&list(&app, &second, "/api/followups").await),
+            [id.clone()]
+        );
+        assert_eq!(
+            list(&app, &second, &format!("/api/followups/{id}")).await["note"],
+            NOTE
+        );
+    }
+);
