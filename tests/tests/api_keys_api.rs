@@ -78,6 +78,17 @@ both_backends!(
         // A key never manages keys, whatever its scopes.
         let r = with_key(&app, Method::GET, "/api/api-keys", &key).await;
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        // Every one of those refusals is in the audit log, with the key as the actor.
+        let r = app
+            .get("/api/audit?action=ACCESS_DENIED&per_page=100", Some(&root))
+            .await;
+        let denials = json_of(r).await["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["actor"]["id"] == created["id"])
+            .count();
+        assert_eq!(denials, 5, "users, three session endpoints, api-keys");
         // A wrong key and a bearer-style key are not accepted.
         let r = with_key(&app, Method::GET, "/api/customers", &format!("{key}x")).await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);

@@ -140,8 +140,16 @@ pub async fn authenticate(
         tracing::debug!(key = %row.id, "api key refused");
         return Err(ApiError::Unauthorized);
     }
+    // Sessions, passwords and second factors belong to people: a key is refused there, and
+    // the refusal is recorded like every other one.
     if path.starts_with("/api/auth/") {
-        return Err(ApiError::Forbidden);
+        return Err(ApiError::Denied(crate::denial::Denial {
+            user_id: UserId::from_uuid(row.id),
+            role: None,
+            reason: egec_domain::security::DenialReason::Forbidden,
+            action: None,
+            customer_id: None,
+        }));
     }
     if state.api_key_usage.should_record(row.id, now) {
         record_use(state, row.id);
