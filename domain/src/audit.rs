@@ -20,6 +20,7 @@ pub fn entity_of(event: &DomainEvent) -> (&'static str, Uuid) {
         DomainEvent::User(e) => ("user", e.user_id().as_uuid()),
         DomainEvent::Login(e) => login_entity(e),
         DomainEvent::ApiKey(e) => ("api_key", e.key_id().as_uuid()),
+        DomainEvent::Export(e) => ("export", e.export_id()),
     }
 }
 
@@ -161,6 +162,7 @@ mod tests {
             "ApiKeyRevoked",
             "ApiKeyRotated",
             "ApiKeyUsed",
+            "ExportCustomers",
         ] {
             assert!(types.contains(t), "no snapshot of {t}");
         }

@@ -2,6 +2,7 @@
 
 use crate::api_key::ApiKeyEvent;
 use crate::customer::CustomerEvent;
+use crate::export::ExportEvent;
 use crate::encoding::{DecodeError, DecryptedEvent, EncodedEvent, EventCodec, upcast};
 use crate::personal::Personal;
 use crate::user::{LoginEvent, UserEvent};
@@ -15,6 +16,7 @@ pub enum DomainEvent {
     User(UserEvent),
     Login(LoginEvent),
     ApiKey(ApiKeyEvent),
+    Export(ExportEvent),
 }
 
 impl DomainEvent {
@@ -24,6 +26,7 @@ impl DomainEvent {
             DomainEvent::User(e) => e.encode(),
             DomainEvent::Login(e) => e.encode(),
             DomainEvent::ApiKey(e) => e.encode(),
+            DomainEvent::Export(e) => e.encode(),
         }
     }
 
@@ -38,6 +41,8 @@ impl DomainEvent {
             LoginEvent::decode(&e).map(DomainEvent::Login)
         } else if e.event_type.starts_with("ApiKey") {
             ApiKeyEvent::decode(&e).map(DomainEvent::ApiKey)
+        } else if e.event_type.starts_with("Export") {
+            ExportEvent::decode(&e).map(DomainEvent::Export)
         } else {
             Err(DecodeError(format!("unknown event type {}", e.event_type)))
         }
@@ -50,6 +55,7 @@ impl DomainEvent {
             DomainEvent::User(e) => e.action(),
             DomainEvent::Login(e) => e.action(),
             DomainEvent::ApiKey(e) => e.action(),
+            DomainEvent::Export(e) => e.action(),
         }
     }
 }

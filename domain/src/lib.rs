@@ -10,6 +10,7 @@ pub mod audit;
 pub mod customer;
 pub mod encoding;
 pub mod event;
+pub mod export;
 pub mod ids;
 pub mod masking;
 pub mod password_policy;
