@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::error::StorageError;
 use crate::fold::{Changes, Rows, Work};
 use crate::kind::ProjectionKind;
+use crate::lookup::CustomerKey;
 use crate::rows::{
     ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, SessionUser, UserRow,
 };
@@ -176,4 +177,18 @@ pub(crate) trait ReadStore: Send + Sync + 'static {
         after: i64,
         limit: u32,
     ) -> Result<Vec<AuditRow>, StorageError>;
+
+    /// The live customer whose `key` column equals `value` (oldest first), by index.
+    async fn find_customer_by(
+        &self,
+        key: CustomerKey,
+        value: &str,
+    ) -> Result<Option<CustomerRow>, StorageError>;
+    /// Up to `limit` customers matching `query` with an id above `after`, ordered by id.
+    async fn customers_after(
+        &self,
+        query: &CustomerQuery,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<CustomerRow>, StorageError>;
 }

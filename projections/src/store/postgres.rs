@@ -30,6 +30,7 @@ use crate::rows::{
 
 mod api_keys;
 mod audit;
+mod lookup;
 use api_keys::API_KEYS;
 use audit::AUDIT;
 
@@ -71,6 +72,10 @@ const CUSTOMERS: TableDef = TableDef {
         ("created_idx", "(created_at DESC, id)"),
         ("status_idx", "(status, created_at DESC, id)"),
         ("agents_idx", "USING gin (assigned_agent_ids)"),
+        // Lookups of the import, which matches rows to customers by these fields.
+        ("email_idx", "(email)"),
+        ("phone_idx", "(phone)"),
+        ("passport_idx", "(passport_number)"),
     ],
 };
 
@@ -1085,5 +1090,22 @@ impl ReadStore for PgReadStore {
     ) -> Result<Vec<AuditRow>, StorageError> {
         let conn = self.pool.get().await?;
         audit::after(&conn, query, after, limit).await
+    }
+
+    async fn find_customer_by(
+        &self,
+        key: crate::lookup::CustomerKey,
+        value: &str,
+    ) -> Result<Option<CustomerRow>, StorageError> {
+        lookup::find_customer_by(self, key, value).await
+    }
+
+    async fn customers_after(
+        &self,
+        query: &CustomerQuery,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<CustomerRow>, StorageError> {
+        lookup::customers_after(self, query, after, limit).await
     }
 }

@@ -39,6 +39,7 @@ use crate::rows::{
 
 mod api_keys;
 mod audit;
+mod lookup;
 use api_keys::API_KEYS;
 use audit::AUDIT;
 
@@ -86,6 +87,10 @@ const CUSTOMERS: TableDef = TableDef {
     indexes: &[
         ("created", "created_at DESC, id"),
         ("status", "status, created_at DESC, id"),
+        // Lookups of the import, which matches rows to customers by these fields.
+        ("email", "email"),
+        ("phone", "phone"),
+        ("passport", "passport_number"),
     ],
 };
 
@@ -1141,5 +1146,22 @@ impl ReadStore for SqliteReadStore {
         let query = query.clone();
         self.read(move |conn| audit::after(conn, &query, after, limit))
             .await
+    }
+
+    async fn find_customer_by(
+        &self,
+        key: crate::lookup::CustomerKey,
+        value: &str,
+    ) -> Result<Option<CustomerRow>, StorageError> {
+        lookup::find_customer_by(self, key, value).await
+    }
+
+    async fn customers_after(
+        &self,
+        query: &CustomerQuery,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<CustomerRow>, StorageError> {
+        lookup::customers_after(self, query, after, limit).await
     }
 }

@@ -450,7 +450,7 @@ impl Env {
                             users.insert(id, r);
                         }
                     }
-                    DomainEvent::Login(_) | DomainEvent::ApiKey(_) => {}
+                    DomainEvent::Login(_) | DomainEvent::ApiKey(_) | DomainEvent::Export(_) => {}
                 }
             }
             pos = last;
