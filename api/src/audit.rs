@@ -100,7 +100,7 @@ pub fn csv_chunk(
     }
     for r in rows {
         let ip = ips.get(&r.position).cloned().flatten().unwrap_or_default();
-        w.write_record([
+        let cells = [
             r.position.to_string(),
             time(r.occurred_at),
             r.action.clone(),
@@ -110,7 +110,14 @@ pub fn csv_chunk(
             r.actor_role.clone().unwrap_or_default(),
             ip,
             r.description.clone(),
-        ])?;
+        ];
+        // Descriptions quote facts such as a path or a reason: neutralised like every CSV
+        // cell the API writes, so none can run as a spreadsheet formula.
+        w.write_record(
+            cells
+                .iter()
+                .map(|c| egec_domain::export::csv_cell(c).into_owned()),
+        )?;
     }
     w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))
 }

@@ -45,6 +45,9 @@ pub struct Config {
     /// Roles that must enrol in two-factor authentication before anything else
     /// (`EGEC_MFA_REQUIRED_ROLES`).
     pub mfa_required_roles: Vec<egec_domain::Role>,
+    /// The largest CSV body `POST /api/customers/import` reads (`EGEC_IMPORT_MAX_BYTES`,
+    /// default 64 MiB); larger bodies are refused with 413 once that much has arrived.
+    pub import_max_bytes: u64,
 }
 
 /// When a session ends without anyone ending it.
@@ -191,6 +194,7 @@ impl Config {
         let token_ttl_seconds =
             number("EGEC_TOKEN_TTL_SECONDS", 12 * 3600, 60, 7 * 24 * 3600) as i64;
         let db_pool_size = number("EGEC_DB_POOL_SIZE", 16, 1, 512) as usize;
+        let import_max_bytes = number("EGEC_IMPORT_MAX_BYTES", 64 << 20, 1024, 1 << 34);
         let lockout = egec_domain::user::lockout::LockoutPolicy {
             threshold: number("EGEC_LOCKOUT_THRESHOLD", 5, 1, 100) as u32,
             lock_for: chrono::Duration::seconds(number(
@@ -317,6 +321,7 @@ impl Config {
             master_key_previous: master_key_previous.map(SecretString::from),
             password_max_age,
             mfa_required_roles,
+            import_max_bytes,
         })
     }
 }

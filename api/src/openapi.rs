@@ -15,6 +15,8 @@ use utoipa::OpenApi;
         crate::routes::customers::list,
         crate::routes::customers::patch,
         crate::routes::customers::history,
+        crate::routes::customer_transfer::import,
+        crate::routes::customer_transfer::export,
         crate::routes::users::create,
         crate::routes::users::list,
         crate::routes::users::get,
@@ -38,6 +40,8 @@ use utoipa::OpenApi;
     components(schemas(
         crate::routes::customers::CreateCustomerBody,
         crate::routes::customers::PatchCustomerBody,
+        crate::routes::customer_transfer::ImportReport,
+        crate::routes::customer_transfer::RowError,
         crate::views::customer::CustomerView,
         crate::routes::auth::LoginBody,
         crate::routes::users::CreateUserBody,

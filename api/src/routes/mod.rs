@@ -3,6 +3,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod credentials;
+pub mod customer_transfer;
 pub mod customers;
 pub mod login_factors;
 pub mod meta;
