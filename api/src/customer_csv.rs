@@ -31,7 +31,10 @@ impl Header {
         let mut at = [None; IMPORT_COLUMNS.len()];
         let mut unknown = Vec::new();
         for (i, raw) in names.into_iter().enumerate() {
-            let name = raw.trim_start_matches('\u{feff}').trim().to_ascii_lowercase();
+            let name = raw
+                .trim_start_matches('\u{feff}')
+                .trim()
+                .to_ascii_lowercase();
             match IMPORT_COLUMNS.iter().position(|c| *c == name) {
                 Some(k) if at[k].is_some() => return Err(format!("column {name} appears twice")),
                 Some(k) => at[k] = Some(i),
@@ -82,11 +85,7 @@ pub fn parse_row(
     record: &csv::StringRecord,
     region: Option<&str>,
 ) -> Result<ImportRow, String> {
-    fn take<T>(
-        problems: &mut Vec<String>,
-        name: &str,
-        r: Option<Result<T, Invalid>>,
-    ) -> Option<T> {
+    fn take<T>(problems: &mut Vec<String>, name: &str, r: Option<Result<T, Invalid>>) -> Option<T> {
         match r {
             None => None,
             Some(Ok(v)) => Some(v),
@@ -102,7 +101,11 @@ pub fn parse_row(
     let name = take(
         p,
         "name",
-        Some(field(0).ok_or(Invalid("name is required")).and_then(PersonName::parse)),
+        Some(
+            field(0)
+                .ok_or(Invalid("name is required"))
+                .and_then(PersonName::parse),
+        ),
     );
     let email = take(p, "email", field(1).map(Email::parse));
     let phone = take(p, "phone", field(2).map(|s| PhoneE164::parse(s, region)));
@@ -115,9 +118,8 @@ pub fn parse_row(
     if !identified {
         // Without one, a second import of the file could not recognise the row and would
         // create the customer again.
-        problems.push(
-            "email, phone, passport_number: at least one is needed to match the row".into(),
-        );
+        problems
+            .push("email, phone, passport_number: at least one is needed to match the row".into());
     }
     match name {
         Some(name) if problems.is_empty() => Ok(ImportRow {
@@ -181,7 +183,10 @@ impl Current {
     /// `None` when the row changes nothing. Refuses an illegal status move, as the domain
     /// would, so that a dry run reports it too.
     pub fn update_for(&self, row: &ImportRow) -> Result<Option<UpdateCustomer>, String> {
-        fn differs<T: AsRef<str> + Clone>(cur: &Option<String>, new: &Option<T>) -> Option<Option<T>> {
+        fn differs<T: AsRef<str> + Clone>(
+            cur: &Option<String>,
+            new: &Option<T>,
+        ) -> Option<Option<T>> {
             let new = new.as_ref()?;
             (cur.as_deref() != Some(new.as_ref())).then(|| Some(new.clone()))
         }
@@ -303,8 +308,16 @@ mod tests {
 
     #[test]
     fn an_unknown_repeated_or_missing_name_column_is_refused() {
-        assert!(Header::parse(["name", "shoe_size"]).unwrap_err().contains("shoe_size"));
-        assert!(Header::parse(["name", "email", "Email"]).unwrap_err().contains("twice"));
+        assert!(
+            Header::parse(["name", "shoe_size"])
+                .unwrap_err()
+                .contains("shoe_size")
+        );
+        assert!(
+            Header::parse(["name", "email", "Email"])
+                .unwrap_err()
+                .contains("twice")
+        );
         assert!(Header::parse(["email"]).unwrap_err().contains("name"));
     }
 
@@ -336,8 +349,12 @@ mod tests {
         let row = parse_row(&h, &record(&["Ada Lovelace", "ada@example.com", ""]), None).unwrap();
         let mut cur = Current::created(&row);
         assert_eq!(cur.update_for(&row), Ok(None));
-        let moved = parse_row(&h, &record(&["Ada King", "ada@example.com", "contacted"]), None)
-            .unwrap();
+        let moved = parse_row(
+            &h,
+            &record(&["Ada King", "ada@example.com", "contacted"]),
+            None,
+        )
+        .unwrap();
         let update = cur.update_for(&moved).unwrap().unwrap();
         assert_eq!(update.name.unwrap().as_str(), "Ada King");
         assert_eq!(update.email, None);

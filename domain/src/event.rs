@@ -2,8 +2,8 @@
 
 use crate::api_key::ApiKeyEvent;
 use crate::customer::CustomerEvent;
-use crate::export::ExportEvent;
 use crate::encoding::{DecodeError, DecryptedEvent, EncodedEvent, EventCodec, upcast};
+use crate::export::ExportEvent;
 use crate::personal::Personal;
 use crate::user::{LoginEvent, UserEvent};
 use crate::{Role, UserId};

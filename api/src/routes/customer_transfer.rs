@@ -188,9 +188,7 @@ fn parse_body(
             current: Bytes::new(),
             failed: None,
         };
-        let mut reader = csv::ReaderBuilder::new()
-            .flexible(true)
-            .from_reader(source);
+        let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(source);
         let header = match reader.headers() {
             Ok(names) => Header::parse(names.iter()),
             Err(e) => Err(format!("the header row is not valid CSV ({})", kind_of(&e))),
@@ -248,11 +246,7 @@ struct Seen {
 
 impl Seen {
     fn remember(&mut self, id: CustomerId, cur: Current) {
-        for (k, v) in [
-            (0, &cur.email),
-            (1, &cur.phone),
-            (2, &cur.passport_number),
-        ] {
+        for (k, v) in [(0, &cur.email), (1, &cur.phone), (2, &cur.passport_number)] {
             if let Some(v) = v {
                 self.by_key.insert((k, v.clone()), id);
             }
@@ -269,8 +263,16 @@ async fn find(
     row: &ImportRow,
 ) -> Result<Option<(CustomerId, Current)>, ApiError> {
     let keys = [
-        (0u8, CustomerKey::Email, row.email.as_ref().map(|v| v.as_str())),
-        (1, CustomerKey::Phone, row.phone.as_ref().map(|v| v.as_str())),
+        (
+            0u8,
+            CustomerKey::Email,
+            row.email.as_ref().map(|v| v.as_str()),
+        ),
+        (
+            1,
+            CustomerKey::Phone,
+            row.phone.as_ref().map(|v| v.as_str()),
+        ),
         (
             2,
             CustomerKey::Passport,
@@ -309,6 +311,9 @@ fn row_bytes(batch: Uuid, row: u64, what: &str) -> Vec<u8> {
     b
 }
 
+/// A row's outcome and the log position it reached; an error stops the whole import.
+type RowResult = Result<(Outcome, Option<i64>), ApiError>;
+
 /// Runs one row's command; a technical failure stops the whole import.
 async fn run_row(
     state: AppState,
@@ -317,7 +322,7 @@ async fn run_row(
     row: u64,
     target: Result<CustomerId, ImportRow>,
     update: Option<UpdateCustomer>,
-) -> Result<(Outcome, Option<i64>), ApiError> {
+) -> RowResult {
     let command_id = Uuid::new_v5(&IMPORT_NAMESPACE, &row_bytes(batch, row, "command"));
     let result = match target {
         Ok(id) => {
@@ -401,7 +406,7 @@ fn row_message(e: CustomerError) -> String {
 
 /// The rows in flight, and what the import learnt from those that finished.
 struct InFlight {
-    tasks: JoinSet<(u64, Result<(Outcome, Option<i64>), ApiError>)>,
+    tasks: JoinSet<(u64, RowResult)>,
     ids: HashSet<CustomerId>,
     last_position: Option<i64>,
 }
@@ -468,7 +473,9 @@ pub async fn import(
             Parsed::BadHeader(msg) => return Err(ApiError::field("header", msg)),
             Parsed::Unreadable(Unreadable::TooLarge) => return Err(ApiError::PayloadTooLarge),
             Parsed::Unreadable(Unreadable::Broken) => {
-                return Err(ApiError::BadRequest("the request body could not be read".into()));
+                return Err(ApiError::BadRequest(
+                    "the request body could not be read".into(),
+                ));
             }
             Parsed::Row(row, parsed) => (row, parsed),
         };
