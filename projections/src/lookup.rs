@@ -30,14 +30,17 @@ impl CustomerKey {
 }
 
 impl ReadModels {
-    /// The live (neither deleted nor erased) customer whose `key` equals `value`; the oldest
-    /// one when several share it.
-    pub async fn find_customer_by(
+    /// The live (neither deleted nor erased) customers whose `key` is one of `values`, in
+    /// one indexed query, oldest first: of several sharing a value, the first is the match.
+    pub async fn find_customers_by(
         &self,
         key: CustomerKey,
-        value: &str,
-    ) -> Result<Option<CustomerRow>, ProjectionError> {
-        Ok(self.store().find_customer_by(key, value).await?)
+        values: Vec<String>,
+    ) -> Result<Vec<CustomerRow>, ProjectionError> {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.store().find_customers_by(key, values).await?)
     }
 
     /// Up to `limit` customers matching `query` whose id is greater than `after`, by id:

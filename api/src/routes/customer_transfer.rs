@@ -35,7 +35,7 @@ use egec_domain::event::{DomainEvent, Metadata};
 use egec_domain::export::{CustomersExported, ExportEvent, exports_stream_id};
 use egec_domain::permission::{Action, can_see_deleted_customers, customer_visibility};
 use egec_domain::{CustomerId, UserId};
-use egec_projections::{CustomerKey, CustomerQuery};
+use egec_projections::{CustomerKey, CustomerQuery, CustomerRow};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -47,6 +47,10 @@ use uuid::Uuid;
 
 /// Rows between two waits for the projections (and the memory of the file's rows).
 const CHUNK_ROWS: usize = 2_000;
+/// The longest the import waits for the projections between chunks.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(60);
+/// Rows looked up in the read model at once (three queries a batch).
+const LOOKUP_BATCH: usize = 256;
 /// Creates and updates in flight at once.
 const PARALLEL: usize = 16;
 /// Row errors listed in the answer; the rest are only counted (`failed`).
@@ -255,53 +259,85 @@ impl Seen {
     }
 }
 
+/// The identifying fields, in the order they match: email, then phone, then passport.
+const KEYS: [CustomerKey; 3] = [
+    CustomerKey::Email,
+    CustomerKey::Phone,
+    CustomerKey::Passport,
+];
+
+fn key_of(row: &ImportRow, k: usize) -> Option<&str> {
+    match k {
+        0 => row.email.as_ref().map(|v| v.as_str()),
+        1 => row.phone.as_ref().map(|v| v.as_str()),
+        _ => row.passport_number.as_ref().map(|v| v.as_str()),
+    }
+}
+
+fn column_of(row: &CustomerRow, k: usize) -> Option<&String> {
+    match k {
+        0 => row.email.as_ref(),
+        1 => row.phone.as_ref(),
+        _ => row.passport_number.as_ref(),
+    }
+}
+
+/// The read model's customers matching a batch of rows, by key and value: three indexed
+/// queries a batch instead of up to three a row.
+#[derive(Default)]
+struct Found([HashMap<String, CustomerRow>; 3]);
+
+async fn lookup(state: &AppState, rows: &[(u64, ImportRow)]) -> Result<Found, ApiError> {
+    let read = state.read();
+    let values = |k: usize| -> Vec<String> {
+        rows.iter()
+            .filter_map(|(_, r)| key_of(r, k))
+            .map(str::to_owned)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    let (email, phone, passport) = futures::try_join!(
+        read.find_customers_by(KEYS[0], values(0)),
+        read.find_customers_by(KEYS[1], values(1)),
+        read.find_customers_by(KEYS[2], values(2)),
+    )
+    .map_err(ApiError::internal)?;
+    let mut found = Found::default();
+    for (k, matches) in [email, phone, passport].into_iter().enumerate() {
+        // Oldest first: of several customers sharing a value, the oldest is the match.
+        for r in matches {
+            if let Some(v) = column_of(&r, k).cloned() {
+                found.0[k].entry(v).or_insert(r);
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// The customer a row is about: by email, then phone, then passport number; for each,
 /// the file's earlier rows first (newer than the read model), then the read model.
-async fn find(
-    state: &AppState,
-    seen: &Seen,
-    row: &ImportRow,
-) -> Result<Option<(CustomerId, Current)>, ApiError> {
-    let keys = [
-        (
-            0u8,
-            CustomerKey::Email,
-            row.email.as_ref().map(|v| v.as_str()),
-        ),
-        (
-            1,
-            CustomerKey::Phone,
-            row.phone.as_ref().map(|v| v.as_str()),
-        ),
-        (
-            2,
-            CustomerKey::Passport,
-            row.passport_number.as_ref().map(|v| v.as_str()),
-        ),
-    ];
-    for (k, key, value) in keys {
-        let Some(value) = value else { continue };
-        if let Some(id) = seen.by_key.get(&(k, value.to_owned()))
+fn find(seen: &Seen, found: &Found, row: &ImportRow) -> Option<(CustomerId, Current)> {
+    for k in 0..KEYS.len() {
+        let Some(value) = key_of(row, k) else {
+            continue;
+        };
+        if let Some(id) = seen.by_key.get(&(k as u8, value.to_owned()))
             && let Some(cur) = seen.current.get(id)
         {
-            return Ok(Some((*id, cur.clone())));
+            return Some((*id, cur.clone()));
         }
-        let found = state
-            .read()
-            .find_customer_by(key, value)
-            .await
-            .map_err(ApiError::internal)?;
-        if let Some(r) = found {
+        if let Some(r) = found.0[k].get(value) {
             let id = CustomerId::from_uuid(r.id);
             let cur = seen
                 .current
                 .get(&id)
                 .cloned()
-                .unwrap_or_else(|| Current::of_row(&r));
-            return Ok(Some((id, cur)));
+                .unwrap_or_else(|| Current::of_row(r));
+            return Some((id, cur));
         }
     }
-    Ok(None)
+    None
 }
 
 fn row_bytes(batch: Uuid, row: u64, what: &str) -> Vec<u8> {
@@ -404,6 +440,16 @@ fn row_message(e: CustomerError) -> String {
     }
 }
 
+/// Waits until the projections applied `position`. Longer than a read-your-writes wait:
+/// the lookups of the next rows depend on it, and forgetting the file's earlier rows before
+/// the read model knows them could create a customer twice.
+async fn caught_up(state: &AppState, position: Option<i64>) -> Result<(), ApiError> {
+    match position {
+        Some(p) if !state.runner.wait_for(p, CATCH_UP).await => Err(ApiError::Unavailable),
+        _ => Ok(()),
+    }
+}
+
 /// The rows in flight, and what the import learnt from those that finished.
 struct InFlight {
     tasks: JoinSet<(u64, RowResult)>,
@@ -468,81 +514,91 @@ pub async fn import(
         last_position: None,
     };
     let mut in_chunk = 0usize;
-    while let Some(parsed) = rows.recv().await {
-        let (row, parsed) = match parsed {
-            Parsed::BadHeader(msg) => return Err(ApiError::field("header", msg)),
-            Parsed::Unreadable(Unreadable::TooLarge) => return Err(ApiError::PayloadTooLarge),
-            Parsed::Unreadable(Unreadable::Broken) => {
-                return Err(ApiError::BadRequest(
-                    "the request body could not be read".into(),
-                ));
+    while let Some(first) = rows.recv().await {
+        // Whatever the parser has ready, up to a batch, is looked up at once.
+        let mut batch = vec![first];
+        while batch.len() < LOOKUP_BATCH {
+            match rows.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
             }
-            Parsed::Row(row, parsed) => (row, parsed),
-        };
-        let new = match parsed {
-            Ok(r) => r,
-            Err(msg) => {
-                report.fail(row, msg);
-                continue;
+        }
+        let mut valid = Vec::with_capacity(batch.len());
+        for parsed in batch {
+            match parsed {
+                Parsed::BadHeader(msg) => return Err(ApiError::field("header", msg)),
+                Parsed::Unreadable(Unreadable::TooLarge) => {
+                    return Err(ApiError::PayloadTooLarge);
+                }
+                Parsed::Unreadable(Unreadable::Broken) => {
+                    return Err(ApiError::BadRequest(
+                        "the request body could not be read".into(),
+                    ));
+                }
+                Parsed::Row(row, Err(msg)) => report.fail(row, msg),
+                Parsed::Row(row, Ok(new)) => valid.push((row, new)),
             }
-        };
-        let found = find(&state, &seen, &new).await?;
-        let (target, update, after) = match found {
-            Some((id, mut cur)) => match cur.update_for(&new) {
-                Err(msg) => {
-                    report.fail(row, msg);
-                    continue;
+        }
+        let found = lookup(&state, &valid).await?;
+        for (row, new) in valid {
+            let (target, update, after) = match find(&seen, &found, &new) {
+                Some((id, mut cur)) => match cur.update_for(&new) {
+                    Err(msg) => {
+                        report.fail(row, msg);
+                        continue;
+                    }
+                    Ok(None) => {
+                        report.skipped += 1;
+                        continue;
+                    }
+                    Ok(Some(update)) => {
+                        cur.apply(&new);
+                        (Ok(id), Some(update), (id, cur))
+                    }
+                },
+                None => {
+                    let id = CustomerId::from_uuid(Uuid::new_v5(
+                        &IMPORT_NAMESPACE,
+                        &row_bytes(batch_id, row, "customer"),
+                    ));
+                    let cur = Current::created(&new);
+                    (Err(new), None, (id, cur))
                 }
-                Ok(None) => {
-                    report.skipped += 1;
-                    continue;
-                }
-                Ok(Some(update)) => {
-                    cur.apply(&new);
-                    (Ok(id), Some(update), (id, cur))
-                }
-            },
-            None => {
-                let id = CustomerId::from_uuid(Uuid::new_v5(
-                    &IMPORT_NAMESPACE,
-                    &row_bytes(batch_id, row, "customer"),
-                ));
-                (Err(new.clone()), None, (id, Current::created(&new)))
-            }
-        };
-        if dry_run {
-            report.count(
-                row,
-                if update.is_some() {
+            };
+            if dry_run {
+                let outcome = if update.is_some() {
                     Outcome::Updated
                 } else {
                     Outcome::Created
-                },
-            );
+                };
+                report.count(row, outcome);
+                seen.remember(after.0, after.1);
+                continue;
+            }
+            // Two commands on one customer must not race: the second waits for the first.
+            if flight.ids.contains(&after.0) {
+                flight.drain(&mut report).await?;
+            }
+            while flight.tasks.len() >= PARALLEL {
+                flight.join_one(&mut report).await?;
+            }
+            flight.ids.insert(after.0);
             seen.remember(after.0, after.1);
-            continue;
+            let (state2, md2) = (state.clone(), md.clone());
+            flight.tasks.spawn(async move {
+                (
+                    row,
+                    run_row(state2, md2, batch_id, row, target, update).await,
+                )
+            });
+            in_chunk += 1;
         }
-        // Two commands on one customer must not race: the second waits for the first.
-        if flight.ids.contains(&after.0) {
-            flight.drain(&mut report).await?;
-        }
-        while flight.tasks.len() >= PARALLEL {
-            flight.join_one(&mut report).await?;
-        }
-        flight.ids.insert(after.0);
-        seen.remember(after.0, after.1);
-        let (state2, md2) = (state.clone(), md.clone());
-        flight.tasks.spawn(async move {
-            (
-                row,
-                run_row(state2, md2, batch_id, row, target, update).await,
-            )
-        });
-        in_chunk += 1;
+        // Only between batches: a batch's lookups were made before its rows were applied,
+        // so the memory of the file's rows must outlive the batch.
         if in_chunk >= CHUNK_ROWS {
             // From here on the read model answers the lookups of these rows.
             flight.drain(&mut report).await?;
-            state.wait_for_write(flight.last_position).await;
+            caught_up(&state, flight.last_position).await?;
             seen = Seen::default();
             in_chunk = 0;
         }

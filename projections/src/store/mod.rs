@@ -178,12 +178,12 @@ pub(crate) trait ReadStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<AuditRow>, StorageError>;
 
-    /// The live customer whose `key` column equals `value` (oldest first), by index.
-    async fn find_customer_by(
+    /// The live customers whose `key` column is one of `values` (oldest first), by index.
+    async fn find_customers_by(
         &self,
         key: CustomerKey,
-        value: &str,
-    ) -> Result<Option<CustomerRow>, StorageError>;
+        values: Vec<String>,
+    ) -> Result<Vec<CustomerRow>, StorageError>;
     /// Up to `limit` customers matching `query` with an id above `after`, ordered by id.
     async fn customers_after(
         &self,

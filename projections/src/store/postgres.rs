@@ -1092,12 +1092,12 @@ impl ReadStore for PgReadStore {
         audit::after(&conn, query, after, limit).await
     }
 
-    async fn find_customer_by(
+    async fn find_customers_by(
         &self,
         key: crate::lookup::CustomerKey,
-        value: &str,
-    ) -> Result<Option<CustomerRow>, StorageError> {
-        lookup::find_customer_by(self, key, value).await
+        values: Vec<String>,
+    ) -> Result<Vec<CustomerRow>, StorageError> {
+        lookup::find_customers_by(self, key, values).await
     }
 
     async fn customers_after(

@@ -8,25 +8,25 @@ use crate::error::StorageError;
 use crate::lookup::CustomerKey;
 use crate::rows::{CustomerQuery, CustomerRow};
 
-pub(super) async fn find_customer_by(
+pub(super) async fn find_customers_by(
     store: &PgReadStore,
     key: CustomerKey,
-    value: &str,
-) -> Result<Option<CustomerRow>, StorageError> {
+    values: Vec<String>,
+) -> Result<Vec<CustomerRow>, StorageError> {
     let conn = store.pool.get().await?;
     let stmt = conn
         .prepare_cached(&format!(
             "SELECT {CUSTOMER_COLUMNS} FROM crm.customers \
-             WHERE {} = $1 AND NOT deleted AND NOT erased \
-             ORDER BY created_at, id LIMIT 1",
+             WHERE {} = ANY($1) AND NOT deleted AND NOT erased \
+             ORDER BY created_at, id",
             key.column()
         ))
         .await?;
-    conn.query_opt(&stmt, &[&value])
+    conn.query(&stmt, &[&values])
         .await?
-        .as_ref()
+        .iter()
         .map(customer_from_row)
-        .transpose()
+        .collect()
 }
 
 pub(super) async fn customers_after(

@@ -1,6 +1,5 @@
 //! SQLite queries of the customer transfer: lookups by identifying field and keyset pages.
 
-use rusqlite::OptionalExtension;
 use rusqlite::params_from_iter;
 use rusqlite::types::Value as SqlValue;
 use uuid::Uuid;
@@ -10,21 +9,27 @@ use crate::error::StorageError;
 use crate::lookup::CustomerKey;
 use crate::rows::{CustomerQuery, CustomerRow};
 
-pub(super) async fn find_customer_by(
+pub(super) async fn find_customers_by(
     store: &SqliteReadStore,
     key: CustomerKey,
-    value: &str,
-) -> Result<Option<CustomerRow>, StorageError> {
+    values: Vec<String>,
+) -> Result<Vec<CustomerRow>, StorageError> {
     let column = key.column();
-    let value = value.to_owned();
+    // One statement for any number of values: they travel as one JSON array parameter.
+    let values =
+        serde_json::to_string(&values).map_err(|e| StorageError::Corrupt(e.to_string()))?;
     store
         .read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {CUSTOMER_COLUMNS} FROM customers \
-                 WHERE {column} = ?1 AND deleted = 0 AND erased = 0 \
-                 ORDER BY created_at, id LIMIT 1"
+                 WHERE {column} IN (SELECT value FROM json_each(?1)) \
+                 AND deleted = 0 AND erased = 0 \
+                 ORDER BY created_at, id"
             ))?;
-            Ok(stmt.query_row([value], customer_from_row).optional()?)
+            let rows = stmt
+                .query_map([values], customer_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
         .await
 }
