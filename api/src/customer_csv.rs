@@ -231,7 +231,7 @@ impl Current {
 }
 
 /// The columns of a customer export.
-pub const EXPORT_HEADER: [&str; 13] = [
+pub const EXPORT_HEADER: [&str; 14] = [
     "id",
     "name",
     "email",
@@ -245,6 +245,7 @@ pub const EXPORT_HEADER: [&str; 13] = [
     "created_at",
     "updated_at",
     "version",
+    "deleted",
 ];
 
 /// CSV text of a page of customers (with the header first when asked): the passport number
@@ -278,6 +279,7 @@ pub fn export_chunk(rows: &[CustomerRow], reveal: bool, header: bool) -> csv::Re
             v.created_at.to_rfc3339(),
             v.updated_at.to_rfc3339(),
             v.version.to_string(),
+            v.deleted.to_string(),
         ];
         w.write_record(cells.iter().map(|c| csv_cell(c).into_owned()))?;
     }

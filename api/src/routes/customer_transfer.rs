@@ -52,7 +52,7 @@ const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(60);
 /// Rows looked up in the read model at once (three queries a batch).
 const LOOKUP_BATCH: usize = 256;
 /// Creates and updates in flight at once.
-const PARALLEL: usize = 16;
+const PARALLEL: usize = 64;
 /// Row errors listed in the answer; the rest are only counted (`failed`).
 const MAX_LISTED_ERRORS: usize = 1_000;
 /// Customers per export page.
