@@ -499,3 +499,41 @@ both_backends!(
         assert_eq!(counts(&again), (0, 0, 5_000, 0));
     }
 );
+
+both_backends!(
+    an_export_the_client_abandons_is_still_audited_as_incomplete,
+    |app: TestApp| async move {
+        let (_, admin) = app.as_role(Role::Admin).await;
+        // About 14 MB of CSV: more than the socket buffers between server and client
+        // hold, so the server is still writing when the client goes away.
+        let notes = "n".repeat(9_000);
+        let mut csv = HEADER.to_owned();
+        for i in 0..1_500 {
+            csv.push_str(&format!("Person {i},p{i}@example.com,,,,,,{notes}\n"));
+        }
+        let report = import_ok(&app, &admin, &csv, false).await;
+        assert_eq!(counts(&report).0, 1_500);
+        let before = head(&app).await;
+        let mut r = export(&app, &admin, "").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.chunk().await.unwrap().is_some());
+        drop(r);
+        let mut recorded = None;
+        for _ in 0..100 {
+            recorded = events_after(&app, before)
+                .await
+                .into_iter()
+                .find_map(|e| match e.event {
+                    DomainEvent::Export(ExportEvent::CustomersExported(x)) => Some(x),
+                    _ => None,
+                });
+            if recorded.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let event = recorded.expect("the abandoned export was recorded");
+        assert!(!event.complete);
+        assert!(event.rows < 1_500, "{} rows", event.rows);
+    }
+);
