@@ -1,13 +1,14 @@
 //! Customer import and export (CSV), both streamed so memory does not follow the file size.
 //!
 //! **Import.** The body is read chunk by chunk into a bounded channel; a blocking task parses
-//! it with the `csv` crate and hands rows, one at a time, over a second bounded channel to
-//! the handler, which matches each row to a customer (email, then phone, then passport
-//! number; earlier rows of the same file first, then the read model) and dispatches creates
-//! and updates with bounded parallelism. It waits for the projections only every
-//! [`CHUNK_ROWS`] rows, after which the read model answers the lookups and the memory of the
-//! file's earlier rows is dropped. A dry run appends nothing, so it has no read model to
-//! lean on: it keeps every row's keys (some tens of bytes a row) for the whole file.
+//! it with the `csv` crate and hands rows over a second bounded channel to the handler,
+//! which looks them up in the read model [`LOOKUP_BATCH`] at a time, matches each row to a
+//! customer (email, then phone, then passport number; earlier rows of the same file first,
+//! then the read model) and dispatches creates and updates, [`PARALLEL`] at once. It waits
+//! for the projections only every [`CHUNK_ROWS`] rows, after which the read model answers
+//! the lookups and the memory of the file's earlier rows is dropped. A dry run appends
+//! nothing, so it has no read model to lean on: it keeps every row's values (a few hundred
+//! bytes a row) for the whole file.
 //!
 //! **Export.** Keyset pages of [`EXPORT_PAGE`] customers from the read model, written as CSV
 //! and sent as they are ready. The export is audited by an `ExportCustomers` event once the
