@@ -366,4 +366,52 @@ mod tests {
         let back = parse_row(&h, &record(&["Ada King", "ada@example.com", "new"]), None).unwrap();
         assert!(cur.update_for(&back).unwrap_err().starts_with("status:"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any order and any letter case of the known columns reads the same row.
+            #[test]
+            fn any_order_and_case_of_the_columns_reads_the_same_row(
+                order in Just((0..IMPORT_COLUMNS.len()).collect::<Vec<_>>()).prop_shuffle(),
+                upper in proptest::collection::vec(any::<bool>(), IMPORT_COLUMNS.len()),
+            ) {
+                let cells = [
+                    "Ada Lovelace", "ada@example.com", "+442079460958", "AB1234589",
+                    "GB", "fair", "contacted", "likes maths",
+                ];
+                let names: Vec<String> = order
+                    .iter()
+                    .map(|&c| {
+                        let n = IMPORT_COLUMNS[c];
+                        if upper[c] { n.to_ascii_uppercase() } else { n.to_owned() }
+                    })
+                    .collect();
+                let header = Header::parse(names.iter().map(String::as_str)).unwrap();
+                let shuffled: Vec<&str> = order.iter().map(|&c| cells[c]).collect();
+                let canonical = Header::parse(IMPORT_COLUMNS).unwrap();
+                prop_assert_eq!(
+                    parse_row(&header, &record(&shuffled), None),
+                    parse_row(&canonical, &record(&cells), None)
+                );
+            }
+
+            /// Whatever the cells hold, parsing answers (never panics) and a refusal never
+            /// quotes a cell.
+            #[test]
+            fn a_refused_row_never_quotes_its_cells(
+                cells in proptest::collection::vec("qx[a-z0-9@.+ =-]{10,30}", IMPORT_COLUMNS.len()),
+            ) {
+                let header = Header::parse(IMPORT_COLUMNS).unwrap();
+                let cells: Vec<&str> = cells.iter().map(String::as_str).collect();
+                if let Err(msg) = parse_row(&header, &record(&cells), Some("GB")) {
+                    for c in &cells {
+                        prop_assert!(!msg.contains(c.trim()), "{msg}");
+                    }
+                }
+            }
+        }
+    }
 }
