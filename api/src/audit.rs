@@ -142,3 +142,33 @@ pub async fn export_page(
     let ips = ips(log, codec, &positions).await?;
     Ok(Some((csv_chunk(&rows, &ips, false)?, last)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_csv_cells_that_could_run_as_formulas_are_neutralised() {
+        let row = AuditRow {
+            position: 7,
+            event_id: uuid::Uuid::from_u128(1),
+            occurred_at: chrono::DateTime::UNIX_EPOCH,
+            action: "LOGIN_FAILED".into(),
+            entity_type: "user".into(),
+            entity_id: uuid::Uuid::from_u128(2),
+            actor_id: None,
+            actor_role: Some("@admin".into()),
+            description: "=HYPERLINK(\"http://evil.example\")".into(),
+        };
+        let ips = HashMap::from([(7, Some("-1+1".to_owned()))]);
+        let text = String::from_utf8(csv_chunk(&[row], &ips, false).unwrap()).unwrap();
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(text.as_bytes());
+        let record = reader.records().next().unwrap().unwrap();
+        assert_eq!(&record[6], "'@admin");
+        assert_eq!(&record[7], "'-1+1");
+        assert_eq!(&record[8], "'=HYPERLINK(\"http://evil.example\")");
+        assert_eq!(&record[0], "7");
+    }
+}
