@@ -103,6 +103,16 @@ pub fn router(state: AppState) -> Router {
             "/api/customers/bulk/{batch_id}/undo",
             post(routes::customer_bulk::undo),
         )
+        // The import reads its body as a stream with its own limit (EGEC_IMPORT_MAX_BYTES);
+        // the global JSON limit applies only to extractors that buffer the body.
+        .route(
+            "/api/customers/import",
+            post(routes::customer_transfer::import),
+        )
+        .route(
+            "/api/customers/export.csv",
+            get(routes::customer_transfer::export),
+        )
         .route(
             "/api/users",
             post(routes::users::create).get(routes::users::list),

@@ -100,7 +100,7 @@ pub fn csv_chunk(
     }
     for r in rows {
         let ip = ips.get(&r.position).cloned().flatten().unwrap_or_default();
-        w.write_record([
+        let cells = [
             r.position.to_string(),
             time(r.occurred_at),
             r.action.clone(),
@@ -110,7 +110,14 @@ pub fn csv_chunk(
             r.actor_role.clone().unwrap_or_default(),
             ip,
             r.description.clone(),
-        ])?;
+        ];
+        // Descriptions quote facts such as a path or a reason: neutralised like every CSV
+        // cell the API writes, so none can run as a spreadsheet formula.
+        w.write_record(
+            cells
+                .iter()
+                .map(|c| egec_domain::export::csv_cell(c).into_owned()),
+        )?;
     }
     w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))
 }
@@ -134,4 +141,34 @@ pub async fn export_page(
     let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
     let ips = ips(log, codec, &positions).await?;
     Ok(Some((csv_chunk(&rows, &ips, false)?, last)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_csv_cells_that_could_run_as_formulas_are_neutralised() {
+        let row = AuditRow {
+            position: 7,
+            event_id: uuid::Uuid::from_u128(1),
+            occurred_at: chrono::DateTime::UNIX_EPOCH,
+            action: "LOGIN_FAILED".into(),
+            entity_type: "user".into(),
+            entity_id: uuid::Uuid::from_u128(2),
+            actor_id: None,
+            actor_role: Some("@admin".into()),
+            description: "=HYPERLINK(\"http://evil.example\")".into(),
+        };
+        let ips = HashMap::from([(7, Some("-1+1".to_owned()))]);
+        let text = String::from_utf8(csv_chunk(&[row], &ips, false).unwrap()).unwrap();
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(text.as_bytes());
+        let record = reader.records().next().unwrap().unwrap();
+        assert_eq!(&record[6], "'@admin");
+        assert_eq!(&record[7], "'-1+1");
+        assert_eq!(&record[8], "'=HYPERLINK(\"http://evil.example\")");
+        assert_eq!(&record[0], "7");
+    }
 }

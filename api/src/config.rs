@@ -49,6 +49,9 @@ pub struct Config {
     /// `EGEC_DISPOSABLE_EMAIL_DOMAINS_FILE` (a file, one domain a line) and
     /// `EGEC_DISPOSABLE_EMAIL_DOMAINS` (a comma list).
     pub disposable_email_domains: std::sync::Arc<egec_domain::values::DisposableDomains>,
+    /// The largest CSV body `POST /api/customers/import` reads (`EGEC_IMPORT_MAX_BYTES`,
+    /// default 64 MiB); larger bodies are refused with 413 once that much has arrived.
+    pub import_max_bytes: u64,
 }
 
 /// When a session ends without anyone ending it.
@@ -195,6 +198,7 @@ impl Config {
         let token_ttl_seconds =
             number("EGEC_TOKEN_TTL_SECONDS", 12 * 3600, 60, 7 * 24 * 3600) as i64;
         let db_pool_size = number("EGEC_DB_POOL_SIZE", 16, 1, 512) as usize;
+        let import_max_bytes = number("EGEC_IMPORT_MAX_BYTES", 64 << 20, 1024, 1 << 34);
         let lockout = egec_domain::user::lockout::LockoutPolicy {
             threshold: number("EGEC_LOCKOUT_THRESHOLD", 5, 1, 100) as u32,
             lock_for: chrono::Duration::seconds(number(
@@ -323,6 +327,7 @@ impl Config {
             password_max_age,
             mfa_required_roles,
             disposable_email_domains,
+            import_max_bytes,
         })
     }
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod config_checks;
+pub mod customer_csv;
 pub mod denial;
 pub mod error;
 pub mod http_metrics;

@@ -17,6 +17,7 @@ mod rebuild;
 mod report;
 mod rng;
 mod setup;
+mod transfer;
 mod workload;
 
 use std::path::Path;
@@ -89,6 +90,14 @@ struct Args {
     /// no database) for this many seconds each, then exit: a short target for a profiler.
     #[arg(long)]
     codec_only: Option<f64>,
+    /// Only measure the customer CSV import and export and the search over HTTP (see
+    /// `transfer.rs`), on both backends unless one is skipped, then exit.
+    #[arg(long)]
+    transfer: bool,
+    /// Rows of the big import with --transfer (default 50,000; 5,000 with --quick). The
+    /// small import is a fifth of it, the search runs over twice as many customers.
+    #[arg(long)]
+    transfer_rows: Option<u64>,
 }
 
 /// Durations and sizes of one invocation.
@@ -110,6 +119,9 @@ async fn main() -> anyhow::Result<()> {
         return codec_only(seconds).await;
     }
     setup::ensure_local(&args.pg_admin_url)?;
+    if args.transfer {
+        return transfer_only(&args).await;
+    }
     let events = args
         .events
         .unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
@@ -181,6 +193,61 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("{line}");
     if reports.iter().any(|r| !r.errors.is_empty()) || !login_errors.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The `--transfer` run: import, export and search on each backend, one fresh store each.
+async fn transfer_only(args: &Args) -> anyhow::Result<()> {
+    let rows = args
+        .transfer_rows
+        .unwrap_or(if args.quick { 5_000 } else { 50_000 })
+        .max(10);
+    let scale = transfer::Scale::new(rows);
+    let mut reports = Vec::new();
+    let mut errors = Vec::new();
+    if !args.skip_postgres {
+        match PgDatabase::create(&args.pg_admin_url, "transfer").await {
+            Ok(db) => {
+                let dir = tempfile::Builder::new().prefix("egec-bench-").tempdir()?;
+                match transfer::run("postgres", Some(&db.url), dir.path(), scale).await {
+                    Ok(r) => reports.push(r),
+                    Err(e) => errors.push(format!("postgres: {e:#}")),
+                }
+                if let Err(e) = db.drop_now().await {
+                    errors.push(format!("{e:#}"));
+                }
+            }
+            Err(e) => errors.push(format!("postgres: {e:#}")),
+        }
+    }
+    if !args.skip_sqlite {
+        let dir = tempfile::Builder::new().prefix("egec-bench-").tempdir()?;
+        match transfer::run("sqlite", None, dir.path(), scale).await {
+            Ok(r) => reports.push(r),
+            Err(e) => errors.push(format!("sqlite: {e:#}")),
+        }
+    }
+    println!();
+    println!(
+        "== Customer CSV transfer over HTTP (import {} then {} rows, export all, search over {}) ==",
+        scale.small, scale.rows, scale.search_total
+    );
+    for r in &reports {
+        r.print();
+    }
+    for e in &errors {
+        println!("ERROR {e}");
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "transfer": reports.iter().map(transfer::TransferReport::json).collect::<Vec<_>>(),
+            "errors": errors,
+        })
+    );
+    if !errors.is_empty() {
         std::process::exit(1);
     }
     Ok(())

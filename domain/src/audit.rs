@@ -22,6 +22,7 @@ pub fn entity_of(event: &DomainEvent) -> (&'static str, Uuid) {
         DomainEvent::ApiKey(e) => ("api_key", e.key_id().as_uuid()),
         DomainEvent::Followup(e) => ("followup", e.followup_id().as_uuid()),
         DomainEvent::Bulk(e) => ("bulk_edit", e.batch_id()),
+        DomainEvent::Export(e) => ("export", e.export_id()),
     }
 }
 
@@ -170,6 +171,7 @@ mod tests {
             "ApiKeyUsed",
             "FollowupScheduled",
             "FollowupCompleted",
+            "ExportCustomers",
         ] {
             assert!(types.contains(t), "no snapshot of {t}");
         }

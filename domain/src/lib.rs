@@ -11,6 +11,7 @@ pub mod bulk;
 pub mod customer;
 pub mod encoding;
 pub mod event;
+pub mod export;
 pub mod followup;
 pub mod ids;
 pub mod masking;

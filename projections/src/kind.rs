@@ -44,7 +44,9 @@ impl ProjectionKind {
     /// The version of the fold and of the table shape.
     pub fn version(self) -> i32 {
         match self {
-            ProjectionKind::Customers => 1,
+            // 2: indexes on email, phone and passport number for the import's lookups
+            // (SQLite creates indexes only with a table, so existing files need the rebuild).
+            ProjectionKind::Customers => 2,
             // The users table gained `session_version` without a version change: no event
             // before it could move a session version, so the column's default (the first
             // version) is exactly what a rebuild would produce for older tables.

@@ -21,6 +21,7 @@ mod decode;
 pub mod error;
 pub mod fold;
 pub mod kind;
+pub mod lookup;
 mod read_models;
 mod rebuild;
 pub mod rows;
@@ -29,6 +30,7 @@ mod store;
 
 pub use error::{ProjectionError, StorageError};
 pub use kind::ProjectionKind;
+pub use lookup::CustomerKey;
 pub use read_models::{MAX_PER_PAGE, ReadModels};
 pub use rows::{
     ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, FollowupQuery, FollowupRow,

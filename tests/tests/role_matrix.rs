@@ -184,6 +184,18 @@ const ENDPOINTS: &[Endpoint] = &[
         Rule::Customer(None),
         200,
     ),
+    ep(
+        Method::POST,
+        "/api/customers/import",
+        Rule::Can(Action::CustomersImport),
+        200,
+    ),
+    ep(
+        Method::GET,
+        "/api/customers/export.csv",
+        Rule::Can(Action::CustomersExport),
+        200,
+    ),
     ep(Method::POST, "/api/users", Rule::ManageUser, 201),
     ep(Method::GET, "/api/users", Rule::Can(Action::UsersView), 200),
     ep(Method::GET, "/api/users/{id}", Rule::UserRead, 200),
@@ -861,6 +873,33 @@ async fn attachments(ctx: &mut Ctx<'_>, a: &Actor, customers: [Uuid; 2], files: 
     }
 }
 
+/// Import (a CSV body, as a dry run so the table's customers stay as they are) and export.
+async fn transfer(ctx: &mut Ctx<'_>, a: &Actor) {
+    let who = a.role.as_str();
+    let p = "/api/customers/import";
+    let e = endpoint(&Method::POST, p);
+    ctx.matrix
+        .covered
+        .insert((who.to_owned(), Method::POST, e.path));
+    let r = ctx
+        .app
+        .client
+        .post(format!("{}{p}?dry_run=true", ctx.app.base))
+        .bearer_auth(&a.token)
+        .header("content-type", "text/csv")
+        .body("name,email\nAda Lovelace,ada@example.com\n")
+        .send()
+        .await
+        .expect("request sent");
+    let exp = expected(e, a.role, a.id, Target::default());
+    ctx.matrix
+        .record(who, &Method::POST, (e.path, p), exp, r.status());
+    let p = "/api/customers/export.csv";
+    let exp = expected(endpoint(&Method::GET, p), a.role, a.id, Target::default());
+    ctx.call(who, p, Method::GET, p, Some(a.token.as_str()), None, exp)
+        .await;
+}
+
 async fn users(ctx: &mut Ctx<'_>, a: &Actor, targets: &HashMap<Role, Uuid>) {
     let who = a.role.as_str();
     let t = Some(a.token.as_str());
@@ -1133,6 +1172,7 @@ both_backends!(
             followups(&mut ctx, a, mine, other).await;
             customer_changes(&mut ctx, a, agent).await;
             attachments(&mut ctx, a, [mine, other], files).await;
+            transfer(&mut ctx, a).await;
             users(&mut ctx, a, &targets).await;
             the_rest(&mut ctx, a).await;
         }

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod credentials;
 pub mod customer_bulk;
+pub mod customer_transfer;
 pub mod customers;
 pub mod followups;
 pub mod login_factors;

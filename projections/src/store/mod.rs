@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::error::StorageError;
 use crate::fold::{Changes, Rows, Work};
 use crate::kind::ProjectionKind;
+use crate::lookup::CustomerKey;
 use crate::rows::{
     ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, FollowupQuery, FollowupRow,
     SessionUser, UserRow,
@@ -187,4 +188,17 @@ pub(crate) trait ReadStore: Send + Sync + 'static {
         offset: u64,
         limit: u32,
     ) -> Result<(Vec<FollowupRow>, u64), StorageError>;
+    /// The live customers whose `key` column is one of `values` (oldest first), by index.
+    async fn find_customers_by(
+        &self,
+        key: CustomerKey,
+        values: Vec<String>,
+    ) -> Result<Vec<CustomerRow>, StorageError>;
+    /// Up to `limit` customers matching `query` with an id above `after`, ordered by id.
+    async fn customers_after(
+        &self,
+        query: &CustomerQuery,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<CustomerRow>, StorageError>;
 }

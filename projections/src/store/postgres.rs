@@ -32,6 +32,7 @@ use crate::rows::{
 mod api_keys;
 mod audit;
 mod followups;
+mod lookup;
 use api_keys::API_KEYS;
 use audit::AUDIT;
 use followups::FOLLOWUPS;
@@ -74,6 +75,10 @@ const CUSTOMERS: TableDef = TableDef {
         ("created_idx", "(created_at DESC, id)"),
         ("status_idx", "(status, created_at DESC, id)"),
         ("agents_idx", "USING gin (assigned_agent_ids)"),
+        // Lookups of the import, which matches rows to customers by these fields.
+        ("email_idx", "(email)"),
+        ("phone_idx", "(phone)"),
+        ("passport_idx", "(passport_number)"),
     ],
 };
 
@@ -1119,5 +1124,22 @@ impl ReadStore for PgReadStore {
     ) -> Result<(Vec<FollowupRow>, u64), StorageError> {
         let mut conn = self.pool.get().await?;
         followups::list(&mut conn, query, offset, limit).await
+    }
+
+    async fn find_customers_by(
+        &self,
+        key: crate::lookup::CustomerKey,
+        values: Vec<String>,
+    ) -> Result<Vec<CustomerRow>, StorageError> {
+        lookup::find_customers_by(self, key, values).await
+    }
+
+    async fn customers_after(
+        &self,
+        query: &CustomerQuery,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<CustomerRow>, StorageError> {
+        lookup::customers_after(self, query, after, limit).await
     }
 }

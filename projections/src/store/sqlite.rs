@@ -41,6 +41,7 @@ use crate::rows::{
 mod api_keys;
 mod audit;
 mod followups;
+mod lookup;
 use api_keys::API_KEYS;
 use audit::AUDIT;
 use followups::FOLLOWUPS;
@@ -89,6 +90,10 @@ const CUSTOMERS: TableDef = TableDef {
     indexes: &[
         ("created", "created_at DESC, id"),
         ("status", "status, created_at DESC, id"),
+        // Lookups of the import, which matches rows to customers by these fields.
+        ("email", "email"),
+        ("phone", "phone"),
+        ("passport", "passport_number"),
     ],
 };
 
@@ -1172,5 +1177,22 @@ impl ReadStore for SqliteReadStore {
         let query = query.clone();
         self.read(move |conn| followups::list(conn, &query, offset, limit))
             .await
+    }
+
+    async fn find_customers_by(
+        &self,
+        key: crate::lookup::CustomerKey,
+        values: Vec<String>,
+    ) -> Result<Vec<CustomerRow>, StorageError> {
+        lookup::find_customers_by(self, key, values).await
+    }
+
+    async fn customers_after(
+        &self,
+        query: &CustomerQuery,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<CustomerRow>, StorageError> {
+        lookup::customers_after(self, query, after, limit).await
     }
 }
