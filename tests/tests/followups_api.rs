@@ -593,7 +593,7 @@ both_backends!(
         let id = f["id"].as_str().unwrap().to_owned();
         assert_eq!(
             ids(&list(&app, &first, "/api/followups").await),
-            [id.clone()]
+            std::slice::from_ref(&id)
         );
         assert!(ids(&list(&app, &second, "/api/followups").await).is_empty());
 
@@ -621,7 +621,7 @@ both_backends!(
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         assert_eq!(
             ids(&list(&app, &second, "/api/followups").await),
-            [id.clone()]
+            std::slice::from_ref(&id)
         );
         assert_eq!(
             list(&app, &second, &format!("/api/followups/{id}")).await["note"],
