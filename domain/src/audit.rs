@@ -22,6 +22,8 @@ pub fn entity_of(event: &DomainEvent) -> (&'static str, Uuid) {
         DomainEvent::ApiKey(e) => ("api_key", e.key_id().as_uuid()),
         DomainEvent::Followup(e) => ("followup", e.followup_id().as_uuid()),
         DomainEvent::Bulk(e) => ("bulk_edit", e.batch_id()),
+        // A GDPR export is a read of the customer's data: it is about the customer.
+        DomainEvent::Gdpr(e) => ("customer", e.customer_id().as_uuid()),
     }
 }
 

@@ -5,6 +5,7 @@ use crate::bulk::BulkEvent;
 use crate::customer::CustomerEvent;
 use crate::encoding::{DecodeError, DecryptedEvent, EncodedEvent, EventCodec, upcast};
 use crate::followup::FollowupEvent;
+use crate::gdpr::GdprEvent;
 use crate::personal::Personal;
 use crate::user::{LoginEvent, UserEvent};
 use crate::{Role, UserId};
@@ -19,6 +20,7 @@ pub enum DomainEvent {
     ApiKey(ApiKeyEvent),
     Followup(FollowupEvent),
     Bulk(BulkEvent),
+    Gdpr(GdprEvent),
 }
 
 impl DomainEvent {
@@ -30,6 +32,7 @@ impl DomainEvent {
             DomainEvent::ApiKey(e) => e.encode(),
             DomainEvent::Followup(e) => e.encode(),
             DomainEvent::Bulk(e) => e.encode(),
+            DomainEvent::Gdpr(e) => e.encode(),
         }
     }
 
@@ -48,6 +51,8 @@ impl DomainEvent {
             FollowupEvent::decode(&e).map(DomainEvent::Followup)
         } else if e.event_type.starts_with("BulkEdit") {
             BulkEvent::decode(&e).map(DomainEvent::Bulk)
+        } else if e.event_type.starts_with("Gdpr") {
+            GdprEvent::decode(&e).map(DomainEvent::Gdpr)
         } else {
             Err(DecodeError(format!("unknown event type {}", e.event_type)))
         }
@@ -62,6 +67,7 @@ impl DomainEvent {
             DomainEvent::ApiKey(e) => e.action(),
             DomainEvent::Followup(e) => e.action(),
             DomainEvent::Bulk(e) => e.action(),
+            DomainEvent::Gdpr(e) => e.action(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod customer;
 pub mod encoding;
 pub mod event;
 pub mod followup;
+pub mod gdpr;
 pub mod ids;
 pub mod masking;
 pub mod password_policy;

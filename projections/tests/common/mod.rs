@@ -453,7 +453,8 @@ impl Env {
                     DomainEvent::Login(_)
                     | DomainEvent::ApiKey(_)
                     | DomainEvent::Followup(_)
-                    | DomainEvent::Bulk(_) => {}
+                    | DomainEvent::Bulk(_)
+                    | DomainEvent::Gdpr(_) => {}
                 }
             }
             pos = last;
