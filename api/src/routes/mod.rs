@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod customer_bulk;
 pub mod customers;
 pub mod followups;
+pub mod gdpr;
 pub mod login_factors;
 pub mod meta;
 pub mod ops;

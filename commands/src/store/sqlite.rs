@@ -278,6 +278,25 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
 }
 
+/// After a key is destroyed: a TRUNCATE checkpoint empties the WAL file of every page image
+/// that held the key. A reader (possibly in another process) still using old frames makes it
+/// answer busy; then a PASSIVE checkpoint copies back what it can, and the next checkpoint
+/// finishes the job. Best effort: the key is already gone from the table either way.
+fn checkpoint_after_erasure(conn: &Connection) {
+    let busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+        row.get::<_, i64>(0)
+    });
+    match busy {
+        Ok(0) => {}
+        Ok(_) => {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL checkpoint after a key destruction failed");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "WAL checkpoint after a key destruction failed"),
+    }
+}
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
@@ -687,6 +706,9 @@ impl KeyTable for SqliteLog {
                 params![subject, now_micros().timestamp_micros()],
             )?;
             tx.commit()?;
+            // The deleted rows are zeroed in the database file (`secure_delete`), but the
+            // WAL still holds page images with the wrapped keys: copy it back and truncate it.
+            checkpoint_after_erasure(conn);
             Ok(fingerprints)
         })
         .await
