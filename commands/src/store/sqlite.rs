@@ -837,11 +837,39 @@ mod checkpoint_tests {
         )
         .await
         .expect("create");
-        log.destroy("subject").await.expect("destroy");
         let wal = dir.path().join(format!("{DB_FILE}-wal"));
         assert!(std::fs::metadata(&wal).expect("wal exists").len() > 0);
         assert!(log.checkpoint_wal().await.expect("checkpoint"));
         assert_eq!(std::fs::metadata(&wal).expect("wal exists").len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_destroyed_key_is_left_in_no_file_of_the_store() {
+        let dir = crate::testing::fresh_sqlite_dir();
+        let log = SqliteLog::open_async(dir.path()).await.expect("open");
+        let wrapped: Vec<u8> = (0..60u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+        log.create(
+            "subject",
+            WrappedKey {
+                key_version: 1,
+                kek_id: "k".into(),
+                wrapped: wrapped.clone(),
+                fingerprint: "fp".into(),
+            },
+        )
+        .await
+        .expect("create");
+        let found = || {
+            std::fs::read_dir(dir.path())
+                .expect("dir")
+                .map(|e| std::fs::read(e.expect("entry").path()).expect("file"))
+                .any(|bytes| bytes.windows(wrapped.len()).any(|w| w == wrapped))
+        };
+        assert!(found(), "the scan finds a key that is there");
+        assert_eq!(log.destroy("subject").await.expect("destroy"), ["fp"]);
+        let wal = dir.path().join(format!("{DB_FILE}-wal"));
+        assert_eq!(std::fs::metadata(&wal).expect("wal exists").len(), 0);
+        assert!(!found(), "the destroyed key is still in the store's files");
     }
 
     #[tokio::test]
