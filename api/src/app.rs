@@ -67,6 +67,8 @@ pub fn router(state: AppState) -> Router {
             "/api/customers/{id}/history",
             get(routes::customers::history),
         )
+        .route("/api/gdpr/customers/{id}/export", get(routes::gdpr::export))
+        .route("/api/gdpr/customers/{id}/erase", post(routes::gdpr::erase))
         // Uploads get their own body limit (API.md: 10 MiB) instead of the JSON one.
         .route(
             "/api/customers/{id}/attachments",

@@ -16,7 +16,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Erasure {
     pub customer_id: CustomerId,
-    /// Position of the erasure event (of the first erasure, when repeated).
+    /// Position of the erasure event this call appended; `None` when the customer was
+    /// already erased (the first erasure's event is on the customer's stream).
     pub position: Option<i64>,
     /// Fingerprints of the keys destroyed by this call (empty when already destroyed).
     pub destroyed_key_fingerprints: Vec<String>,

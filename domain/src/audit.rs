@@ -23,6 +23,8 @@ pub fn entity_of(event: &DomainEvent) -> (&'static str, Uuid) {
         DomainEvent::Followup(e) => ("followup", e.followup_id().as_uuid()),
         DomainEvent::Bulk(e) => ("bulk_edit", e.batch_id()),
         DomainEvent::Export(e) => ("export", e.export_id()),
+        // A GDPR export is a read of the customer's data: it is about the customer.
+        DomainEvent::Gdpr(e) => ("customer", e.customer_id().as_uuid()),
     }
 }
 

@@ -6,6 +6,7 @@ use crate::customer::CustomerEvent;
 use crate::encoding::{DecodeError, DecryptedEvent, EncodedEvent, EventCodec, upcast};
 use crate::export::ExportEvent;
 use crate::followup::FollowupEvent;
+use crate::gdpr::GdprEvent;
 use crate::personal::Personal;
 use crate::user::{LoginEvent, UserEvent};
 use crate::{Role, UserId};
@@ -21,6 +22,7 @@ pub enum DomainEvent {
     Followup(FollowupEvent),
     Bulk(BulkEvent),
     Export(ExportEvent),
+    Gdpr(GdprEvent),
 }
 
 impl DomainEvent {
@@ -33,6 +35,7 @@ impl DomainEvent {
             DomainEvent::Followup(e) => e.encode(),
             DomainEvent::Bulk(e) => e.encode(),
             DomainEvent::Export(e) => e.encode(),
+            DomainEvent::Gdpr(e) => e.encode(),
         }
     }
 
@@ -53,6 +56,8 @@ impl DomainEvent {
             BulkEvent::decode(&e).map(DomainEvent::Bulk)
         } else if e.event_type.starts_with("Export") {
             ExportEvent::decode(&e).map(DomainEvent::Export)
+        } else if e.event_type.starts_with("Gdpr") {
+            GdprEvent::decode(&e).map(DomainEvent::Gdpr)
         } else {
             Err(DecodeError(format!("unknown event type {}", e.event_type)))
         }
@@ -68,6 +73,7 @@ impl DomainEvent {
             DomainEvent::Followup(e) => e.action(),
             DomainEvent::Bulk(e) => e.action(),
             DomainEvent::Export(e) => e.action(),
+            DomainEvent::Gdpr(e) => e.action(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod encoding;
 pub mod event;
 pub mod export;
 pub mod followup;
+pub mod gdpr;
 pub mod ids;
 pub mod masking;
 pub mod password_policy;

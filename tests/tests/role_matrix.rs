@@ -113,6 +113,18 @@ const ENDPOINTS: &[Endpoint] = &[
         200,
     ),
     ep(
+        Method::GET,
+        "/api/gdpr/customers/{id}/export",
+        Rule::Can(Action::GdprExport),
+        200,
+    ),
+    ep(
+        Method::POST,
+        "/api/gdpr/customers/{id}/erase",
+        Rule::Can(Action::GdprErase),
+        200,
+    ),
+    ep(
         Method::POST,
         "/api/customers/{id}/followups",
         Rule::Followup(Action::FollowupsEdit),
@@ -836,6 +848,38 @@ async fn customer_changes(ctx: &mut Ctx<'_>, a: &Actor, agent: Uuid) {
     .await;
 }
 
+/// The GDPR export and erasure, each on a fresh customer: an erasure cannot be undone, so no
+/// call may find a customer another call already erased.
+async fn gdpr(ctx: &mut Ctx<'_>, a: &Actor) {
+    let who = a.role.as_str();
+    let t = Some(a.token.as_str());
+    let exp = |m: Method, p: &str| expected(endpoint(&m, p), a.role, a.id, Target::default());
+    let id = ctx.customer(&[]).await;
+    let tp = "/api/gdpr/customers/{id}/export";
+    ctx.call(
+        who,
+        tp,
+        Method::GET,
+        &format!("/api/gdpr/customers/{id}/export"),
+        t,
+        None,
+        exp(Method::GET, tp),
+    )
+    .await;
+    let id = ctx.customer(&[]).await;
+    let tp = "/api/gdpr/customers/{id}/erase";
+    ctx.call(
+        who,
+        tp,
+        Method::POST,
+        &format!("/api/gdpr/customers/{id}/erase"),
+        t,
+        Some(json!({ "reason": "role matrix" })),
+        exp(Method::POST, tp),
+    )
+    .await;
+}
+
 /// The PNG signature and a little more: enough for the magic-byte check.
 const MATRIX_PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01";
 
@@ -1171,6 +1215,7 @@ both_backends!(
             customers(&mut ctx, a, mine, other).await;
             followups(&mut ctx, a, mine, other).await;
             customer_changes(&mut ctx, a, agent).await;
+            gdpr(&mut ctx, a).await;
             attachments(&mut ctx, a, [mine, other], files).await;
             transfer(&mut ctx, a).await;
             users(&mut ctx, a, &targets).await;

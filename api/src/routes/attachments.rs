@@ -51,7 +51,7 @@ pub struct AttachmentView {
 }
 
 impl AttachmentView {
-    fn of(a: &AttachmentAdded) -> Self {
+    pub(crate) fn of(a: &AttachmentAdded) -> Self {
         Self {
             id: a.attachment_id,
             customer_id: a.customer_id.as_uuid(),

@@ -8,6 +8,7 @@ pub mod customer_bulk;
 pub mod customer_transfer;
 pub mod customers;
 pub mod followups;
+pub mod gdpr;
 pub mod login_factors;
 pub mod meta;
 pub mod ops;

@@ -3,3 +3,4 @@
 
 pub mod customer;
 pub mod followup;
+pub mod gdpr;

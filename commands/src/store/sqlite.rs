@@ -278,6 +278,25 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
 }
 
+/// After a key is destroyed: a TRUNCATE checkpoint empties the WAL file of every page image
+/// that held the key. A reader (possibly in another process) still using old frames makes it
+/// answer busy; then a PASSIVE checkpoint copies back what it can, and the next checkpoint
+/// finishes the job. Best effort: the key is already gone from the table either way.
+fn checkpoint_after_erasure(conn: &Connection) {
+    let busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+        row.get::<_, i64>(0)
+    });
+    match busy {
+        Ok(0) => {}
+        Ok(_) => {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL checkpoint after a key destruction failed");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "WAL checkpoint after a key destruction failed"),
+    }
+}
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
@@ -687,6 +706,9 @@ impl KeyTable for SqliteLog {
                 params![subject, now_micros().timestamp_micros()],
             )?;
             tx.commit()?;
+            // The deleted rows are zeroed in the database file (`secure_delete`), but the
+            // WAL still holds page images with the wrapped keys: copy it back and truncate it.
+            checkpoint_after_erasure(conn);
             Ok(fingerprints)
         })
         .await
@@ -815,11 +837,39 @@ mod checkpoint_tests {
         )
         .await
         .expect("create");
-        log.destroy("subject").await.expect("destroy");
         let wal = dir.path().join(format!("{DB_FILE}-wal"));
         assert!(std::fs::metadata(&wal).expect("wal exists").len() > 0);
         assert!(log.checkpoint_wal().await.expect("checkpoint"));
         assert_eq!(std::fs::metadata(&wal).expect("wal exists").len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_destroyed_key_is_left_in_no_file_of_the_store() {
+        let dir = crate::testing::fresh_sqlite_dir();
+        let log = SqliteLog::open_async(dir.path()).await.expect("open");
+        let wrapped: Vec<u8> = (0..60u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+        log.create(
+            "subject",
+            WrappedKey {
+                key_version: 1,
+                kek_id: "k".into(),
+                wrapped: wrapped.clone(),
+                fingerprint: "fp".into(),
+            },
+        )
+        .await
+        .expect("create");
+        let found = || {
+            std::fs::read_dir(dir.path())
+                .expect("dir")
+                .map(|e| std::fs::read(e.expect("entry").path()).expect("file"))
+                .any(|bytes| bytes.windows(wrapped.len()).any(|w| w == wrapped))
+        };
+        assert!(found(), "the scan finds a key that is there");
+        assert_eq!(log.destroy("subject").await.expect("destroy"), ["fp"]);
+        let wal = dir.path().join(format!("{DB_FILE}-wal"));
+        assert_eq!(std::fs::metadata(&wal).expect("wal exists").len(), 0);
+        assert!(!found(), "the destroyed key is still in the store's files");
     }
 
     #[tokio::test]

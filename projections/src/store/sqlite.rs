@@ -746,7 +746,13 @@ fn checkpoint_wal_after_erasure(conn: &Connection) {
         r.get::<_, i64>(0)
     }) {
         Ok(0) => {}
-        Ok(_) => tracing::debug!("read.db WAL checkpoint after an erasure was busy; will retry"),
+        Ok(_) => {
+            // A reader still needs old frames: copy back what can be copied now.
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "read.db WAL checkpoint after an erasure failed");
+            }
+            tracing::debug!("read.db WAL checkpoint after an erasure was busy; will retry");
+        }
         Err(e) => tracing::warn!(error = %e, "read.db WAL checkpoint after an erasure failed"),
     }
 }

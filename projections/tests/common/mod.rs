@@ -454,7 +454,8 @@ impl Env {
                     | DomainEvent::ApiKey(_)
                     | DomainEvent::Followup(_)
                     | DomainEvent::Bulk(_)
-                    | DomainEvent::Export(_) => {}
+                    | DomainEvent::Export(_)
+                    | DomainEvent::Gdpr(_) => {}
                 }
             }
             pos = last;
