@@ -291,6 +291,28 @@ async fn check_erased_everywhere(app: &TestApp, token: &str, id: Uuid, agent: Uu
         assert!(!csv.contains(s), "{ctx}: audit CSV shows {s:?}");
     }
 
+    // The customers CSV export: the row is there, with its facts, and nothing of the person.
+    let customers_csv = app
+        .get("/api/customers/export.csv", Some(token))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let row = customers_csv
+        .lines()
+        .find(|l| l.contains(&id.to_string()))
+        .unwrap_or_else(|| panic!("{ctx}: customer missing from the CSV export"));
+    assert!(
+        row.contains("[ERASED]") && row.contains("Germany"),
+        "{ctx}: {row}"
+    );
+    for s in SECRETS {
+        assert!(
+            !customers_csv.contains(s),
+            "{ctx}: customer CSV shows {s:?}"
+        );
+    }
+
     let export = json_of(
         app.get(&format!("/api/gdpr/customers/{id}/export"), Some(token))
             .await,
