@@ -14,6 +14,7 @@ pub mod keys;
 pub mod net;
 pub mod openapi;
 pub mod rate_limit;
+pub mod retention_task;
 pub mod routes;
 pub mod security_headers;
 pub mod state;

@@ -237,6 +237,12 @@ impl Vault {
         Ok(fingerprints)
     }
 
+    /// The subjects with a live key whose name starts with `prefix` (see
+    /// [`KeyTable::live_subjects`]).
+    pub async fn live_subjects(&self, prefix: &str) -> Result<Vec<String>, VaultError> {
+        Ok(self.table.live_subjects(prefix).await?)
+    }
+
     /// Drops a cached key (another node erased or rotated it).
     pub fn forget(&self, subject: &str) {
         self.cache.lock().pop(subject);
