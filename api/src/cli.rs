@@ -133,10 +133,8 @@ pub enum ReplayCommand {
 /// Logs go to stderr. The server logs at `info` by default; one-shot commands at `warn`, so
 /// their own output (and the rebuild progress bar) is not buried. `RUST_LOG` overrides both.
 fn init_tracing(default: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(crate::logging::filter(default))
         .with_writer(std::io::stderr)
         .try_init();
 }

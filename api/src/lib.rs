@@ -11,6 +11,7 @@ pub mod error;
 pub mod http_metrics;
 pub mod json;
 pub mod keys;
+pub mod logging;
 pub mod net;
 pub mod openapi;
 pub mod rate_limit;
