@@ -6,7 +6,7 @@ use crate::crypto::Key;
 use crate::crypto::{self, CryptoError};
 use crate::store::{NewEvent, RecordedEvent};
 use crate::vault::{PendingKey, SubjectKey, Vault, VaultError};
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 use egec_domain::encoding::{DecodeError, DecryptedEvent, Encoded, split_payload, upcast};
 use egec_domain::event::{DomainEvent, Envelope, Metadata};
 use egec_domain::personal::Personal;
@@ -29,7 +29,7 @@ pub enum CodecError {
 
 /// The data subject whose key encrypts a month's IP addresses and user agents.
 pub fn retention_subject(at: DateTime<Utc>) -> String {
-    format!("retention-{:04}{:02}", at.year(), at.month())
+    egec_domain::retention::Month::of(at).subject()
 }
 
 /// Whether a subject is a month's retention subject: its destroyed key means the fields
