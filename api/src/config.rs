@@ -492,7 +492,7 @@ mod tests {
         assert_eq!(c.retention_months.get(), 24);
         let c = Config::from_source(&src(&[("EGEC_RETENTION_MONTHS", "6")])).unwrap();
         assert_eq!(c.retention_months.get(), 6);
-        for bad in ["0", "-1", "two years", ""] {
+        for bad in ["0", "-1", "two years"] {
             let err = Config::from_source(&src(&[("EGEC_RETENTION_MONTHS", bad)])).unwrap_err();
             assert_eq!(err.0.len(), 1, "{bad}: {err}");
         }
