@@ -3,9 +3,10 @@
 //!
 //! Several nodes may each run it; destruction is idempotent and a node that finds no expired
 //! month with a live key (because another node already destroyed it) destroys nothing and
-//! records nothing, so running twice is harmless. Other nodes may still hold a destroyed
-//! month's key in their key cache (bounded LRU) until it is evicted or they restart; the key
-//! table no longer has it, so no new process can read those fields.
+//! records nothing, so running twice is harmless. A node that had a destroyed month's key
+//! cached stops using it when the node holding the audit projection applies the run's event,
+//! or at the latest at its own next run, which drops every cached key of an expired month;
+//! the key table no longer has it, so no new process can read those fields.
 
 use egec_commands::handler::CommandBus;
 use egec_commands::retention::{RetentionRun, apply};

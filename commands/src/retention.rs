@@ -18,7 +18,7 @@ use crate::handler::{CommandBus, HandlerError};
 use crate::vault::VaultError;
 use chrono::{DateTime, Utc};
 use egec_domain::event::{DomainEvent, Metadata};
-use egec_domain::retention::{Month, RetentionMonths, SUBJECT_PREFIX, expired_months};
+use egec_domain::retention::{Month, RetentionMonths, SUBJECT_PREFIX, expired_months, is_expired};
 use egec_domain::security::security_stream_id;
 use egec_domain::user::LoginEvent;
 use uuid::Uuid;
@@ -56,6 +56,12 @@ pub async fn apply(
     dry_run: bool,
 ) -> Result<RetentionRun, RetentionError> {
     let vault = bus.codec().vault();
+    if !dry_run {
+        // Another node may have destroyed expired months already (then this run finds none
+        // left), while this node's cache still holds their keys: drop every cached key of a
+        // month past the period, so the next read asks the key table and gets the tombstone.
+        vault.forget_matching(|s| Month::of_subject(s).is_some_and(|m| is_expired(m, now, keep)));
+    }
     let subjects = vault.live_subjects(SUBJECT_PREFIX).await?;
     let months = expired_months(subjects.iter().map(String::as_str), now, keep);
     if dry_run || months.is_empty() {

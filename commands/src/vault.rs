@@ -243,6 +243,19 @@ impl Vault {
         Ok(self.table.live_subjects(prefix).await?)
     }
 
+    /// Drops every cached entry whose subject matches (keys another node may have destroyed).
+    pub fn forget_matching(&self, matches: impl Fn(&str) -> bool) {
+        let mut cache = self.cache.lock();
+        let stale: Vec<String> = cache
+            .iter()
+            .filter(|(s, _)| matches(s))
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in stale {
+            cache.pop(&s);
+        }
+    }
+
     /// Drops a cached key (another node erased or rotated it).
     pub fn forget(&self, subject: &str) {
         self.cache.lock().pop(subject);

@@ -301,3 +301,89 @@ both_backends!(
         assert_eq!(v["ok"], true, "{v}");
     }
 );
+
+/// Another node (sharing the PostgreSQL store) that had the month's key cached stops
+/// decrypting it at its own next retention run, which destroys nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_had_the_month_key_cached_shows_expired_after_another_node_ran_retention() {
+    let app = TestApp::spawn(support::Backend::Postgres).await;
+    let (node2, _dir) = app.second_node().await;
+    let (auditor_id, auditor) = app.as_role(Role::Auditor).await;
+    let user = UserId::from_uuid(auditor_id);
+    let now = Utc::now();
+    let old = now - Months::new(30);
+    login_activity(&app, user, old, OLD_IP).await;
+    caught_up(&app).await;
+    let on_node2 = |query: &'static str| {
+        let client = app.client.clone();
+        let base = node2.base.clone();
+        let token = auditor.clone();
+        async move {
+            let r = client
+                .get(format!("{base}/api/audit{query}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Value>().await.unwrap()["items"]
+                .as_array()
+                .unwrap()
+                .clone()
+        }
+    };
+    let head = app.running.state.log.head().await.unwrap().position;
+    assert!(
+        node2
+            .running
+            .state
+            .runner
+            .wait_for(head, Duration::from_secs(10))
+            .await
+    );
+    // Node 2 decrypts (and caches the month's key).
+    let items = on_node2("?action=LOGIN_FAILED").await;
+    assert!(items.iter().all(|i| i["ip"] == OLD_IP), "{items:?}");
+    assert!(
+        node2
+            .running
+            .state
+            .bus
+            .codec()
+            .vault()
+            .cached(&retention_subject(old))
+            .is_some()
+    );
+
+    let run = apply(
+        &app.running.state.bus,
+        now,
+        RetentionMonths::default(),
+        false,
+    )
+    .await
+    .unwrap();
+    let position = run.position.unwrap();
+    // Node 2's own run (its daily task) finds nothing left to destroy, records nothing, and
+    // drops the keys of expired months from its cache.
+    let again = apply(
+        &node2.running.state.bus,
+        now,
+        RetentionMonths::default(),
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(again.months.is_empty() && again.position.is_none());
+    assert!(
+        node2
+            .running
+            .state
+            .runner
+            .wait_for(position, Duration::from_secs(10))
+            .await
+    );
+    let items = on_node2("?action=LOGIN_FAILED").await;
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|i| i["ip"] == "[EXPIRED]"), "{items:?}");
+}
