@@ -3,7 +3,7 @@
 //!
 //! The IP address is personal data under a monthly retention key, so the projection does not
 //! copy it: once retention destroys a month's key, every view of that month's IPs (this one
-//! included) reads `[ERASED]` without a rebuild.
+//! included) reads `[EXPIRED]` without a rebuild.
 
 use anyhow::Context;
 use egec_commands::codec::Codec;

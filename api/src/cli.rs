@@ -19,7 +19,7 @@ use std::process::ExitCode;
     about = "Egec CRM: an event-sourced CRM backend"
 )]
 #[command(
-    after_help = "Configuration comes from the environment and a .env file: EGEC_ENV, DATABASE_URL, EGEC_DATA_DIR, EGEC_LISTEN, EGEC_MASTER_KEY, EGEC_JWT_SECRET, EGEC_DB_POOL_SIZE, EGEC_PHONE_DEFAULT_REGION, EGEC_TOKEN_TTL_SECONDS, RUST_LOG. See README.md."
+    after_help = "Configuration comes from the environment and a .env file: EGEC_ENV, DATABASE_URL, EGEC_DATA_DIR, EGEC_LISTEN, EGEC_MASTER_KEY, EGEC_JWT_SECRET, EGEC_DB_POOL_SIZE, EGEC_PHONE_DEFAULT_REGION, EGEC_TOKEN_TTL_SECONDS, EGEC_RETENTION_MONTHS, RUST_LOG. See README.md."
 )]
 pub struct Cli {
     /// Directory of the embedded store (ignored when DATABASE_URL is set).
@@ -57,6 +57,23 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Expire old security metadata (IP addresses, user agents).
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RetentionCommand {
+    /// Destroy the monthly keys of IP addresses and user agents older than
+    /// EGEC_RETENTION_MONTHS (default 24): those fields then read "[EXPIRED]"; the events
+    /// stay. Prints the months as JSON. Idempotent; never touches the current month.
+    Apply {
+        /// List the months that would be destroyed, destroying nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -116,10 +133,8 @@ pub enum ReplayCommand {
 /// Logs go to stderr. The server logs at `info` by default; one-shot commands at `warn`, so
 /// their own output (and the rebuild progress bar) is not buried. `RUST_LOG` overrides both.
 fn init_tracing(default: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(crate::logging::filter(default))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -158,7 +173,9 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<ExitCode> {
             if let Some(l) = listen {
                 config.listen = l;
             }
+            let keep = config.retention_months;
             let running = crate::app::start(config).await?;
+            let _retention = crate::retention_task::spawn(&running.state.bus, keep);
             eprintln!("egec listening on http://{}", running.addr);
             tokio::select! {
                 r = running.task => { r??; }
@@ -221,7 +238,23 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Export { from, to },
         } => audit_export(from, to, config).await,
+        Command::Retention {
+            command: RetentionCommand::Apply { dry_run },
+        } => retention_apply(dry_run, config).await,
     }
+}
+
+async fn retention_apply(dry_run: bool, config: Config) -> anyhow::Result<ExitCode> {
+    let core = open_core(&config).await?;
+    let run = egec_commands::retention::apply(
+        &core.bus,
+        chrono::Utc::now(),
+        config.retention_months,
+        dry_run,
+    )
+    .await?;
+    println!("{}", crate::retention_task::report_json(&run));
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn rotate_master(config: Config) -> anyhow::Result<ExitCode> {

@@ -52,6 +52,9 @@ pub struct Config {
     /// The largest CSV body `POST /api/customers/import` reads (`EGEC_IMPORT_MAX_BYTES`,
     /// default 64 MiB); larger bodies are refused with 413 once that much has arrived.
     pub import_max_bytes: u64,
+    /// Whole months IP addresses and user agents are kept (`EGEC_RETENTION_MONTHS`, default
+    /// 24); older months' keys are destroyed by `egec retention apply` and daily by `serve`.
+    pub retention_months: egec_domain::retention::RetentionMonths,
 }
 
 /// When a session ends without anyone ending it.
@@ -302,6 +305,24 @@ impl Config {
             }
         }
         let disposable_email_domains = disposable_email_domains(src, &mut errors);
+        let retention_months = match src.get("EGEC_RETENTION_MONTHS") {
+            None => egec_domain::retention::RetentionMonths::default(),
+            Some(v) => match v
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .and_then(|n| egec_domain::retention::RetentionMonths::new(n).ok())
+            {
+                Some(m) => m,
+                None => {
+                    errors.push(
+                        "EGEC_RETENTION_MONTHS must be a whole number of months of at least 1"
+                            .to_owned(),
+                    );
+                    egec_domain::retention::RetentionMonths::default()
+                }
+            },
+        };
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -328,6 +349,7 @@ impl Config {
             mfa_required_roles,
             disposable_email_domains,
             import_max_bytes,
+            retention_months,
         })
     }
 }
@@ -466,6 +488,18 @@ mod tests {
                 Config::from_source(&src(&[("EGEC_PASSWORD_MAX_AGE_DAYS", bad)])).is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn security_metadata_is_kept_for_twenty_four_months_unless_configured() {
+        let c = Config::from_source(&src(&[])).unwrap();
+        assert_eq!(c.retention_months.get(), 24);
+        let c = Config::from_source(&src(&[("EGEC_RETENTION_MONTHS", "6")])).unwrap();
+        assert_eq!(c.retention_months.get(), 6);
+        for bad in ["0", "-1", "two years"] {
+            let err = Config::from_source(&src(&[("EGEC_RETENTION_MONTHS", bad)])).unwrap_err();
+            assert_eq!(err.0.len(), 1, "{bad}: {err}");
         }
     }
 

@@ -6,7 +6,7 @@ use crate::crypto::Key;
 use crate::crypto::{self, CryptoError};
 use crate::store::{NewEvent, RecordedEvent};
 use crate::vault::{PendingKey, SubjectKey, Vault, VaultError};
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 use egec_domain::encoding::{DecodeError, DecryptedEvent, Encoded, split_payload, upcast};
 use egec_domain::event::{DomainEvent, Envelope, Metadata};
 use egec_domain::personal::Personal;
@@ -29,7 +29,13 @@ pub enum CodecError {
 
 /// The data subject whose key encrypts a month's IP addresses and user agents.
 pub fn retention_subject(at: DateTime<Utc>) -> String {
-    format!("retention-{:04}{:02}", at.year(), at.month())
+    egec_domain::retention::Month::of(at).subject()
+}
+
+/// Whether a subject is a month's retention subject: its destroyed key means the fields
+/// expired (`[EXPIRED]`), not that a person was erased (`[ERASED]`).
+pub fn is_retention_subject(subject: &str) -> bool {
+    egec_domain::retention::Month::of_subject(subject).is_some()
 }
 
 pub struct Codec {
@@ -126,9 +132,19 @@ impl Codec {
             meta_personal.insert("user_agent".to_owned(), ua.clone());
         }
         let retention = retention_subject(meta.occurred_at);
-        let meta_enc = self
+        let meta_enc = match self
             .encrypt_map(&retention, None, event_id, &meta_personal)
-            .await?;
+            .await
+        {
+            Ok(enc) => enc,
+            // An event dated in a month whose retention already ran (a back-dated import, a
+            // clock far behind) must not revive that month's key, and its IP address and
+            // user agent are past their keeping time anyway: they are not stored.
+            Err(CodecError::Vault(VaultError::Erased)) if is_retention_subject(&retention) => {
+                Map::new()
+            }
+            Err(e) => return Err(e),
+        };
         let mut metadata = json!({
             "actor_id": meta.actor_id.map(|a| a.to_string()),
             "actor_role": meta.actor_role.map(|r| r.as_str()),
@@ -170,8 +186,10 @@ impl Codec {
             return Ok(out);
         }
         let keys = self.vault.for_read(subject).await?;
+        let retention = is_retention_subject(subject);
         for (name, stored) in fields {
             let value = match &keys {
+                SubjectKey::Erased if retention => Personal::Expired,
                 SubjectKey::Erased => Personal::Erased,
                 SubjectKey::Missing => {
                     return Err(corrupt(format!(

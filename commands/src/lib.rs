@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod erase;
 pub mod handler;
 pub mod master_key;
+pub mod retention;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

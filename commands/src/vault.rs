@@ -237,6 +237,25 @@ impl Vault {
         Ok(fingerprints)
     }
 
+    /// The subjects with a live key whose name starts with `prefix` (see
+    /// [`KeyTable::live_subjects`]).
+    pub async fn live_subjects(&self, prefix: &str) -> Result<Vec<String>, VaultError> {
+        Ok(self.table.live_subjects(prefix).await?)
+    }
+
+    /// Drops every cached entry whose subject matches (keys another node may have destroyed).
+    pub fn forget_matching(&self, matches: impl Fn(&str) -> bool) {
+        let mut cache = self.cache.lock();
+        let stale: Vec<String> = cache
+            .iter()
+            .filter(|(s, _)| matches(s))
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in stale {
+            cache.pop(&s);
+        }
+    }
+
     /// Drops a cached key (another node erased or rotated it).
     pub fn forget(&self, subject: &str) {
         self.cache.lock().pop(subject);

@@ -731,6 +731,34 @@ async fn a_rewritten_hash_is_caught(env: Env) {
 // ---------------------------------------------------------------------------------------------
 // The key table.
 
+async fn live_subjects_are_listed_by_literal_prefix_without_destroyed_ones(env: Env) {
+    let keys = env.keys();
+    for subject in [
+        "retention-202401",
+        "retention-202402",
+        "retention-202403",
+        "retentionX202404",
+        "customer-1",
+        "ret%-1",
+    ] {
+        keys.create(subject, key(subject)).await.expect("create");
+    }
+    keys.destroy("retention-202402").await.expect("destroy");
+    assert_eq!(
+        keys.live_subjects("retention-").await.expect("list"),
+        vec!["retention-202401".to_owned(), "retention-202403".to_owned()]
+    );
+    // `%` and `_` are not patterns.
+    assert_eq!(
+        keys.live_subjects("ret%").await.expect("list"),
+        vec!["ret%-1".to_owned()]
+    );
+    assert_eq!(
+        keys.live_subjects("retention_").await.expect("list"),
+        Vec::<String>::new()
+    );
+}
+
 async fn a_subject_key_is_created_once_and_loaded_back(env: Env) {
     let keys = env.keys();
     assert_eq!(keys.load("s1").await.expect("load"), SubjectKeys::None);
@@ -1306,6 +1334,7 @@ conformance!(
     a_swapped_pair_of_rows_is_caught,
     a_rewritten_hash_is_caught,
     a_subject_key_is_created_once_and_loaded_back,
+    live_subjects_are_listed_by_literal_prefix_without_destroyed_ones,
     two_racing_creates_leave_exactly_one_key,
     destroying_a_subject_returns_its_fingerprints_and_refuses_new_keys,
     a_create_racing_a_destroy_never_leaves_a_key_beside_the_tombstone,

@@ -42,6 +42,8 @@ fn login_entity(e: &LoginEvent) -> (&'static str, Uuid) {
             "unknown_account",
             Uuid::new_v5(&Uuid::NAMESPACE_OID, account_key.as_bytes()),
         ),
+        // A retention run is about the system's keys, not one entity: the nil id.
+        LoginEvent::RetentionApplied { .. } => ("retention", Uuid::nil()),
     }
 }
 

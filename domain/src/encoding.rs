@@ -166,6 +166,7 @@ pub fn personal_opt<T>(
     match e.personal.get(key) {
         None => Ok(None),
         Some(Personal::Erased) => Ok(Some(Personal::Erased)),
+        Some(Personal::Expired) => Ok(Some(Personal::Expired)),
         Some(Personal::Known(s)) => parse(s)
             .map(|v| Some(Personal::Known(v)))
             .map_err(|err| DecodeError(format!("{}: {key}: {err}", e.event_type))),

@@ -19,6 +19,7 @@ pub mod masking;
 pub mod password_policy;
 pub mod permission;
 pub mod personal;
+pub mod retention;
 pub mod role;
 pub mod security;
 pub mod user;

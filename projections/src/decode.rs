@@ -32,6 +32,7 @@ pub(crate) async fn decode_for(
     // One query fetches the keys of every subject in the batch; without it each subject not
     // yet cached costs its own round trip to the key table. A failed preload is not fatal:
     // decoding then loads keys one by one, as it always could.
+    forget_expired_months(codec, &relevant);
     let subjects = batch_subjects(&relevant);
     if let Err(e) = codec.vault().preload(&subjects).await {
         tracing::warn!(error = %e, "key preload failed; decoding with per-subject loads");
@@ -79,6 +80,31 @@ fn batch_subjects(records: &[RecordedEvent]) -> Vec<String> {
         .filter(|s| seen.insert(*s))
         .map(str::to_owned)
         .collect()
+}
+
+/// Drops from the key cache the month keys that a retention run in `records` destroyed. The
+/// run may have happened on another node, whose vault alone knows; without this, this
+/// node's cache would keep decrypting the month's IP addresses until the entry is evicted.
+/// The next read of those subjects asks the key table, which answers with the tombstone.
+fn forget_expired_months(codec: &Codec, records: &[RecordedEvent]) {
+    for rec in records
+        .iter()
+        .filter(|r| r.event_type == egec_domain::user::RETENTION_APPLIED)
+    {
+        let months = rec
+            .payload
+            .get("facts")
+            .and_then(|f| f.get("months"))
+            .and_then(|m| m.as_array());
+        for month in months.into_iter().flatten() {
+            if let Some(m) = month
+                .as_str()
+                .and_then(egec_domain::retention::Month::parse)
+            {
+                codec.vault().forget(&m.subject());
+            }
+        }
+    }
 }
 
 async fn decode_chunk(

@@ -10,8 +10,10 @@ use egec_commands::store::StoreError;
 pub enum StorageError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Not the error's source: a chain of causes (`{:#}`) would print the full PostgreSQL
+    /// error, `DETAIL` included.
     #[error("postgres: {}", pg_summary(.0))]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(tokio_postgres::Error),
     #[error("postgres pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("read model holds data this build cannot read: {0}")]
@@ -20,6 +22,12 @@ pub enum StorageError {
     Open(String),
     #[error("background task failed: {0}")]
     Join(String),
+}
+
+impl From<tokio_postgres::Error> for StorageError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StorageError::Postgres(e)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

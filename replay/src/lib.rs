@@ -56,6 +56,9 @@ pub fn envelope_json(env: &Envelope, decrypted: &DecryptedEvent) -> Value {
             "role": env.metadata.actor_role.map(|r| r.as_str()),
         },
         "correlation_id": env.metadata.correlation_id,
+        // Security metadata: decrypted, `[EXPIRED]` once retention destroyed its month's key.
+        "ip": env.metadata.ip.as_ref().map(|v| v.shown()),
+        "user_agent": env.metadata.user_agent.as_ref().map(|v| v.shown()),
         "facts": decrypted.facts,
         "personal": personal,
     })

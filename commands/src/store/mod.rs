@@ -89,4 +89,19 @@ pub trait KeyTable: Send + Sync + 'static {
 
     /// Replaces the wrapping of one key version (rotation); the key material is unchanged.
     async fn rewrap(&self, subject: &str, key: WrappedKey) -> Result<(), StoreError>;
+
+    /// The subjects with at least one live key whose name starts with `prefix`, each once,
+    /// in order (retention lists its monthly subjects with it). Both backends answer from
+    /// the key table's primary-key index; this default serves test doubles.
+    async fn live_subjects(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut subjects: Vec<String> = self
+            .all_keys()
+            .await?
+            .into_iter()
+            .map(|(s, _)| s)
+            .filter(|s| s.starts_with(prefix))
+            .collect();
+        subjects.dedup();
+        Ok(subjects)
+    }
 }

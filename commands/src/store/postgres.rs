@@ -826,6 +826,21 @@ impl KeyTable for PgLog {
             .collect()
     }
 
+    async fn live_subjects(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.pool.get().await?;
+        // `starts_with` rather than LIKE: a prefix holding `%` or `_` must match literally.
+        let stmt = conn
+            .prepare_cached(
+                "SELECT DISTINCT subject FROM egec.subject_keys \
+                 WHERE starts_with(subject, $1) ORDER BY subject",
+            )
+            .await?;
+        let rows = conn.query(&stmt, &[&prefix]).await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get::<_, String>(0)?))
+            .collect()
+    }
+
     async fn rewrap(&self, subject: &str, key: WrappedKey) -> Result<(), StoreError> {
         let conn = self.pool.get().await?;
         let update = conn

@@ -738,6 +738,22 @@ impl KeyTable for SqliteLog {
         .await
     }
 
+    async fn live_subjects(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = prefix.to_owned();
+        self.read(move |conn| {
+            // `substr` rather than LIKE: a prefix holding `%` or `_` must match literally.
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT subject FROM subject_keys \
+                     WHERE substr(subject, 1, length(?1)) = ?1 ORDER BY subject",
+            )?;
+            let subjects = stmt
+                .query_map([&prefix], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(subjects)
+        })
+        .await
+    }
+
     async fn rewrap(&self, subject: &str, key: WrappedKey) -> Result<(), StoreError> {
         let subject = subject.to_owned();
         self.write(move |conn| {

@@ -157,8 +157,10 @@ pub enum SubjectKeys {
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    /// Shown without its `DETAIL` and not exposed as the error's source (see
+    /// [`pg_summary`]), so that no chain of causes (`{:#}`) can print a row's values.
+    #[error("postgres: {}", pg_summary(.0))]
+    Postgres(tokio_postgres::Error),
     #[error("postgres pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("migration: {0}")]
@@ -169,4 +171,21 @@ pub enum StoreError {
     Config(String),
     #[error("background task failed: {0}")]
     Join(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Postgres(e)
+    }
+}
+
+/// A PostgreSQL error without its `DETAIL`, `HINT` and `WHERE` parts: those may quote the
+/// values of a row ("Failing row contains …", "Key (x)=(…) already exists"), which can be
+/// personal data and must not reach the logs. The SQLSTATE and the primary message name the
+/// problem and the constraint, which is what an operator needs.
+pub fn pg_summary(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
+    }
 }

@@ -459,6 +459,17 @@ pub enum LoginEvent {
         email: Personal<String>,
         at: DateTime<Utc>,
     },
+    /// `egec retention apply` (or the daily task of `serve`) destroyed the keys of the
+    /// listed months (`YYYY-MM`, see [`crate::retention`]): their IP addresses, user agents
+    /// and unknown login emails read `[EXPIRED]` from now on. Recorded in the month's
+    /// security stream like access denials, so every reader of the `Login` family decodes it.
+    /// `destroyed` counts the key versions destroyed.
+    RetentionApplied {
+        months: Vec<crate::retention::Month>,
+        retention_months: u32,
+        destroyed: u32,
+        at: DateTime<Utc>,
+    },
 }
 
 /// Why an attempt failed.
@@ -490,6 +501,8 @@ pub const SESSION_ENDED: &str = "LoginSessionEnded";
 /// Stored type of [`LoginEvent::AccessDenied`] (the "Login" prefix routes its decoding).
 pub const ACCESS_DENIED: &str = "LoginAccessDenied";
 pub const LOGIN_FAILED_UNKNOWN_ACCOUNT: &str = "LoginFailedUnknownAccount";
+/// Stored type of [`LoginEvent::RetentionApplied`].
+pub const RETENTION_APPLIED: &str = "LoginRetentionApplied";
 
 impl LoginEvent {
     pub fn action(&self) -> &'static str {
@@ -501,6 +514,7 @@ impl LoginEvent {
             LoginEvent::LoggedOut { .. } => "LOGOUT",
             LoginEvent::AccessDenied { .. } => "ACCESS_DENIED",
             LoginEvent::UnknownAccountFailed { .. } => "LOGIN_FAILED",
+            LoginEvent::RetentionApplied { .. } => "RETENTION_APPLIED",
         }
     }
 }
@@ -593,6 +607,22 @@ impl EventCodec for LoginEvent {
                 .fact("account_key", account_key.as_str())
                 .fact("at", time_fact(*at))
                 .personal_field("email", email.known().map(String::as_str)),
+            LoginEvent::RetentionApplied {
+                months,
+                retention_months,
+                destroyed,
+                at,
+            } => EncodedEvent::new(RETENTION_APPLIED, 1)
+                .fact(
+                    "months",
+                    months
+                        .iter()
+                        .map(|m| serde_json::Value::String(m.to_string()))
+                        .collect::<Vec<_>>(),
+                )
+                .fact("retention_months", *retention_months)
+                .fact("destroyed", *destroyed)
+                .fact("at", time_fact(*at)),
         }
     }
 
@@ -649,6 +679,33 @@ impl EventCodec for LoginEvent {
                 email: personal_req(e, "email", |s| Ok(s.to_owned()))?,
                 at: fact_time(e, "at")?,
             }),
+            (RETENTION_APPLIED, 1) => {
+                let count = |key: &str| {
+                    e.facts
+                        .get(key)
+                        .and_then(serde_json::Value::as_u64)
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| DecodeError(format!("{RETENTION_APPLIED}: bad {key}")))
+                };
+                let months = e
+                    .facts
+                    .get("months")
+                    .and_then(serde_json::Value::as_array)
+                    .ok_or_else(|| DecodeError::new("retention months missing"))?
+                    .iter()
+                    .map(|m| {
+                        m.as_str()
+                            .and_then(crate::retention::Month::parse)
+                            .ok_or_else(|| DecodeError::new("bad retention month"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(LoginEvent::RetentionApplied {
+                    months,
+                    retention_months: count("retention_months")?,
+                    destroyed: count("destroyed")?,
+                    at: fact_time(e, "at")?,
+                })
+            }
             (t, v) => Err(DecodeError(format!("unknown login event {t} v{v}"))),
         }
     }

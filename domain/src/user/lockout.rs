@@ -53,6 +53,8 @@ pub fn evolve(state: LockoutState, event: &LoginEvent) -> LockoutState {
         LoginEvent::AccessDenied { .. } => state,
         // Attempts for unknown emails live on their own streams, never a user's.
         LoginEvent::UnknownAccountFailed { .. } => state,
+        // Retention runs live on the security stream and concern no account.
+        LoginEvent::RetentionApplied { .. } => state,
     }
 }
 

@@ -12,7 +12,8 @@ pub use decide::{
 };
 pub use events::{
     ACCESS_DENIED, LOGIN_FAILED_UNKNOWN_ACCOUNT, LoginEvent, LoginFailure, PasswordHash,
-    SESSION_ENDED, UserEvent, login_stream_id, recent_login_stream_ids, unknown_login_stream_id,
+    RETENTION_APPLIED, SESSION_ENDED, UserEvent, login_stream_id, recent_login_stream_ids,
+    unknown_login_stream_id,
 };
 
 #[cfg(test)]
