@@ -80,7 +80,9 @@ pub enum RetentionCommand {
 #[derive(Subcommand)]
 pub enum KeysCommand {
     /// Re-wrap every subject key under EGEC_MASTER_KEY, unwrapping with it or with
-    /// EGEC_MASTER_KEY_PREVIOUS; the log is not touched. Idempotent. See SECRETS_ROTATION.md.
+    /// EGEC_MASTER_KEY_PREVIOUS; the log is not touched. Idempotent, so an interrupted
+    /// rotation is resumed by running it again. Also `egec keys rotate`. See SECRETS_ROTATION.md.
+    #[command(alias = "rotate")]
     RotateMaster,
 }
 
