@@ -91,6 +91,8 @@ struct Values {
     unknown_email: String,
     bad_email: String,
     agent: String,
+    import_name: String,
+    import_email: String,
 }
 
 impl Values {
@@ -108,6 +110,8 @@ impl Values {
             unknown_email: format!("nobody.here.{tag}@example.net"),
             bad_email: format!("zelda-at-{tag}-nowhere"),
             agent: format!("HygieneProbe/{tag} (Zelda's laptop)"),
+            import_name: format!("Ignatius Yarborough{tag}"),
+            import_email: format!("ignatius.yarborough.{tag}@example.com"),
         }
     }
 
@@ -125,6 +129,8 @@ impl Values {
             &self.unknown_email,
             &self.bad_email,
             &self.agent,
+            &self.import_name,
+            &self.import_email,
         ]
     }
 }
@@ -219,6 +225,29 @@ async fn workload(app: &TestApp, v: &Values) {
         )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
+    // A CSV import (a good row, and a bad one whose error could quote its cell) and an export.
+    let csv = format!(
+        "name,email\n{},{}\n{},{}\n",
+        v.import_name, v.import_email, v.import_name, v.bad_email
+    );
+    let r = c
+        .client
+        .post(format!("{}/api/customers/import", c.base))
+        .bearer_auth(&admin)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let report = json_of(r).await;
+    assert_eq!(report["created"], 1, "{report}");
+    assert_eq!(report["errors"].as_array().unwrap().len(), 1, "{report}");
+    let r = c
+        .send(Method::GET, "/api/customers/export.csv", Some(&admin), None)
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains(&v.import_email));
     // Failed logins: an unknown email, and a malformed body quoting a value.
     let r = c
         .send(
