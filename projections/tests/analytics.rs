@@ -63,7 +63,11 @@ async fn the_analytics_role_reads_schema_analytics_and_is_refused_the_read_model
     assert_eq!(rows[0].get::<_, i64>(0), 3);
 
     assert_denied(
-        as_analyst(&pool, "INSERT INTO analytics.probe VALUES ('2026-01-02', 1)").await,
+        as_analyst(
+            &pool,
+            "INSERT INTO analytics.probe VALUES ('2026-01-02', 1)",
+        )
+        .await,
         "a write to schema analytics",
     );
     for table in [
@@ -100,9 +104,12 @@ async fn the_analytics_role_migration_runs_again_where_the_role_already_exists()
         .expect("pg_roles");
     assert_eq!(roles.get::<_, i64>(0), 1, "one NOLOGIN egec_analytics role");
     drop(conn);
-    as_analyst(&pool, "SELECT count(*) FROM pg_tables WHERE schemaname = 'analytics'")
-        .await
-        .expect("egec_analytics still uses schema analytics");
+    as_analyst(
+        &pool,
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'analytics'",
+    )
+    .await
+    .expect("egec_analytics still uses schema analytics");
     let usage = as_analyst(&pool, "SELECT has_schema_privilege('analytics', 'USAGE')")
         .await
         .expect("privilege check");
