@@ -40,6 +40,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     indexed_search_equals_a_brute_force_substring_filter_through_updates_a_rebuild_and_an_erasure,
+    a_store_from_before_the_index_gains_it_on_open_and_finds_the_same_customers,
 );
 
 /// Needles of 1, 2 and 3+ characters, with the LIKE and FTS metacharacters, quotes,
@@ -193,10 +194,56 @@ async fn create_specials(env: &Env) -> Vec<(CustomerId, i64)> {
     out
 }
 
+/// On SQLite, the live customers table has its FTS5 trigram index beside it (and no table
+/// of a rebuild is left over), and a search of 3+ characters is planned through it.
+fn assert_fts_index_used(env: &Env) {
+    let conn = rusqlite::Connection::open(env.data_dir.join("read.db")).unwrap();
+    let fts5: bool = conn
+        .query_row("SELECT sqlite_compileoption_used('ENABLE_FTS5')", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(fts5, "the bundled SQLite lacks FTS5");
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'customers_fts'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the search index exists beside the live table");
+    assert!(sql.contains("trigram"), "{sql}");
+    let leftovers: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' \
+             AND (name GLOB 'customers_rebuild_*' OR name GLOB 'customers_retired_*')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(leftovers, 0);
+    let mut stmt = conn
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT count(*) FROM customers WHERE deleted = 0 AND \
+             rowid IN (SELECT rowid FROM customers_fts WHERE customers_fts MATCH ?1)",
+        )
+        .unwrap();
+    let plan: Vec<String> = stmt
+        .query_map(["\"ample.com\""], |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("VIRTUAL TABLE INDEX"), "{plan}");
+    assert!(plan.contains("customers_fts"), "{plan}");
+}
+
 /// On PostgreSQL, the live customers table carries the trigram index, and the planner
 /// answers a substring search of 3+ characters through it (a bitmap index scan on it).
 async fn assert_trigram_index_used(env: &Env) {
-    let Some(pool) = &env.pool else { return };
+    let Some(pool) = &env.pool else {
+        assert_fts_index_used(env);
+        return;
+    };
     let conn = pool.get().await.unwrap();
     let def: String = conn
         .query_one(
@@ -322,4 +369,33 @@ async fn postgres_without_pg_trgm_searches_by_scan_with_the_same_results() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0);
+}
+
+/// A read store built before the index (SQLite: no `customers_fts`; PostgreSQL: no trigram
+/// index) gains it when opened, filled from the rows already there, so search works before
+/// the version bump's rebuild has run.
+async fn a_store_from_before_the_index_gains_it_on_open_and_finds_the_same_customers(env: Env) {
+    let env = Arc::new(env);
+    let runner = env.start().await;
+    env.create_many(0..20).await;
+    create_specials(&env).await;
+    let head = env.head().await;
+    assert!(runner.wait_for(head, WAIT).await);
+    runner.shutdown().await;
+    drop(runner);
+    match &env.pool {
+        Some(pool) => {
+            let conn = pool.get().await.unwrap();
+            conn.batch_execute("DROP INDEX crm.customers_search_idx")
+                .await
+                .unwrap();
+        }
+        None => {
+            let conn = rusqlite::Connection::open(env.data_dir.join("read.db")).unwrap();
+            conn.execute_batch("DROP TABLE customers_fts").unwrap();
+        }
+    }
+    let rm = env.read_models().await;
+    assert_trigram_index_used(&env).await;
+    assert_search_matches_brute_force(&rm, "reopened").await;
 }
