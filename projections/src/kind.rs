@@ -46,7 +46,9 @@ impl ProjectionKind {
         match self {
             // 2: indexes on email, phone and passport number for the import's lookups
             // (SQLite creates indexes only with a table, so existing files need the rebuild).
-            ProjectionKind::Customers => 2,
+            // 3: a trigram index on `search_text` (PostgreSQL `pg_trgm`), so that stores
+            // built before it rebuild blue/green with the index on the new table.
+            ProjectionKind::Customers => 3,
             // The users table gained `session_version` without a version change: no event
             // before it could move a session version, so the column's default (the first
             // version) is exactly what a rebuild would produce for older tables.

@@ -14,7 +14,7 @@ use crate::rows::{
     ApiKeyRow, AuditQuery, AuditRow, CustomerQuery, CustomerRow, SessionUser, UserRow,
 };
 use crate::store::ReadStore;
-use crate::store::postgres::PgReadStore;
+use crate::store::postgres::{PgReadStore, SearchIndex};
 use crate::store::sqlite::SqliteReadStore;
 
 /// The largest page the list query serves, whatever the caller asks for.
@@ -49,7 +49,18 @@ impl ReadModels {
     /// Uses schema `crm` of the log's database, creating its tables if needed.
     pub async fn open_postgres(pool: deadpool_postgres::Pool) -> Result<Self, ProjectionError> {
         Ok(Self {
-            store: Arc::new(PgReadStore::open(pool).await?),
+            store: Arc::new(PgReadStore::open(pool, SearchIndex::Trigram).await?),
+        })
+    }
+
+    /// As [`Self::open_postgres`], but never using `pg_trgm`: customer search takes the
+    /// fallback a server without the extension takes. For tests of that path.
+    #[doc(hidden)]
+    pub async fn open_postgres_without_trigram(
+        pool: deadpool_postgres::Pool,
+    ) -> Result<Self, ProjectionError> {
+        Ok(Self {
+            store: Arc::new(PgReadStore::open(pool, SearchIndex::Scan).await?),
         })
     }
 

@@ -150,33 +150,93 @@ fn create_table_sql(def: &TableDef, name: &str) -> String {
     )
 }
 
-fn create_indexes_sql(def: &TableDef, name: &str) -> String {
-    def.indexes
+/// Name suffix of the trigram index on `customers.search_text`, which exists only where
+/// `pg_trgm` could be created (see [`PgReadStore::ensure_trigram`]), so it is kept apart from
+/// the fixed `TableDef.indexes`.
+const SEARCH_INDEX: &str = "search_idx";
+
+fn create_indexes_sql(def: &TableDef, name: &str, trigram: Option<&str>) -> String {
+    let mut sql: String = def
+        .indexes
         .iter()
         .map(|(suffix, body)| {
             format!("CREATE INDEX IF NOT EXISTS {name}_{suffix} ON crm.{name} {body};")
         })
-        .collect()
+        .collect();
+    if let (Some(opclass), true) = (trigram, def.live == CUSTOMERS.live) {
+        sql.push_str(&format!(
+            "CREATE INDEX IF NOT EXISTS {name}_{SEARCH_INDEX} ON crm.{name} \
+             USING gin (search_text {opclass});"
+        ));
+    }
+    sql
+}
+
+/// Whether the read store tries to index customer search with `pg_trgm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SearchIndex {
+    /// Create the extension if possible, else fall back to a scan with one warning.
+    Trigram,
+    /// Never use it: the scan fallback, forced (tests of that path).
+    Scan,
 }
 
 /// The PostgreSQL read models.
 #[derive(Clone)]
 pub(crate) struct PgReadStore {
     pool: Pool,
+    /// The schema-qualified `gin_trgm_ops` operator class when `pg_trgm` is available: the
+    /// customers table then carries a trigram index and search queries with `LIKE`, which
+    /// the index answers; without it search stays a `strpos` scan with the same results.
+    trigram: Option<String>,
 }
 
 impl PgReadStore {
     /// Creates schema `crm` and whatever tables are missing.
-    pub async fn open(pool: Pool) -> Result<Self, StorageError> {
-        let store = Self { pool };
-        store.ensure_schema().await?;
+    pub async fn open(pool: Pool, search: SearchIndex) -> Result<Self, StorageError> {
+        let mut store = Self {
+            pool,
+            trigram: None,
+        };
+        store.trigram = store.ensure_schema(search).await?;
         Ok(store)
+    }
+
+    /// Creates `pg_trgm` if it is missing, inside the schema transaction but behind a
+    /// savepoint, so that a server without the extension or a role without the privilege
+    /// leaves the rest of the set-up intact. Answers the operator class to index with,
+    /// qualified by the extension's schema so that it resolves whatever the search path.
+    async fn ensure_trigram(tx: &Transaction<'_>) -> Result<Option<String>, StorageError> {
+        tx.batch_execute("SAVEPOINT egec_trgm").await?;
+        if let Err(e) = tx
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+            .await
+        {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT egec_trgm").await?;
+            // The error names only the extension and the privilege, never personal data.
+            tracing::warn!(
+                error = %e,
+                "pg_trgm is unavailable: customer search scans the table instead of using \
+                 a trigram index"
+            );
+            return Ok(None);
+        }
+        tx.batch_execute("RELEASE SAVEPOINT egec_trgm").await?;
+        let schema: String = tx
+            .query_one(
+                "SELECT quote_ident(n.nspname) FROM pg_extension e \
+                 JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm'",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        Ok(Some(format!("{schema}.gin_trgm_ops")))
     }
 
     /// Idempotent, and serialised by an advisory lock so that several processes starting at
     /// once do not race on `CREATE … IF NOT EXISTS` (which is not atomic in PostgreSQL). A
     /// projection with a table missing restarts empty at checkpoint 0.
-    async fn ensure_schema(&self) -> Result<(), StorageError> {
+    async fn ensure_schema(&self, search: SearchIndex) -> Result<Option<String>, StorageError> {
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await?;
         tx.execute(
@@ -192,6 +252,10 @@ impl PgReadStore {
                  version integer NOT NULL)",
         )
         .await?;
+        let trigram = match search {
+            SearchIndex::Trigram => Self::ensure_trigram(&tx).await?,
+            SearchIndex::Scan => None,
+        };
         // Users tables created before sessions existed lack `session_version`. No event
         // before it could move a session version, so the column's default (the first
         // version) gives exactly the rows a rebuild would.
@@ -233,7 +297,8 @@ impl PgReadStore {
             }
             for def in tables(kind) {
                 tx.batch_execute(&create_table_sql(def, def.live)).await?;
-                tx.batch_execute(&create_indexes_sql(def, def.live)).await?;
+                tx.batch_execute(&create_indexes_sql(def, def.live, trigram.as_deref()))
+                    .await?;
             }
             let reset = if complete {
                 "ON CONFLICT (projection) DO NOTHING"
@@ -250,7 +315,7 @@ impl PgReadStore {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(trigram)
     }
 }
 
@@ -657,7 +722,22 @@ async fn set_checkpoint(
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
-fn customer_filter(q: &CustomerQuery) -> (String, Vec<Param>) {
+/// The needle as a `LIKE` pattern matching it anywhere, with the pattern's own characters
+/// (`%`, `_` and the escape `\`) escaped so that they match only themselves.
+fn like_pattern(needle: &str) -> String {
+    let mut out = String::with_capacity(needle.len() + 2);
+    out.push('%');
+    for c in needle.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+fn customer_filter(q: &CustomerQuery, trigram: bool) -> (String, Vec<Param>) {
     let mut clauses: Vec<String> = Vec::new();
     let mut args: Vec<Param> = Vec::new();
     if !q.include_deleted {
@@ -668,8 +748,16 @@ fn customer_filter(q: &CustomerQuery) -> (String, Vec<Param>) {
         clauses.push(format!("status = ${}", args.len()));
     }
     if let Some(needle) = q.q.as_deref().and_then(search_needle) {
-        args.push(Box::new(needle));
-        clauses.push(format!("strpos(search_text, ${}) > 0", args.len()));
+        if trigram {
+            // Both sides are lower-cased already (see `search_text`), so a case-sensitive
+            // LIKE keeps today's case-insensitive results, and the trigram index answers it
+            // (for needles of fewer than 3 characters the planner scans by itself).
+            args.push(Box::new(like_pattern(&needle)));
+            clauses.push(format!("search_text LIKE ${} ESCAPE '\\'", args.len()));
+        } else {
+            args.push(Box::new(needle));
+            clauses.push(format!("strpos(search_text, ${}) > 0", args.len()));
+        }
     }
     let assigned = match q.visibility {
         Visibility::All => None,
@@ -838,7 +926,8 @@ impl ReadStore for PgReadStore {
         let conn = self.pool.get().await?;
         for def in tables(shadow.kind) {
             let name = shadow.table(def.live);
-            conn.batch_execute(&create_indexes_sql(def, &name)).await?;
+            conn.batch_execute(&create_indexes_sql(def, &name, self.trigram.as_deref()))
+                .await?;
             // Fresh statistics, so the planner uses the new indexes from the first query.
             conn.batch_execute(&format!("ANALYZE crm.{name}")).await?;
         }
@@ -864,6 +953,10 @@ impl ReadStore for PgReadStore {
                     "ALTER INDEX crm.{from}_{suffix} RENAME TO {live}_{suffix};"
                 ));
             }
+            // The trigram index exists only where `pg_trgm` is available.
+            sql.push_str(&format!(
+                "ALTER INDEX IF EXISTS crm.{from}_{SEARCH_INDEX} RENAME TO {live}_{SEARCH_INDEX};"
+            ));
             tx.batch_execute(&sql).await?;
         }
         set_checkpoint(&tx, kind, to).await?;
@@ -928,7 +1021,7 @@ impl ReadStore for PgReadStore {
         offset: u64,
         limit: u32,
     ) -> Result<(Vec<CustomerRow>, u64), StorageError> {
-        let (filter, mut args) = customer_filter(query);
+        let (filter, mut args) = customer_filter(query, self.trigram.is_some());
         let mut conn = self.pool.get().await?;
         // One snapshot for the total and the page.
         let tx = conn

@@ -42,6 +42,7 @@ mod api_keys;
 mod audit;
 mod followups;
 mod lookup;
+mod search;
 use api_keys::API_KEYS;
 use audit::AUDIT;
 use followups::FOLLOWUPS;
@@ -270,7 +271,12 @@ fn table_exists(tx: &Transaction<'_>, name: &str) -> Result<bool, StorageError> 
 /// Tables whose names match a GLOB pattern (GLOB, unlike LIKE, treats `_` literally).
 fn tables_matching(tx: &Transaction<'_>, pattern: &str) -> Result<Vec<String>, StorageError> {
     let mut stmt =
-        tx.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB ?1")?;
+        // The tables FTS5 keeps behind a search index (`…_fts_data` and the like) go with
+        // their index, never on their own.
+        tx.prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB ?1 \
+             AND name NOT GLOB '*_fts_*'",
+        )?;
     let names = stmt
         .query_map([pattern], |r| r.get::<_, String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
@@ -289,6 +295,9 @@ fn create_table(
         ""
     };
     tx.execute_batch(&format!("CREATE TABLE {name} ({}){suffix}", def.columns))?;
+    if def.live == CUSTOMERS.live {
+        search::create(tx, name)?;
+    }
     if with_indexes {
         create_indexes(tx, def, name)?;
     }
@@ -307,7 +316,11 @@ fn create_indexes(tx: &Transaction<'_>, def: &TableDef, name: &str) -> Result<()
 
 fn drop_tables(tx: &Transaction<'_>, names: &[String]) -> Result<(), StorageError> {
     for name in names {
-        tx.execute_batch(&format!("DROP TABLE IF EXISTS {name}"))?;
+        // A customers table's search index goes with it (a no-op for the other tables).
+        tx.execute_batch(&format!(
+            "DROP TABLE IF EXISTS {fts}; DROP TABLE IF EXISTS {name}",
+            fts = search::fts(name)
+        ))?;
     }
     Ok(())
 }
@@ -342,7 +355,7 @@ fn ensure_schema(conn: &mut Connection) -> Result<(), StorageError> {
             )?;
         } else {
             for def in defs {
-                tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", def.live))?;
+                drop_tables(&tx, &[def.live.to_owned()])?;
                 create_table(&tx, def, def.live, true)?;
             }
             tx.execute(
@@ -353,6 +366,7 @@ fn ensure_schema(conn: &mut Connection) -> Result<(), StorageError> {
             )?;
         }
     }
+    search::ensure_live(&tx, CUSTOMERS.live)?;
     tx.commit()?;
     Ok(())
 }
@@ -575,7 +589,8 @@ fn write_customers(
            assigned_agent_ids = excluded.assigned_agent_ids, \
            created_at = excluded.created_at, updated_at = excluded.updated_at, \
            version = excluded.version, deleted = excluded.deleted, erased = excluded.erased, \
-           last_position = excluded.last_position, search_text = excluded.search_text"
+           last_position = excluded.last_position, search_text = excluded.search_text \
+         RETURNING rowid"
     ))?;
     let mut assign = tx.prepare_cached(&format!(
         "INSERT OR IGNORE INTO {agents_table} (agent_id, customer_id) VALUES (?1, ?2)"
@@ -589,25 +604,30 @@ fn write_customers(
         let id = uuid_text(&r.id);
         let agents = serde_json::to_string(&r.assigned_agent_ids)
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        upsert.execute(params![
-            id,
-            r.name,
-            r.email,
-            r.phone,
-            r.passport_number,
-            r.country,
-            r.source,
-            r.status.as_str(),
-            r.notes,
-            agents,
-            r.created_at.timestamp_micros(),
-            r.updated_at.timestamp_micros(),
-            r.version,
-            r.deleted,
-            r.erased,
-            r.last_position,
-            search_text(r),
-        ])?;
+        let text = search_text(r);
+        let rowid: i64 = upsert.query_row(
+            params![
+                id,
+                r.name,
+                r.email,
+                r.phone,
+                r.passport_number,
+                r.country,
+                r.source,
+                r.status.as_str(),
+                r.notes,
+                agents,
+                r.created_at.timestamp_micros(),
+                r.updated_at.timestamp_micros(),
+                r.version,
+                r.deleted,
+                r.erased,
+                r.last_position,
+                text,
+            ],
+            |row| row.get(0),
+        )?;
+        search::sync(tx, table, rowid, &text)?;
         let old: &[Uuid] = t
             .before
             .as_ref()
@@ -771,8 +791,17 @@ fn customer_filter(q: &CustomerQuery) -> (String, Vec<SqlValue>) {
         args.push(SqlValue::Text(s.as_str().to_owned()));
     }
     if let Some(needle) = q.q.as_deref().and_then(search_needle) {
-        clauses.push("instr(search_text, ?) > 0");
-        args.push(SqlValue::Text(needle));
+        match search::clause(&needle) {
+            Some((clause, phrase)) => {
+                clauses.push(clause);
+                args.push(SqlValue::Text(phrase));
+            }
+            // Fewer than three characters: no trigram to look up, so a scan.
+            None => {
+                clauses.push("instr(search_text, ?) > 0");
+                args.push(SqlValue::Text(needle));
+            }
+        }
     }
     let assigned = match q.visibility {
         Visibility::All => None,
@@ -959,6 +988,15 @@ impl ReadStore for SqliteReadStore {
                     retired = shadow.retired(def.live),
                     shadow_table = shadow.table(def.live),
                 ))?;
+                if def.live == CUSTOMERS.live {
+                    tx.execute_batch(&format!(
+                        "ALTER TABLE {live} RENAME TO {retired}; \
+                         ALTER TABLE {shadow_table} RENAME TO {live};",
+                        live = search::fts(def.live),
+                        retired = search::fts(&shadow.retired(def.live)),
+                        shadow_table = search::fts(&shadow.table(def.live)),
+                    ))?;
+                }
             }
             tx.execute(
                 "INSERT INTO projection_checkpoints (projection, position, version) \

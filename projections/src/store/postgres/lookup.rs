@@ -35,7 +35,7 @@ pub(super) async fn customers_after(
     after: Option<Uuid>,
     limit: u32,
 ) -> Result<Vec<CustomerRow>, StorageError> {
-    let (mut filter, mut args) = customer_filter(query);
+    let (mut filter, mut args) = customer_filter(query, store.trigram.is_some());
     if let Some(after) = after {
         args.push(Box::new(after));
         filter.push_str(if filter.is_empty() { "WHERE " } else { " AND " });
