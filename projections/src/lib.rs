@@ -3,7 +3,7 @@
 //!
 //! Wiring, in the API:
 //!
-//! ```ignore
+//! ```text
 //! let runner = ProjectionRunner::start(&stores, &data_dir, codec, appender.subscribe_head()).await?;
 //! // after a write that returned `outcome.last_position`:
 //! runner.wait_for(outcome.last_position, Duration::from_secs(2)).await;
