@@ -9,20 +9,17 @@
 //! metadata. Handlers therefore never record anything themselves and cannot forget to.
 
 use crate::auth::actor::Actor;
-use crate::net::client_ip::ClientContext;
+use crate::routes::meta::RequestMeta;
 use crate::state::AppState;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use chrono::Utc;
 use egec_domain::event::{DomainEvent, Metadata};
 use egec_domain::permission::Action;
-use egec_domain::personal::Personal;
 use egec_domain::security::{DenialReason, security_stream_id};
 use egec_domain::user::LoginEvent;
 use egec_domain::{CustomerId, Role, UserId};
 use std::fmt;
-use uuid::Uuid;
 
 /// A refusal by the permission module: who was refused what, and about which customer.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,35 +82,19 @@ impl fmt::Display for Denial {
 /// Records the denial a response carries, if any, as an `ACCESS_DENIED` event.
 pub async fn record(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
-    let client = ClientContext::of(&parts);
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let user_agent = header("user-agent").map(|ua| ua.chars().take(512).collect::<String>());
-    let correlation_id = header("x-request-id")
-        .and_then(|s| Uuid::parse_str(&s).ok())
-        .unwrap_or_else(Uuid::now_v7);
+    let observed = RequestMeta::observed(&parts);
     let path: String = parts.uri.path().chars().take(512).collect();
     let response = next.run(Request::from_parts(parts, body)).await;
     let Some(denial) = response.extensions().get::<Denial>().cloned() else {
         return response;
     };
-    let now = Utc::now();
+    // IP and user agent are personal: encrypted in the log under the month's key.
     let meta = Metadata {
         actor_id: Some(denial.user_id),
         actor_role: denial.role,
-        // Personal: encrypted in the log under the month's key, never logged in clear.
-        ip: client.map(|c| Personal::Known(c.ip.to_string())),
-        user_agent: user_agent.map(Personal::Known),
-        correlation_id,
-        causation_id: None,
-        batch_id: None,
-        occurred_at: now,
+        ..observed.anonymous()
     };
+    let now = meta.occurred_at;
     let event = DomainEvent::Login(LoginEvent::AccessDenied {
         user_id: denial.user_id,
         path,

@@ -160,6 +160,12 @@ pub fn can_see_customer(role: Role, actor: UserId, assigned: &[UserId]) -> bool 
         }
 }
 
+/// Whether a staff user holding `role` may be assigned to customers: the agent roles, who
+/// work the customers they are given (a superagent also sees every other customer).
+pub fn can_be_assigned_customers(role: Role) -> bool {
+    matches!(role, Role::Agent | Role::Superagent)
+}
+
 /// Whether a role sees soft-deleted customers: those who may delete may see what was deleted.
 pub fn can_see_deleted_customers(role: Role) -> bool {
     can(role, Action::CustomersDelete)
@@ -251,6 +257,15 @@ pub fn allowed_while(requirement: AccountRequirement, endpoint: SelfService) -> 
 mod tests {
     use super::*;
     use Role::*;
+
+    #[test]
+    fn only_agents_and_superagents_may_be_assigned_customers() {
+        let assignable: Vec<Role> = Role::ALL
+            .into_iter()
+            .filter(|r| can_be_assigned_customers(*r))
+            .collect();
+        assert_eq!(assignable, [Superagent, Agent]);
+    }
 
     #[test]
     fn everyone_reads_their_own_account_and_only_users_view_reads_others() {

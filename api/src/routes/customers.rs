@@ -18,10 +18,11 @@ use egec_domain::customer::{
     CreateCustomer, CustomerCommand, CustomerError, CustomerState, CustomerStatus, UpdateCustomer,
 };
 use egec_domain::permission::{
-    Action, Visibility, can_see_customer, can_see_deleted_customers, customer_visibility,
+    Action, Visibility, can_be_assigned_customers, can_see_customer, can_see_deleted_customers,
+    customer_visibility,
 };
 use egec_domain::values::*;
-use egec_domain::{CustomerId, Role, UserId};
+use egec_domain::{CustomerId, UserId};
 use egec_projections::CustomerQuery;
 use serde::Deserialize;
 use serde_json::json;
@@ -222,9 +223,7 @@ pub(crate) async fn assignable_agents(
             .await
             .map_err(ApiError::internal)?;
         match row {
-            Some(u) if u.active && matches!(u.role, Role::Agent | Role::Superagent) => {
-                out.push(user)
-            }
+            Some(u) if u.active && can_be_assigned_customers(u.role) => out.push(user),
             _ => refused.push(id.to_string()),
         }
     }

@@ -45,10 +45,10 @@ impl RequestMeta {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+impl RequestMeta {
+    /// What the request says about itself, without the `Idempotency-Key` (a fresh command
+    /// id): for recording a request that is not a command, such as a refusal.
+    pub fn observed(parts: &Parts) -> Self {
         let header = |name: &str| {
             parts
                 .headers
@@ -61,20 +61,36 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
         let correlation_id = header("x-request-id")
             .and_then(|s| Uuid::parse_str(&s).ok())
             .unwrap_or_else(Uuid::now_v7);
-        let idempotency_key = match header("idempotency-key") {
+        RequestMeta {
+            ip,
+            user_agent: header("user-agent").map(|ua| ua.chars().take(512).collect()),
+            correlation_id,
+            command_id: Uuid::now_v7(),
+            idempotency_key: None,
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let idempotency_key = match parts
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(k) => Some(
-                Uuid::parse_str(&k)
+                Uuid::parse_str(k)
                     .map_err(|_| ApiError::BadRequest("Idempotency-Key must be a UUID".into()))?,
             ),
             None => None,
         };
-        let command_id = idempotency_key.unwrap_or_else(Uuid::now_v7);
+        let observed = RequestMeta::observed(parts);
         Ok(RequestMeta {
-            ip,
-            user_agent: header("user-agent").map(|ua| ua.chars().take(512).collect()),
-            correlation_id,
-            command_id,
+            command_id: idempotency_key.unwrap_or(observed.command_id),
             idempotency_key,
+            ..observed
         })
     }
 }
