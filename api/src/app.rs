@@ -144,6 +144,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/audit", get(routes::audit::list))
         .route("/api/audit/export.csv", get(routes::audit::export_csv))
         .route("/api/audit/verify", get(routes::audit::verify))
+        .route(
+            "/api/replay/streams/{stream_id}",
+            get(routes::replay::stream),
+        )
         .route("/api/openapi.json", get(routes::ops::openapi))
         .route("/api/admin/rate-limits", get(routes::admin::rate_limits))
         .layer(SetResponseHeaderLayer::overriding(

@@ -1,13 +1,20 @@
-//! The audit log as the API and the CLI show it: rows of the `audit` projection, with each
-//! event's IP address decrypted from the log at read time.
+//! The audit log as the API and the CLI show it: entries read from the log itself.
 //!
-//! The IP address is personal data under a monthly retention key, so the projection does not
-//! copy it: once retention destroys a month's key, every view of that month's IPs (this one
+//! The `audit` projection is only an index: it answers which log positions match a filter
+//! (and how many do). Every entry shown is then read from the log at those positions, decoded
+//! and described there, with the same function the index was built with. So what an auditor
+//! sees is the log's own record, never a copy that could have drifted: an index row whose
+//! position holds another event (or none) in the log fails the request loudly instead of
+//! showing it.
+//!
+//! The IP address is personal data under a monthly retention key and exists only in the
+//! log: once retention destroys a month's key, every view of that month's IPs (this one
 //! included) reads `[EXPIRED]` without a rebuild.
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use egec_commands::codec::Codec;
 use egec_commands::store::EventLog;
+use egec_projections::fold::audit_row;
 use egec_projections::{AuditQuery, AuditRow, ReadModels};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -17,16 +24,25 @@ const RUN_GAP: i64 = 256;
 /// Rows per page of an export.
 pub const EXPORT_PAGE: u32 = 1_000;
 
-/// The IP address of each event at the given positions (`None`: the event carries none).
-pub async fn ips(
+/// One audit entry, as read from the log: the event's audit row and its IP address (`None`:
+/// the event carries none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub row: AuditRow,
+    pub ip: Option<String>,
+}
+
+/// The entries of the log at the positions of `index` (rows of the audit index), in the
+/// index's order. Fails if the log does not hold, at a position, the event the index names.
+pub async fn entries(
     log: &dyn EventLog,
     codec: &Codec,
-    positions: &[i64],
-) -> anyhow::Result<HashMap<i64, Option<String>>> {
-    let mut sorted: Vec<i64> = positions.to_vec();
+    index: &[AuditRow],
+) -> anyhow::Result<Vec<Entry>> {
+    let mut sorted: Vec<i64> = index.iter().map(|r| r.position).collect();
     sorted.sort_unstable();
     sorted.dedup();
-    let mut out = HashMap::with_capacity(sorted.len());
+    let mut found: HashMap<i64, Entry> = HashMap::with_capacity(sorted.len());
     let mut i = 0;
     while i < sorted.len() {
         let start = sorted[i];
@@ -47,12 +63,30 @@ pub async fn ips(
                 continue;
             }
             let env = codec.decode(&rec).await.context("decoding an event")?;
-            out.insert(
+            let ip = env.metadata.ip.as_ref().map(|ip| ip.shown().to_owned());
+            found.insert(
                 rec.global_position,
-                env.metadata.ip.as_ref().map(|ip| ip.shown().to_owned()),
+                Entry {
+                    row: audit_row(&env),
+                    ip,
+                },
             );
         }
         i = j;
+    }
+    let mut out = Vec::with_capacity(index.len());
+    for r in index {
+        match found.get(&r.position) {
+            Some(e) if e.row.event_id == r.event_id => out.push(e.clone()),
+            Some(_) => bail!(
+                "the audit index disagrees with the log at position {}: another event is there",
+                r.position
+            ),
+            None => bail!(
+                "the audit index names position {}, which the log does not hold",
+                r.position
+            ),
+        }
     }
     Ok(out)
 }
@@ -62,7 +96,8 @@ fn time(t: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 /// One item of `GET /api/audit`.
-pub fn item_json(r: &AuditRow, ip: Option<&str>) -> Value {
+pub fn item_json(e: &Entry) -> Value {
+    let r = &e.row;
     json!({
         "position": r.position,
         "occurred_at": time(r.occurred_at),
@@ -70,7 +105,7 @@ pub fn item_json(r: &AuditRow, ip: Option<&str>) -> Value {
         "entity_type": r.entity_type,
         "entity_id": r.entity_id,
         "actor": { "id": r.actor_id, "role": r.actor_role },
-        "ip": ip,
+        "ip": e.ip,
         "description": r.description,
     })
 }
@@ -88,18 +123,15 @@ pub const CSV_HEADER: [&str; 9] = [
     "description",
 ];
 
-/// CSV text of a page of rows (with the header first when asked).
-pub fn csv_chunk(
-    rows: &[AuditRow],
-    ips: &HashMap<i64, Option<String>>,
-    header: bool,
-) -> anyhow::Result<Vec<u8>> {
+/// CSV text of a page of entries (with the header first when asked).
+pub fn csv_chunk(entries: &[Entry], header: bool) -> anyhow::Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     if header {
         w.write_record(CSV_HEADER)?;
     }
-    for r in rows {
-        let ip = ips.get(&r.position).cloned().flatten().unwrap_or_default();
+    for e in entries {
+        let r = &e.row;
+        let ip = e.ip.clone().unwrap_or_default();
         let cells = [
             r.position.to_string(),
             time(r.occurred_at),
@@ -134,13 +166,12 @@ pub async fn export_page(
     let rows = read
         .audit_after(query, after, EXPORT_PAGE)
         .await
-        .context("reading the audit log")?;
+        .context("reading the audit index")?;
     let Some(last) = rows.last().map(|r| r.position) else {
         return Ok(None);
     };
-    let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
-    let ips = ips(log, codec, &positions).await?;
-    Ok(Some((csv_chunk(&rows, &ips, false)?, last)))
+    let entries = entries(log, codec, &rows).await?;
+    Ok(Some((csv_chunk(&entries, false)?, last)))
 }
 
 #[cfg(test)]
@@ -160,8 +191,11 @@ mod tests {
             actor_role: Some("@admin".into()),
             description: "=HYPERLINK(\"http://evil.example\")".into(),
         };
-        let ips = HashMap::from([(7, Some("-1+1".to_owned()))]);
-        let text = String::from_utf8(csv_chunk(&[row], &ips, false).unwrap()).unwrap();
+        let entry = Entry {
+            row,
+            ip: Some("-1+1".to_owned()),
+        };
+        let text = String::from_utf8(csv_chunk(&[entry], false).unwrap()).unwrap();
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .from_reader(text.as_bytes());

@@ -96,6 +96,19 @@ pub enum AuditCommand {
         /// RFC 3339; events before this time.
         #[arg(long)]
         to: Option<String>,
+        /// Only what this user (UUID) did: with --from and --to, "everything user X did
+        /// between T1 and T2".
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this UPPER_SNAKE action, e.g. `PASSPORT_REVEALED`.
+        #[arg(long)]
+        action: Option<String>,
+        /// Only events about this entity type (`customer`, `user`, ...).
+        #[arg(long)]
+        entity_type: Option<String>,
+        /// Only events about this entity (UUID), e.g. everything about one customer.
+        #[arg(long)]
+        entity_id: Option<String>,
     },
 }
 
@@ -238,8 +251,28 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<ExitCode> {
             command: KeysCommand::RotateMaster,
         } => rotate_master(config).await,
         Command::Audit {
-            command: AuditCommand::Export { from, to },
-        } => audit_export(from, to, config).await,
+            command:
+                AuditCommand::Export {
+                    from,
+                    to,
+                    actor,
+                    action,
+                    entity_type,
+                    entity_id,
+                },
+        } => {
+            let params = crate::routes::audit::AuditParams {
+                from,
+                to,
+                action,
+                entity_type,
+                entity_id,
+                actor_id: actor,
+                page: None,
+                per_page: None,
+            };
+            audit_export(params, config).await
+        }
         Command::Retention {
             command: RetentionCommand::Apply { dry_run },
         } => retention_apply(dry_run, config).await,
@@ -283,25 +316,23 @@ async fn rotate_master(config: Config) -> anyhow::Result<ExitCode> {
 }
 
 async fn audit_export(
-    from: Option<String>,
-    to: Option<String>,
+    params: crate::routes::audit::AuditParams,
     config: Config,
 ) -> anyhow::Result<ExitCode> {
     use std::io::Write;
-    let time =
-        |v: Option<String>, flag: &str| -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
-            v.map(|t| {
-                chrono::DateTime::parse_from_rfc3339(&t)
-                    .map(|t| t.with_timezone(&chrono::Utc))
-                    .map_err(|_| anyhow::anyhow!("{flag} must be an RFC 3339 time"))
-            })
-            .transpose()
-        };
-    let query = egec_projections::AuditQuery {
-        from: time(from, "--from")?,
-        to: time(to, "--to")?,
-        ..Default::default()
-    };
+    // The API's own parsing, so the command and `GET /api/audit/export.csv` accept exactly
+    // the same filters; a bad one names the flag's field.
+    let (query, _, _) = crate::routes::audit::parse_query(&params).map_err(|e| match e {
+        crate::error::ApiError::Validation(fields) => anyhow::anyhow!(
+            "bad filter: {}",
+            fields
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        other => anyhow::anyhow!("bad filter: {other}"),
+    })?;
     let core = open_core(&config).await?;
     // The audit projection catches up in this process first, so the export covers every
     // event written so far, by a running server too.

@@ -17,6 +17,7 @@ pub mod net;
 pub mod openapi;
 pub mod rate_limit;
 pub mod retention_task;
+pub mod reveals;
 pub mod routes;
 pub mod security_headers;
 pub mod state;

@@ -50,6 +50,7 @@ use utoipa::OpenApi;
         crate::routes::audit::list,
         crate::routes::audit::export_csv,
         crate::routes::audit::verify,
+        crate::routes::replay::stream,
     ),
     components(schemas(
         crate::routes::customers::CreateCustomerBody,

@@ -1,4 +1,5 @@
-//! `egec audit export [--from T] [--to T]` writes the audit log as CSV to standard output.
+//! `egec audit export [--from T] [--to T] [--actor U] [--action A] [--entity-type T]
+//! [--entity-id U]` writes the audit log as CSV to standard output.
 
 mod common;
 
@@ -30,6 +31,30 @@ async fn the_audit_export_writes_a_header_and_one_row_per_event_within_the_windo
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 1);
     let out = store.run(&["audit", "export", "--to", "not-a-time"], None);
     assert_eq!(out.status.code(), Some(1));
+
+    // The API's filters: everything about one entity, or by one actor (the CLI's users are
+    // created by the system, so no actor did anything here).
+    let out = store.run(&["audit", "export", "--entity-id", &second], None);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains(&second) && !text.contains(&first));
+    let out = store.run(
+        &[
+            "audit",
+            "export",
+            "--actor",
+            &first,
+            "--action",
+            "USER_CREATED",
+        ],
+        None,
+    );
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 1);
+    let out = store.run(&["audit", "export", "--actor", "not-a-uuid"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("actor_id"));
 }
 
 #[tokio::test]

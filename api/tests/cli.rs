@@ -157,6 +157,11 @@ async fn verify_passes_on_an_untouched_log_and_exits_1_on_tampering(store: Store
         line["personal"]["email"], "a@egec.example",
         "the operator's replay decrypts"
     );
+    assert_eq!(
+        line["personal"]["password_hash"], "[REDACTED]",
+        "credentials are shown to no one, not even the operator"
+    );
+    assert!(!String::from_utf8_lossy(&history.stdout).contains("$argon2"));
 
     let rebuild = store.run(&["replay", "rebuild", "--projection", "users"], None);
     assert!(

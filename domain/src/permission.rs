@@ -121,6 +121,13 @@ pub enum Principal<'a> {
     ApiKey { scopes: &'a [Action] },
 }
 
+/// Whether replayed events (`GET /api/replay/streams/...`) show a principal personal fields
+/// in clear rather than masked: exactly those who may see passport numbers in clear, the most
+/// sensitive field an event holds. Credentials are shown to no one either way.
+pub fn personal_data_in_clear(principal: Principal<'_>) -> bool {
+    allows(principal, Action::PassportReveal)
+}
+
 /// Whether a principal may perform an action: a staff user by the role matrix, an API key by
 /// exactly the permissions it was issued with (nothing inherited, nothing more).
 pub fn allows(principal: Principal<'_>, action: Action) -> bool {

@@ -33,13 +33,18 @@ pub async fn verify(log: &dyn EventLog) -> Result<Verification, StoreError> {
 }
 
 /// One event as a JSON object: position, stream, type, actor, time and the event's facts and
-/// personal fields (decrypted, or `[ERASED]` once the subject's key is destroyed) in their
-/// persisted shape, upcast to the current schema.
-pub fn envelope_json(env: &Envelope, decrypted: &DecryptedEvent) -> Value {
+/// personal fields in their persisted shape, upcast to the current schema. Personal fields
+/// are decrypted (or `[ERASED]` once the subject's key is destroyed) and shown in clear when
+/// `clear`, masked by kind otherwise; credentials (password hashes, second-factor secrets)
+/// are never shown (see `egec_domain::masking::field`).
+pub fn envelope_json(env: &Envelope, decrypted: &DecryptedEvent, clear: bool) -> Value {
     let personal: serde_json::Map<String, Value> = decrypted
         .personal
         .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.shown().to_owned())))
+        .map(|(k, v)| {
+            let shown = egec_domain::masking::field(k, v.shown(), clear);
+            (k.clone(), Value::String(shown))
+        })
         .collect();
     json!({
         "position": env.position,
@@ -64,12 +69,28 @@ pub fn envelope_json(env: &Envelope, decrypted: &DecryptedEvent) -> Value {
     })
 }
 
-/// A stream's events up to `as_of` (all when `None`), one JSON document per event.
+/// A stream's events up to `as_of` (all when `None`), one JSON document per event, personal
+/// fields in clear (the operator holds the master key anyway) and secrets redacted.
 pub async fn history(
     bus: &CommandBus,
     stream: &str,
     as_of: Option<DateTime<Utc>>,
 ) -> anyhow::Result<Vec<String>> {
+    Ok(history_values(bus, stream, as_of, true)
+        .await?
+        .into_iter()
+        .map(|v| v.to_string())
+        .collect())
+}
+
+/// A stream's events up to `as_of` (all when `None`) as JSON values, personal fields in clear
+/// or masked (see [`envelope_json`]).
+pub async fn history_values(
+    bus: &CommandBus,
+    stream: &str,
+    as_of: Option<DateTime<Utc>>,
+    clear: bool,
+) -> anyhow::Result<Vec<Value>> {
     let bound = as_of.map(ReadBound::Time).unwrap_or(ReadBound::None);
     let mut lines = Vec::new();
     for rec in bus.log().read_stream(stream, 1, bound).await? {
@@ -78,7 +99,7 @@ pub async fn history(
             .codec()
             .decode_decrypted(&rec, decrypted.clone())
             .await?;
-        lines.push(envelope_json(&env, &decrypted).to_string());
+        lines.push(envelope_json(&env, &decrypted, clear));
     }
     Ok(lines)
 }

@@ -267,6 +267,12 @@ const ENDPOINTS: &[Endpoint] = &[
         Rule::Can(Action::AuditView),
         200,
     ),
+    ep(
+        Method::GET,
+        "/api/replay/streams/{stream_id}",
+        Rule::Can(Action::AuditView),
+        200,
+    ),
     ep(Method::GET, "/api/openapi.json", Rule::Public, 200),
     ep(
         Method::GET,
@@ -1112,6 +1118,18 @@ async fn the_rest(ctx: &mut Ctx<'_>, a: &Actor) {
         ctx.call(who, p, Method::GET, p, t, None, exp(Method::GET, p))
             .await;
     }
+    // The caller's own account stream: it exists for every staff actor.
+    let tp = "/api/replay/streams/{stream_id}";
+    ctx.call(
+        who,
+        tp,
+        Method::GET,
+        &format!("/api/replay/streams/user-{}", a.id),
+        t,
+        None,
+        exp(Method::GET, tp),
+    )
+    .await;
 }
 
 /// Without credentials: 401 on every `/api` endpoint but login and the public ones.

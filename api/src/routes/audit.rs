@@ -1,6 +1,6 @@
 //! The audit log: `GET /api/audit`, its CSV export, and hash-chain verification.
 
-use crate::audit::{CSV_HEADER, export_page, ips, item_json};
+use crate::audit::{CSV_HEADER, entries, export_page, item_json};
 use crate::auth::actor::Actor;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -123,7 +123,8 @@ pub fn parse_query(p: &AuditParams) -> Result<(AuditQuery, u32, u32), ApiError> 
 
 #[utoipa::path(get, path = "/api/audit", params(AuditParams),
     responses((status = 200), (status = 403), (status = 422)), tag = "audit")]
-/// Every event as an audit entry, newest first (by log position), filtered and paginated.
+/// Every event as an audit entry read from the log, newest first (by log position), filtered
+/// and paginated (the `audit` projection only finds the positions).
 pub async fn list(
     State(state): State<AppState>,
     actor: Actor,
@@ -136,14 +137,10 @@ pub async fn list(
         .list_audit(&query, page, per_page)
         .await
         .map_err(ApiError::internal)?;
-    let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
-    let ips = ips(state.log.as_ref(), state.bus.codec(), &positions)
+    let entries = entries(state.log.as_ref(), state.bus.codec(), &rows)
         .await
         .map_err(ApiError::Internal)?;
-    let items: Vec<Value> = rows
-        .iter()
-        .map(|r| item_json(r, ips.get(&r.position).cloned().flatten().as_deref()))
-        .collect();
+    let items: Vec<Value> = entries.iter().map(item_json).collect();
     Ok(Json(json!({
         "items": items,
         "total": total,

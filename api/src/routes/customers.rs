@@ -4,9 +4,10 @@ use crate::auth::actor::Actor;
 use crate::denial::Denial;
 use crate::error::{ApiError, from_handler};
 use crate::json::{ApiJson, double_option};
+use crate::reveals;
 use crate::routes::meta::RequestMeta;
 use crate::state::AppState;
-use crate::views::customer::{CustomerView, history_items};
+use crate::views::customer::{CustomerView, history_items, history_shows_passport};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -17,6 +18,7 @@ use egec_domain::aggregate::CustomerAggregate;
 use egec_domain::customer::{
     CreateCustomer, CustomerCommand, CustomerError, CustomerState, CustomerStatus, UpdateCustomer,
 };
+use egec_domain::gdpr::RevealVia;
 use egec_domain::permission::{
     Action, Visibility, can_be_assigned_customers, can_see_customer, can_see_deleted_customers,
     customer_visibility,
@@ -339,6 +341,7 @@ pub struct GetParams {
 pub async fn get(
     State(state): State<AppState>,
     actor: Actor,
+    meta: RequestMeta,
     Path(id): Path<Uuid>,
     Query(params): Query<GetParams>,
 ) -> Result<Response, ApiError> {
@@ -359,10 +362,11 @@ pub async fn get(
         (None, Some(v)) if v >= 1 => ReadBound::Version(v),
         (None, Some(_)) => return Err(ApiError::field("version", "must be 1 or more")),
         (None, None) => {
-            return Ok(with_etag(
-                StatusCode::OK,
-                CustomerView::from_row(&row, reveal),
-            ));
+            let view = CustomerView::from_row(&row, reveal);
+            if reveals::shows_passport(&view, reveal) {
+                reveals::record(&state, &actor, &meta, [id], RevealVia::Record).await?;
+            }
+            return Ok(with_etag(StatusCode::OK, view));
         }
     };
     let (past, _) = state
@@ -371,10 +375,13 @@ pub async fn get(
         .await
         .map_err(|e| from_handler(e, domain_error))?;
     match past {
-        CustomerState::Present(c) => Ok(with_etag(
-            StatusCode::OK,
-            CustomerView::from_state(&c, reveal),
-        )),
+        CustomerState::Present(c) => {
+            let view = CustomerView::from_state(&c, reveal);
+            if reveals::shows_passport(&view, reveal) {
+                reveals::record(&state, &actor, &meta, [id], RevealVia::PastRecord).await?;
+            }
+            Ok(with_etag(StatusCode::OK, view))
+        }
         CustomerState::Absent => Err(ApiError::NotFound),
     }
 }
@@ -393,6 +400,7 @@ pub struct ListParams {
 pub async fn list(
     State(state): State<AppState>,
     actor: Actor,
+    meta: RequestMeta,
     Query(p): Query<ListParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     actor.require(Action::CustomersView)?;
@@ -424,6 +432,11 @@ pub async fn list(
         .iter()
         .map(|r| CustomerView::from_row(r, reveal))
         .collect();
+    let revealed = items
+        .iter()
+        .filter(|v| reveals::shows_passport(v, reveal))
+        .map(|v| CustomerId::from_uuid(v.id));
+    reveals::record(&state, &actor, &meta, revealed, RevealVia::List).await?;
     Ok(Json(
         json!({ "items": items, "total": total, "page": page, "per_page": per_page }),
     ))
@@ -505,6 +518,7 @@ pub async fn patch(
 pub async fn history(
     State(state): State<AppState>,
     actor: Actor,
+    meta: RequestMeta,
     Path(id): Path<Uuid>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = CustomerId::from_uuid(id);
@@ -514,9 +528,12 @@ pub async fn history(
         .stream_events(&id.stream_id(), ReadBound::None)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(
-        json!({ "items": history_items(&events, actor.can(Action::PassportReveal)) }),
-    ))
+    let reveal = actor.can(Action::PassportReveal);
+    let items = history_items(&events, reveal);
+    if reveal && history_shows_passport(&items) {
+        reveals::record(&state, &actor, &meta, [id], RevealVia::History).await?;
+    }
+    Ok(Json(json!({ "items": items })))
 }
 
 #[utoipa::path(delete, path = "/api/customers/{id}", params(("id" = Uuid, Path)),

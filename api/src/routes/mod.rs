@@ -12,4 +12,5 @@ pub mod gdpr;
 pub mod login_factors;
 pub mod meta;
 pub mod ops;
+pub mod replay;
 pub mod users;

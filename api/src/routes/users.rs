@@ -9,12 +9,15 @@ use crate::routes::meta::RequestMeta;
 use crate::state::AppState;
 use crate::users::{CreateUserError, NewUser, create_user};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use egec_commands::store::ReadBound;
 use egec_domain::aggregate::UserAggregate;
 use egec_domain::event::DomainEvent;
 use egec_domain::permission::{self, Action, can_manage_user, can_update_user};
-use egec_domain::user::{LoginEvent, UpdateUser, UserCommand, UserError, login_stream_id};
+use egec_domain::user::{
+    LoginEvent, UpdateUser, User, UserCommand, UserError, UserState, login_stream_id,
+};
 use egec_domain::values::PersonName;
 use egec_domain::{Role, UserId};
 use egec_projections::UserRow;
@@ -116,11 +119,20 @@ pub async fn list(State(state): State<AppState>, actor: Actor) -> Result<Json<Va
     Ok(Json(json!({ "items": items, "total": items.len() })))
 }
 
-#[utoipa::path(get, path = "/api/users/{id}", params(("id" = Uuid, Path)), responses((status = 200), (status = 404)), tag = "users")]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct GetUserParams {
+    /// The user as they were at this time (RFC 3339), replayed from the log.
+    pub as_of: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/users/{id}", params(("id" = Uuid, Path), GetUserParams),
+    responses((status = 200), (status = 404), (status = 422)), tag = "users")]
 pub async fn get(
     State(state): State<AppState>,
     actor: Actor,
     Path(id): Path<Uuid>,
+    Query(params): Query<GetUserParams>,
 ) -> Result<Json<Value>, ApiError> {
     let reading_self = id == actor.user_id.as_uuid();
     if !permission::can_read_user(actor.principal(), reading_self) {
@@ -129,8 +141,41 @@ pub async fn get(
             Action::UsersView,
         )));
     }
-    let row = user_row(&state, UserId::from_uuid(id)).await?;
-    Ok(Json(user_json(&row)))
+    let user = UserId::from_uuid(id);
+    let row = user_row(&state, user).await?;
+    let Some(as_of) = params.as_of else {
+        return Ok(Json(user_json(&row)));
+    };
+    let as_of = chrono::DateTime::parse_from_rfc3339(&as_of)
+        .map_err(|_| ApiError::field("as_of", "must be an RFC 3339 time"))?
+        .with_timezone(&chrono::Utc);
+    // The state as of a time is the fold of the user's events up to it: the log, not the
+    // read model, which only knows the present.
+    let (past, _) = state
+        .bus
+        .load_at::<UserAggregate>(&user.stream_id(), ReadBound::Time(as_of))
+        .await
+        .map_err(ApiError::internal)?;
+    match past {
+        UserState::Present(u) => Ok(Json(past_user_json(&u))),
+        UserState::Absent => Err(ApiError::NotFound),
+    }
+}
+
+/// A user as replayed from the log, in the shape of `user_json` plus the version the state
+/// is at (no password hash, no second-factor secret).
+fn past_user_json(u: &User) -> Value {
+    json!({
+        "id": u.id.as_uuid(),
+        "email": u.email.shown(),
+        "name": u.name.shown(),
+        "role": u.role.as_str(),
+        "mfa_enabled": u.totp.enabled(),
+        "active": u.active,
+        "created_at": u.created_at,
+        "version": u.version,
+        "must_change_password": u.must_change_password,
+    })
 }
 
 #[utoipa::path(post, path = "/api/users/{id}/unlock", params(("id" = Uuid, Path)),

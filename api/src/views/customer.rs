@@ -88,6 +88,20 @@ fn diff(before: Option<&CustomerView>, after: &CustomerView) -> Map<String, Valu
     out
 }
 
+/// Whether history items (as [`history_items`] built them) show a passport number in clear:
+/// some change has one as its old or new value, not a masked one or a marker. Used only for
+/// callers who may see passports, whose values are never masked.
+pub fn history_shows_passport(items: &[Value]) -> bool {
+    let clear = |v: &Value| {
+        v.as_str()
+            .is_some_and(|p| p != ERASED && p != egec_domain::personal::EXPIRED)
+    };
+    items.iter().any(|item| {
+        let change = &item["changes"]["passport_number"];
+        clear(&change["from"]) || clear(&change["to"])
+    })
+}
+
 /// The history of API.md: each event with its actor, time and field diffs, masked per role.
 pub fn history_items(events: &[Envelope], reveal: bool) -> Vec<Value> {
     let mut state = CustomerState::Absent;
