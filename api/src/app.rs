@@ -238,7 +238,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .unwrap_or(1)
             .max(1),
     )?);
-    let rate_limits = Arc::new(crate::rate_limit::RateLimits::in_memory(config.rate_limits));
+    let rate_limits = Arc::new(match &config.redis_url {
+        None => crate::rate_limit::RateLimits::in_memory(config.rate_limits),
+        Some(url) => {
+            use secrecy::ExposeSecret;
+            use sha2::Digest;
+            // The limiter keys (addresses, account hashes) are digested under a key derived
+            // from the token secret, which every node of a deployment shares.
+            let pepper = sha2::Sha256::new()
+                .chain_update(b"egec rate-limit keys\0")
+                .chain_update(token_secret(&config)?.expose_secret().as_bytes())
+                .finalize();
+            crate::rate_limit::RateLimits::shared(
+                config.rate_limits,
+                url.expose_secret(),
+                &config.redis_prefix,
+                &pepper,
+            )
+            .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?
+        }
+    });
     crate::rate_limit::spawn_eviction(&rate_limits);
     if config.env == crate::config::Environment::Production && config.trusted_proxies.0.is_empty() {
         tracing::warn!(

@@ -17,6 +17,12 @@ pub enum Environment {
 pub struct Config {
     pub env: Environment,
     pub database_url: Option<SecretString>,
+    /// `redis://…` (`REDIS_URL`): rate limits shared by every node; unset, per node in memory.
+    /// Secret because it may carry a password.
+    pub redis_url: Option<SecretString>,
+    /// Prefix of this deployment's Redis keys (`EGEC_REDIS_PREFIX`, default `egec`), so
+    /// deployments (or test runs) sharing one Redis never share limits.
+    pub redis_prefix: String,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub master_key: Option<SecretString>,
@@ -80,6 +86,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("env", &self.env)
             .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
             .field("data_dir", &self.data_dir)
             .field("listen", &self.listen)
             .field("master_key", &self.master_key.as_ref().map(|_| "<set>"))
@@ -144,6 +151,28 @@ impl Config {
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
             errors.push("DATABASE_URL must start with postgres:// or postgresql://".to_owned());
+        }
+        let redis_url = src.get("REDIS_URL").filter(|u| !u.is_empty());
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://"))
+        {
+            errors
+                .push("REDIS_URL must start with redis://, rediss:// or redis+unix://".to_owned());
+        }
+        let redis_prefix = src
+            .get("EGEC_REDIS_PREFIX")
+            .unwrap_or_else(|| "egec".to_owned());
+        if redis_prefix.is_empty()
+            || redis_prefix.len() > 64
+            || !redis_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            errors.push(
+                "EGEC_REDIS_PREFIX must be 1 to 64 letters, digits, `-`, `_` or `.`".to_owned(),
+            );
         }
         let data_dir = PathBuf::from(
             src.get("EGEC_DATA_DIR")
@@ -329,6 +358,8 @@ impl Config {
         Ok(Config {
             env,
             database_url: database_url.map(SecretString::from),
+            redis_url: redis_url.map(SecretString::from),
+            redis_prefix,
             data_dir,
             listen,
             master_key: master_key.map(SecretString::from),

@@ -13,6 +13,7 @@ mod dblimits;
 mod logins;
 mod profile;
 mod projections;
+mod rate_limits;
 mod rebuild;
 mod report;
 mod rng;
@@ -98,6 +99,13 @@ struct Args {
     /// small import is a fifth of it, the search runs over twice as many customers.
     #[arg(long)]
     transfer_rows: Option<u64>,
+    /// Only measure rate-limit checks (in memory, through Redis, and bare Redis commands
+    /// beside them; see `rate_limits.rs`), then exit.
+    #[arg(long)]
+    rate_limits: bool,
+    /// The Redis of `--rate-limits`.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
 }
 
 /// Durations and sizes of one invocation.
@@ -117,6 +125,16 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(seconds) = args.codec_only {
         return codec_only(seconds).await;
+    }
+    if args.rate_limits {
+        let window = Duration::from_secs(if args.quick { 2 } else { 5 });
+        let rows = rate_limits::run(&args.redis_url, window).await?;
+        rate_limits::print(&rows);
+        println!(
+            "{}",
+            serde_json::json!({ "rate_limits": rate_limits::json(&rows) })
+        );
+        return Ok(());
     }
     setup::ensure_local(&args.pg_admin_url)?;
     if args.transfer {

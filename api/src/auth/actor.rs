@@ -88,7 +88,8 @@ impl FromRequestParts<AppState> for Actor {
             let actor = crate::auth::api_key::authenticate(state, key, parts.uri.path()).await?;
             // Integrations get the ordinary API quota, per key. The admin IP allowlist is
             // for people with admin roles; a key is scoped by its permissions instead.
-            crate::rate_limit::charge_key(parts, &state.rate_limits, actor.user_id.as_uuid())?;
+            crate::rate_limit::charge_key(parts, &state.rate_limits, actor.user_id.as_uuid())
+                .await?;
             return Ok(actor);
         }
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
@@ -118,7 +119,7 @@ impl FromRequestParts<AppState> for Actor {
             return Err(ApiError::Unauthorized);
         }
         crate::net::admin_allowlist::check(parts, state, user_id, found.user.role).await?;
-        crate::rate_limit::charge_user(parts, &state.rate_limits, user_id, found.user.role)?;
+        crate::rate_limit::charge_user(parts, &state.rate_limits, user_id, found.user.role).await?;
         // A pending password change or two-factor enrolment confines the session to the
         // endpoints that fulfil it (see `gate.rs`).
         crate::auth::gate::check(

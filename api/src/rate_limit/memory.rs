@@ -45,8 +45,9 @@ impl MemoryLimiter {
     }
 }
 
+#[async_trait::async_trait]
 impl RateLimiter for MemoryLimiter {
-    fn check(&self, policy: &Policy, key: &str) -> Decision {
+    async fn check(&self, policy: &Policy, key: &str) -> Decision {
         let Some((p, l)) = self.limiters.get(policy.name) else {
             return Decision::Allowed {
                 remaining: policy.limit,
@@ -78,6 +79,10 @@ impl RateLimiter for MemoryLimiter {
     fn tracked_keys(&self, policy: &Policy) -> usize {
         self.limiters.get(policy.name).map_or(0, |(_, l)| l.len())
     }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
 }
 
 #[cfg(test)]
@@ -92,18 +97,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_key_gets_its_limit_then_is_refused_with_a_retry_after() {
+    #[tokio::test]
+    async fn a_key_gets_its_limit_then_is_refused_with_a_retry_after() {
         let p = policy(3, Duration::from_secs(60));
         let l = MemoryLimiter::new(&[p]);
-        let remaining: Vec<_> = (0..3)
-            .map(|_| match l.check(&p, "k") {
-                Decision::Allowed { remaining, .. } => remaining,
+        let mut remaining = Vec::new();
+        for _ in 0..3 {
+            match l.check(&p, "k").await {
+                Decision::Allowed { remaining: r, .. } => remaining.push(r),
                 d => panic!("{d:?}"),
-            })
-            .collect();
+            }
+        }
         assert_eq!(remaining, [2, 1, 0]);
-        match l.check(&p, "k") {
+        match l.check(&p, "k").await {
             Decision::Limited { retry_after } => {
                 assert!(
                     retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20)
@@ -112,23 +118,23 @@ mod tests {
             d => panic!("{d:?}"),
         }
         assert!(matches!(
-            l.check(&p, "other"),
+            l.check(&p, "other").await,
             Decision::Allowed { remaining: 2, .. }
         ));
     }
 
-    #[test]
-    fn idle_keys_are_evicted_and_busy_ones_kept() {
+    #[tokio::test]
+    async fn idle_keys_are_evicted_and_busy_ones_kept() {
         let idle = policy(10, Duration::from_millis(100));
         let l = MemoryLimiter::new(&[idle]);
         for i in 0..50 {
-            l.check(&idle, &format!("ip:{i}"));
+            l.check(&idle, &format!("ip:{i}")).await;
         }
         assert_eq!(l.tracked_keys(&idle), 50);
         l.evict_idle();
         assert_eq!(l.tracked_keys(&idle), 50, "state still recent: kept");
         std::thread::sleep(Duration::from_millis(150));
-        l.check(&idle, "ip:busy");
+        l.check(&idle, "ip:busy").await;
         l.evict_idle();
         assert_eq!(l.tracked_keys(&idle), 1, "only the key used since survives");
     }

@@ -108,12 +108,12 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
         };
         let mut outcomes = vec![Outcome {
             policy: s.login_ip(),
-            decision: limits.check(&s.login_ip(), &ip_key),
+            decision: limits.check(&s.login_ip(), &ip_key).await,
         }];
         if let Some(account) = account_key(&bytes) {
             outcomes.push(Outcome {
                 policy: s.login_account(),
-                decision: limits.check(&s.login_account(), &account),
+                decision: limits.check(&s.login_account(), &account).await,
             });
         }
         if let Some(resp) = refused(&outcomes) {
@@ -128,7 +128,7 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
     if !has_bearer(&req) {
         let outcome = Outcome {
             policy: s.api(),
-            decision: limits.check(&s.api(), &ip_key),
+            decision: limits.check(&s.api(), &ip_key).await,
         };
         if let Some(resp) = refused(&[outcome]) {
             return resp;
@@ -148,7 +148,7 @@ pub async fn enforce(State(state): State<AppState>, req: Request, next: Next) ->
         // not ask who the caller is: charged to the address, after the fact.
         None => Outcome {
             policy: s.api(),
-            decision: limits.check(&s.api(), &ip_key),
+            decision: limits.check(&s.api(), &ip_key).await,
         },
     };
     write_headers(resp.headers_mut(), &[outcome]);

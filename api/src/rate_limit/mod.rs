@@ -8,13 +8,15 @@
 //! | `api` | user id when authenticated, else client IP | 300/min | `EGEC_RATE_LIMIT_API_PER_MINUTE` |
 //! | `api-privileged` | user id of a superadmin or admin | 300/min × 4 | `EGEC_RATE_LIMIT_PRIVILEGED_MULTIPLIER` |
 //!
-//! The state lives behind the [`RateLimiter`] trait: in memory here ([`memory`], governor's
-//! GCRA), so a shared store (Redis) can replace it without touching the rules. Where the
+//! The state lives behind the [`RateLimiter`] trait: in memory ([`memory`], governor's GCRA)
+//! by default, in Redis ([`redis`], the same GCRA as a Lua script, shared by every node) when
+//! `REDIS_URL` is set, falling back to memory while Redis fails. Where the
 //! check happens: [`middleware`] for anonymous calls and logins (before the handler), and
 //! the `Actor` extractor for authenticated calls ([`charge_user`], once the role is known).
 
 pub mod memory;
 pub mod middleware;
+pub mod redis;
 
 use crate::config::Source;
 use crate::error::ApiError;
@@ -46,9 +48,12 @@ pub enum Decision {
 }
 
 /// Where limiter state lives. Implementations count requests per (policy, key) with GCRA.
+#[async_trait::async_trait]
 pub trait RateLimiter: Send + Sync {
     /// Charges one request to `key` under `policy`.
-    fn check(&self, policy: &Policy, key: &str) -> Decision;
+    async fn check(&self, policy: &Policy, key: &str) -> Decision;
+    /// Where the state lives now, as `GET /api/admin/rate-limits` shows it.
+    fn backend(&self) -> &'static str;
     /// Forgets keys whose state is indistinguishable from a fresh one (memory stays bounded).
     fn evict_idle(&self);
     /// How many keys the policy currently tracks.
@@ -224,9 +229,25 @@ impl RateLimits {
         self.settings.enabled
     }
 
+    /// A limiter whose state is shared through Redis at `url` (see [`redis`]).
+    pub fn shared(
+        settings: Settings,
+        url: &str,
+        prefix: &str,
+        pepper: &[u8],
+    ) -> Result<Self, ::redis::RedisError> {
+        let store = redis::RedisLimiter::new(url, prefix, pepper, &settings.policies())?;
+        Ok(Self::new(settings, Arc::new(store)))
+    }
+
+    /// Where the state lives now (`memory`, `redis`, or memory while Redis fails).
+    pub fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+
     /// Charges one request and counts the outcome.
-    pub fn check(&self, policy: &Policy, key: &str) -> Decision {
-        let d = self.store.check(policy, key);
+    pub async fn check(&self, policy: &Policy, key: &str) -> Decision {
+        let d = self.store.check(policy, key).await;
         if let Some(c) = self.counts.get(policy.name) {
             match d {
                 Decision::Allowed { .. } => c.allowed.fetch_add(1, Ordering::Relaxed),
@@ -303,7 +324,7 @@ impl Slot {
 
 /// Charges an authenticated request to its user (called by the `Actor` extractor): 429
 /// `rate_limited` over the quota. Charged once per request even if the extractor runs twice.
-pub fn charge_user(
+pub async fn charge_user(
     parts: &axum::http::request::Parts,
     limits: &RateLimits,
     user: egec_domain::UserId,
@@ -316,14 +337,14 @@ pub fn charge_user(
         return result_of(o.decision);
     }
     let policy = limits.settings.api_for(role);
-    let decision = limits.check(&policy, &format!("user:{user}"));
+    let decision = limits.check(&policy, &format!("user:{user}")).await;
     slot.set(Outcome { policy, decision });
     result_of(decision)
 }
 
 /// [`charge_user`] for a request authenticated with an API key: the ordinary `api` quota,
 /// keyed by the key's id (never shared with a user's budget).
-pub fn charge_key(
+pub async fn charge_key(
     parts: &axum::http::request::Parts,
     limits: &RateLimits,
     key_id: uuid::Uuid,
@@ -335,7 +356,7 @@ pub fn charge_key(
         return result_of(o.decision);
     }
     let policy = limits.settings.api();
-    let decision = limits.check(&policy, &format!("key:{key_id}"));
+    let decision = limits.check(&policy, &format!("key:{key_id}")).await;
     slot.set(Outcome { policy, decision });
     result_of(decision)
 }
@@ -382,8 +403,8 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:?}");
     }
 
-    #[test]
-    fn statistics_count_allowed_and_limited_requests_per_preset() {
+    #[tokio::test]
+    async fn statistics_count_allowed_and_limited_requests_per_preset() {
         let settings = Settings {
             api_per_minute: 2,
             ..Settings::default()
@@ -391,9 +412,9 @@ mod tests {
         let limits = RateLimits::in_memory(settings);
         let api = settings.api();
         for _ in 0..3 {
-            limits.check(&api, "ip:1");
+            limits.check(&api, "ip:1").await;
         }
-        limits.check(&api, "ip:2");
+        limits.check(&api, "ip:2").await;
         let stats = limits.stats();
         let s = stats.iter().find(|s| s.policy == "api").unwrap();
         assert_eq!((s.allowed, s.limited, s.keys_tracked), (3, 1, 2));

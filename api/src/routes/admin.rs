@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 #[utoipa::path(get, path = "/api/admin/rate-limits",
     responses((status = 200, body = [crate::rate_limit::PolicyStats]), (status = 403)), tag = "admin")]
 /// `GET /api/admin/rate-limits` (superadmin): per-preset limits, allowed and limited counts
-/// since start, and how many keys each preset tracks now (this process only).
+/// since start, how many keys each preset tracks now (this process only), and where the
+/// limiter state lives.
 pub async fn rate_limits(
     State(state): State<AppState>,
     actor: Actor,
@@ -19,6 +20,8 @@ pub async fn rate_limits(
     actor.require(Action::RateLimitsView)?;
     Ok(Json(json!({
         "enabled": state.rate_limits.enabled(),
+        // `memory`, `redis`, or `memory (Redis unavailable)` while this node falls back.
+        "backend": state.rate_limits.backend(),
         "privileged_multiplier": state.rate_limits.settings.privileged_multiplier,
         "policies": state.rate_limits.stats(),
     })))
