@@ -16,17 +16,20 @@ pub enum ProjectionKind {
     Audit,
     /// Follow-ups, visible with their customer.
     Followups,
+    /// Aggregates for analysts, without personal data (schema `analytics` on PostgreSQL).
+    Analytics,
 }
 
 impl ProjectionKind {
-    /// Every operational projection; read-your-writes waits for all of them.
-    pub const ALL: [ProjectionKind; 6] = [
+    /// Every projection the runner keeps, in the order of their leader locks.
+    pub const ALL: [ProjectionKind; 7] = [
         ProjectionKind::Customers,
         ProjectionKind::Users,
         ProjectionKind::Sessions,
         ProjectionKind::ApiKeys,
         ProjectionKind::Audit,
         ProjectionKind::Followups,
+        ProjectionKind::Analytics,
     ];
 
     /// The name used in checkpoints, metrics and the rebuild command.
@@ -38,6 +41,7 @@ impl ProjectionKind {
             ProjectionKind::ApiKeys => "api_keys",
             ProjectionKind::Audit => "audit",
             ProjectionKind::Followups => "followups",
+            ProjectionKind::Analytics => "analytics",
         }
     }
 
@@ -59,7 +63,14 @@ impl ProjectionKind {
             ProjectionKind::ApiKeys => 1,
             ProjectionKind::Audit => 1,
             ProjectionKind::Followups => 1,
+            ProjectionKind::Analytics => 1,
         }
+    }
+
+    /// Whether a write's read-your-writes wait includes this projection. Analytics is read
+    /// by analysts, never by the API after a write, so writes do not wait for it.
+    pub fn read_your_writes(self) -> bool {
+        !matches!(self, ProjectionKind::Analytics)
     }
 
     pub fn from_name(name: &str) -> Option<ProjectionKind> {
@@ -80,6 +91,7 @@ impl ProjectionKind {
             ProjectionKind::Followups => {
                 event_type.starts_with("Followup") || event_type == crate::fold::CUSTOMER_ERASED
             }
+            ProjectionKind::Analytics => crate::fold::analytics::wants(event_type),
         }
     }
 }
