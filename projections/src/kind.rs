@@ -21,7 +21,8 @@ pub enum ProjectionKind {
 }
 
 impl ProjectionKind {
-    /// Every projection the runner keeps, in the order of their leader locks.
+    /// Every projection the runner keeps; read-your-writes waits for all of them (analytics
+    /// included: it is cheap to fold, and a tool that writes and then counts sees its write).
     pub const ALL: [ProjectionKind; 7] = [
         ProjectionKind::Customers,
         ProjectionKind::Users,
@@ -65,12 +66,6 @@ impl ProjectionKind {
             ProjectionKind::Followups => 1,
             ProjectionKind::Analytics => 1,
         }
-    }
-
-    /// Whether a write's read-your-writes wait includes this projection. Analytics is read
-    /// by analysts, never by the API after a write, so writes do not wait for it.
-    pub fn read_your_writes(self) -> bool {
-        !matches!(self, ProjectionKind::Analytics)
     }
 
     pub fn from_name(name: &str) -> Option<ProjectionKind> {

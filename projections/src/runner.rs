@@ -307,30 +307,13 @@ impl RunnerHandle {
         &self.shared.read_models
     }
 
-    /// Waits until every projection a write waits for (all but analytics, see
-    /// [`ProjectionKind::read_your_writes`]) has applied at least `position` (the
+    /// Waits until every operational projection has applied at least `position` (the
     /// position a write returned), for at most `timeout`. True when they all have: a read
     /// issued afterwards sees the write. False on timeout, or at once when a projection has
     /// stopped on an event it cannot decode or the runner was shut down.
     pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {
-        self.wait_until(position, timeout, |k| k.read_your_writes())
-            .await
-    }
-
-    /// [`RunnerHandle::wait_for`] for every projection, analytics included (tests, and
-    /// tools that read the analytics tables right after writing).
-    pub async fn wait_for_all(&self, position: i64, timeout: Duration) -> bool {
-        self.wait_until(position, timeout, |_| true).await
-    }
-
-    async fn wait_until(
-        &self,
-        position: i64,
-        timeout: Duration,
-        which: impl Fn(ProjectionKind) -> bool,
-    ) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        for slot in self.shared.slots.iter().filter(|s| which(s.kind)) {
+        for slot in &self.shared.slots {
             let mut rx = slot.applied.subscribe();
             if *rx.borrow_and_update() >= position {
                 continue;
