@@ -47,6 +47,7 @@ on_both_backends!(
     analytics_numbers_equal_counts_computed_from_the_log,
     a_rebuild_gives_the_live_tables_and_an_erasure_changes_no_analytics_row,
     no_analytics_table_holds_personal_data_or_a_customer_id,
+    a_stored_version_other_than_the_builds_rebuilds_the_analytics_tables_at_start_up,
 );
 
 /// Day `d` of June 2025 at hour `h`, UTC.
@@ -859,5 +860,79 @@ async fn no_analytics_table_holds_personal_data_or_a_customer_id(env: Env) {
             "{f:?} found in analytics:\n{text}"
         );
     }
+    runner.shutdown().await;
+}
+
+/// Runs one statement on the read-model database of either backend.
+async fn execute(env: &Env, pg: &str, sqlite: &str) {
+    match &env.pool {
+        Some(pool) => pool.get().await.unwrap().batch_execute(pg).await.unwrap(),
+        None => rusqlite::Connection::open(env.data_dir.join("read.db"))
+            .unwrap()
+            .execute_batch(sqlite)
+            .unwrap(),
+    }
+}
+
+async fn stored_version(env: &Env) -> i32 {
+    match &env.pool {
+        Some(pool) => pool
+            .get()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT version FROM crm.projection_checkpoints WHERE projection = 'analytics'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0),
+        None => rusqlite::Connection::open(env.data_dir.join("read.db"))
+            .unwrap()
+            .query_row(
+                "SELECT version FROM projection_checkpoints WHERE projection = 'analytics'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap(),
+    }
+}
+
+async fn a_stored_version_other_than_the_builds_rebuilds_the_analytics_tables_at_start_up(
+    env: Env,
+) {
+    let runner = env.start_with(tiny()).await;
+    history(&env).await;
+    let head = env.head().await;
+    assert!(runner.wait_for(head, WAIT).await);
+    let live = dump(&env).await;
+    runner.shutdown().await;
+    drop(runner);
+
+    // Tables "built by an older version": a stored version that is not this build's, and
+    // rows that only a rebuild puts right.
+    let sql = "UPDATE {cp} SET version = 0 WHERE projection = 'analytics'; \
+               DELETE FROM {a}conversion_by_source; DELETE FROM {a}logins_daily;";
+    execute(
+        &env,
+        &sql.replace("{cp}", "crm.projection_checkpoints")
+            .replace("{a}", "analytics."),
+        &sql.replace("{cp}", "projection_checkpoints")
+            .replace("{a}", ""),
+    )
+    .await;
+    assert_ne!(dump(&env).await, live);
+
+    let runner = env.start_with(tiny()).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while stored_version(&env).await != egec_projections::ProjectionKind::Analytics.version() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rebuild at start-up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(runner.wait_for(head, WAIT).await);
+    assert_eq!(dump(&env).await, live);
     runner.shutdown().await;
 }
