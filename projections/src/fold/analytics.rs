@@ -525,6 +525,10 @@ impl AnalyticsWork {
     pub fn len(&self) -> usize {
         self.facts.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.facts.is_empty()
+    }
 }
 
 /// What a batch or a flush writes: changed working-state entries, daily rows (absolute)
@@ -539,6 +543,10 @@ pub struct AnalyticsChanges {
 impl AnalyticsChanges {
     pub fn len(&self) -> usize {
         self.entities.len() + self.daily.len() + self.deltas.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -555,6 +563,10 @@ impl AnalyticsFold {
     /// Working-state entries held (the rebuild bounds its memory by this).
     pub fn len(&self) -> usize {
         self.entities.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entities.is_empty()
     }
 
     /// Entries the work reads that the fold does not hold: load them first.
