@@ -237,3 +237,36 @@ async fn the_documented_example_queries_run_as_the_analytics_role_on_a_populated
     }
     runner.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_analytics_tables_are_granted_to_the_role_even_without_default_privileges() {
+    let env = Env::postgres().await;
+    let pool = env.pool.clone().expect("postgres pool");
+    // A database where the application's role is not the one whose default privileges
+    // migration V3 set: here, the same role with those privileges taken back.
+    pool.get()
+        .await
+        .expect("connection")
+        .batch_execute(
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA analytics REVOKE SELECT ON TABLES \
+             FROM egec_analytics",
+        )
+        .await
+        .expect("revoke default privileges");
+    let runner = env.start().await;
+    for rel in ANALYTICS_RELATIONS {
+        as_analyst(&pool, &format!("SELECT count(*) FROM analytics.{rel}"))
+            .await
+            .unwrap_or_else(|e| panic!("analytics.{rel} not granted at start-up: {e}"));
+    }
+    runner
+        .rebuild("analytics", |_, _| {})
+        .await
+        .expect("rebuild");
+    for rel in ANALYTICS_RELATIONS {
+        as_analyst(&pool, &format!("SELECT count(*) FROM analytics.{rel}"))
+            .await
+            .unwrap_or_else(|e| panic!("analytics.{rel} not granted after a swap: {e}"));
+    }
+    runner.shutdown().await;
+}

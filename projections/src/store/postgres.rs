@@ -346,6 +346,7 @@ impl PgReadStore {
             .await?;
         }
         tx.batch_execute(analytics::CREATE_VIEW).await?;
+        tx.batch_execute(&analytics::grant_sql()).await?;
         tx.commit().await?;
         Ok(trigram)
     }
@@ -1011,6 +1012,7 @@ impl ReadStore for PgReadStore {
         }
         if kind == ProjectionKind::Analytics {
             tx.batch_execute(analytics::CREATE_VIEW).await?;
+            tx.batch_execute(&analytics::grant_sql()).await?;
         }
         set_checkpoint(&tx, kind, to).await?;
         tx.commit().await?;

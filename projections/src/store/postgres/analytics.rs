@@ -105,6 +105,28 @@ pub(super) const CREATE_VIEW: &str = "CREATE VIEW analytics.agent_workload AS \
            SELECT agent_id, 0::bigint, due_at, followups FROM analytics.agent_open_followups) w \
      GROUP BY agent_id;";
 
+/// Grants `egec_analytics` SELECT on the live analytics tables and the view, where the role
+/// exists. Default privileges (migration V3) already cover objects the migrating role
+/// creates; this also covers a deployment whose application role differs from the
+/// migrating one, as the owner may always grant on its own tables. Run after every creation
+/// and swap, since a swap puts new tables in place.
+pub(super) fn grant_sql() -> String {
+    let names: Vec<String> = TABLES
+        .iter()
+        .filter(|d| d.schema == ANALYTICS)
+        .map(|d| format!("{ANALYTICS}.{}", d.live))
+        .chain(std::iter::once(format!("{ANALYTICS}.agent_workload")))
+        .collect();
+    format!(
+        "DO $$ BEGIN \
+           IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'egec_analytics') THEN \
+             GRANT SELECT ON {} TO egec_analytics; \
+           END IF; \
+         END $$;",
+        names.join(", ")
+    )
+}
+
 pub(super) async fn load_state(
     tx: &Transaction<'_>,
     table: &str,
