@@ -624,6 +624,7 @@ impl AnalyticsFold {
                     .logins
                     .entry((at.date_naive(), role))
                     .or_default();
+                // The pair is (successful logins, failed attempts).
                 v[usize::from(!*succeeded)] += 1;
             }
             _ => self.apply_customer(fact),
