@@ -18,9 +18,11 @@ use uuid::Uuid;
 use crate::kind::ProjectionKind;
 use crate::rows::{ApiKeyRow, AuditRow, CustomerRow, FollowupRow, SessionRow, UserRow};
 
+pub mod analytics;
 mod api_keys;
 mod audit;
 mod followups;
+use analytics::{AnalyticsChanges, AnalyticsFold, AnalyticsWork, Entity};
 pub use api_keys::apply_api_key;
 pub use audit::{apply_audit, audit_row};
 pub use followups::{CUSTOMER_ERASED, apply_followup};
@@ -375,6 +377,7 @@ pub(crate) enum Work {
     ApiKeys(Plan<egec_domain::api_key::ApiKeyEvent>),
     Audit(Plan<AuditRow>),
     Followups(FollowupWork),
+    Analytics(AnalyticsWork),
 }
 
 impl Work {
@@ -435,6 +438,7 @@ impl Work {
                 Some((env.event_id, true, audit_row(&env)))
             })),
             ProjectionKind::Followups => Work::Followups(FollowupWork::of(envelopes)),
+            ProjectionKind::Analytics => Work::Analytics(AnalyticsWork::of(envelopes)),
         }
     }
 
@@ -447,6 +451,7 @@ impl Work {
             (Work::ApiKeys(a), Work::ApiKeys(b)) => extend_plan(a, b),
             (Work::Audit(a), Work::Audit(b)) => extend_plan(a, b),
             (Work::Followups(a), Work::Followups(b)) => a.extend(b),
+            (Work::Analytics(a), Work::Analytics(b)) => a.extend(b),
             // Work of one projection is only ever merged with work of the same projection.
             _ => {}
         }
@@ -460,6 +465,7 @@ impl Work {
             ProjectionKind::ApiKeys => Work::ApiKeys(Plan::default()),
             ProjectionKind::Audit => Work::Audit(Plan::default()),
             ProjectionKind::Followups => Work::Followups(FollowupWork::default()),
+            ProjectionKind::Analytics => Work::Analytics(AnalyticsWork::default()),
         }
     }
 
@@ -476,6 +482,7 @@ impl Work {
             Work::ApiKeys(p) => p.steps.len(),
             Work::Audit(p) => p.steps.len(),
             Work::Followups(w) => w.len(),
+            Work::Analytics(w) => w.len(),
         }
     }
 }
@@ -573,6 +580,8 @@ pub(crate) enum Rows {
     ApiKeys(Vec<ApiKeyRow>),
     Audit(Vec<AuditRow>),
     Followups(Vec<FollowupRow>),
+    /// Working-state entries of the analytics fold, by id.
+    Analytics(Vec<(Uuid, Entity)>),
 }
 
 /// Changed rows to write, each with the row as stored (`None`: not stored yet).
@@ -585,6 +594,7 @@ pub(crate) enum Changes {
     Audit(Vec<Touched<AuditRow>>),
     /// Changed rows, then the customers whose follow-up notes are to be erased.
     Followups(Vec<Touched<FollowupRow>>, Vec<Uuid>),
+    Analytics(AnalyticsChanges),
 }
 
 impl Changes {
@@ -596,6 +606,7 @@ impl Changes {
             Changes::ApiKeys(v) => v.len(),
             Changes::Audit(v) => v.len(),
             Changes::Followups(v, erased) => v.len() + erased.len(),
+            Changes::Analytics(c) => c.len(),
         }
     }
 }
@@ -721,6 +732,7 @@ pub(crate) enum FoldCache {
     ApiKeys(RowCache<ApiKeyRow>),
     Audit(RowCache<AuditRow>),
     Followups(FollowupCache),
+    Analytics(AnalyticsFold),
 }
 
 impl FoldCache {
@@ -732,6 +744,8 @@ impl FoldCache {
             ProjectionKind::ApiKeys => FoldCache::ApiKeys(RowCache::default()),
             ProjectionKind::Audit => FoldCache::Audit(RowCache::default()),
             ProjectionKind::Followups => FoldCache::Followups(FollowupCache::default()),
+            // A rebuild fills empty shadow tables: the daily table starts with no last day.
+            ProjectionKind::Analytics => FoldCache::Analytics(AnalyticsFold::default()),
         }
     }
 
@@ -743,6 +757,7 @@ impl FoldCache {
             FoldCache::ApiKeys(c) => c.rows.len(),
             FoldCache::Audit(c) => c.rows.len(),
             FoldCache::Followups(c) => c.rows.rows.len(),
+            FoldCache::Analytics(c) => c.len(),
         }
     }
 
@@ -755,6 +770,7 @@ impl FoldCache {
             (FoldCache::ApiKeys(c), Work::ApiKeys(p)) => c.missing(p),
             (FoldCache::Audit(c), Work::Audit(p)) => c.missing(p),
             (FoldCache::Followups(c), Work::Followups(w)) => c.rows.missing(&w.plan),
+            (FoldCache::Analytics(c), Work::Analytics(w)) => c.missing(w),
             _ => Vec::new(),
         }
     }
@@ -767,6 +783,7 @@ impl FoldCache {
             (FoldCache::ApiKeys(c), Rows::ApiKeys(r)) => c.add_loaded(ids, r, |x| x.id),
             (FoldCache::Audit(c), Rows::Audit(r)) => c.add_loaded(ids, r, |x| x.event_id),
             (FoldCache::Followups(c), Rows::Followups(r)) => c.rows.add_loaded(ids, r, |x| x.id),
+            (FoldCache::Analytics(c), Rows::Analytics(r)) => c.add_loaded(ids, r),
             _ => {}
         }
     }
@@ -779,6 +796,7 @@ impl FoldCache {
             (FoldCache::ApiKeys(c), Work::ApiKeys(p)) => c.fold(p, apply_api_key),
             (FoldCache::Audit(c), Work::Audit(p)) => c.fold(p, apply_audit),
             (FoldCache::Followups(c), Work::Followups(w)) => c.fold(w),
+            (FoldCache::Analytics(c), Work::Analytics(w)) => c.fold(w),
             // A cache only ever receives work of its own projection.
             _ => {}
         }
@@ -796,6 +814,7 @@ impl FoldCache {
                 let (rows, erased) = c.take_changes();
                 Changes::Followups(rows, erased)
             }
+            FoldCache::Analytics(c) => Changes::Analytics(c.take_changes()),
         }
     }
 }

@@ -16,17 +16,21 @@ pub enum ProjectionKind {
     Audit,
     /// Follow-ups, visible with their customer.
     Followups,
+    /// Aggregates for analysts, without personal data (schema `analytics` on PostgreSQL).
+    Analytics,
 }
 
 impl ProjectionKind {
-    /// Every operational projection; read-your-writes waits for all of them.
-    pub const ALL: [ProjectionKind; 6] = [
+    /// Every projection the runner keeps; read-your-writes waits for all of them (analytics
+    /// included: it is cheap to fold, and a tool that writes and then counts sees its write).
+    pub const ALL: [ProjectionKind; 7] = [
         ProjectionKind::Customers,
         ProjectionKind::Users,
         ProjectionKind::Sessions,
         ProjectionKind::ApiKeys,
         ProjectionKind::Audit,
         ProjectionKind::Followups,
+        ProjectionKind::Analytics,
     ];
 
     /// The name used in checkpoints, metrics and the rebuild command.
@@ -38,6 +42,7 @@ impl ProjectionKind {
             ProjectionKind::ApiKeys => "api_keys",
             ProjectionKind::Audit => "audit",
             ProjectionKind::Followups => "followups",
+            ProjectionKind::Analytics => "analytics",
         }
     }
 
@@ -59,6 +64,7 @@ impl ProjectionKind {
             ProjectionKind::ApiKeys => 1,
             ProjectionKind::Audit => 1,
             ProjectionKind::Followups => 1,
+            ProjectionKind::Analytics => 1,
         }
     }
 
@@ -80,6 +86,7 @@ impl ProjectionKind {
             ProjectionKind::Followups => {
                 event_type.starts_with("Followup") || event_type == crate::fold::CUSTOMER_ERASED
             }
+            ProjectionKind::Analytics => crate::fold::analytics::wants(event_type),
         }
     }
 }

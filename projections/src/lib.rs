@@ -10,12 +10,13 @@
 //! let row = runner.read_models().get_customer(id).await?;
 //! ```
 //!
-//! Each projection (`customers`, `users`, `sessions`, `api_keys`, `audit`, `followups`) is a named,
-//! versioned fold. The runner reads the log from the projection's checkpoint, folds a batch
+//! Each projection (`customers`, `users`, `sessions`, `api_keys`, `audit`, `followups`,
+//! `analytics`) is a named, versioned fold. The runner reads the log from the projection's checkpoint, folds a batch
 //! in memory, and writes the changed rows and the new checkpoint in one transaction, so every
 //! event takes effect exactly once however the process stops. Read models live in
 //! `<data_dir>/read.db` (SQLite) or schema `crm` (PostgreSQL) and hold personal data in
-//! clear, exactly as decoded: erased fields read `"[ERASED]"`.
+//! clear, exactly as decoded: erased fields read `"[ERASED]"`. The `analytics` tables hold
+//! none (schema `analytics` on PostgreSQL, see `docs/analytics.md`).
 
 mod decode;
 pub mod error;

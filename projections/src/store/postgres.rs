@@ -29,6 +29,7 @@ use crate::rows::{
     SessionRow, SessionUser, UserRow,
 };
 
+mod analytics;
 mod api_keys;
 mod audit;
 mod followups;
@@ -45,14 +46,25 @@ const SCHEMA_LOCK: i32 = 0x5052_0000;
 /// Second keys of the per-projection leader locks are this plus the projection's index.
 const LEADER_LOCK_BASE: i32 = 0x5052_0100;
 
+/// The schema of the operational read models (they hold personal data).
+const CRM: &str = "crm";
+/// The schema analysts read: no personal data (see `docs/analytics.md`).
+const ANALYTICS: &str = "analytics";
+
 struct TableDef {
+    /// `crm` or `analytics`: the schema decides who may read the table.
+    schema: &'static str,
     live: &'static str,
+    /// The primary key's columns.
+    key: &'static str,
     columns: &'static str,
     /// `(name suffix, index definition after ON <table>)`.
     indexes: &'static [(&'static str, &'static str)],
 }
 
 const CUSTOMERS: TableDef = TableDef {
+    schema: CRM,
+    key: "id",
     live: "customers",
     columns: "id uuid NOT NULL, \
               name text NOT NULL, \
@@ -83,6 +95,8 @@ const CUSTOMERS: TableDef = TableDef {
 };
 
 const USERS: TableDef = TableDef {
+    schema: CRM,
+    key: "id",
     live: "users",
     columns: "id uuid NOT NULL, \
               email text NOT NULL, \
@@ -104,6 +118,8 @@ const USERS: TableDef = TableDef {
 
 /// Sessions ended by a logout, by session id.
 const SESSIONS: TableDef = TableDef {
+    schema: CRM,
+    key: "id",
     live: "sessions",
     columns: "id uuid NOT NULL, \
               user_id uuid NOT NULL, \
@@ -120,6 +136,7 @@ fn tables(kind: ProjectionKind) -> &'static [TableDef] {
         ProjectionKind::ApiKeys => &[API_KEYS],
         ProjectionKind::Audit => &[AUDIT],
         ProjectionKind::Followups => &[FOLLOWUPS],
+        ProjectionKind::Analytics => &analytics::TABLES,
     }
 }
 
@@ -145,8 +162,8 @@ const SESSION_COLUMNS: &str = "id, user_id, ended_at, last_position";
 
 fn create_table_sql(def: &TableDef, name: &str) -> String {
     format!(
-        "CREATE TABLE IF NOT EXISTS crm.{name} ({}, CONSTRAINT {name}_pkey PRIMARY KEY (id))",
-        def.columns
+        "CREATE TABLE IF NOT EXISTS {}.{name} ({}, CONSTRAINT {name}_pkey PRIMARY KEY ({}))",
+        def.schema, def.columns, def.key
     )
 }
 
@@ -160,7 +177,10 @@ fn create_indexes_sql(def: &TableDef, name: &str, trigram: Option<&str>) -> Stri
         .indexes
         .iter()
         .map(|(suffix, body)| {
-            format!("CREATE INDEX IF NOT EXISTS {name}_{suffix} ON crm.{name} {body};")
+            format!(
+                "CREATE INDEX IF NOT EXISTS {name}_{suffix} ON {}.{name} {body};",
+                def.schema
+            )
         })
         .collect();
     if let (Some(opclass), true) = (trigram, def.live == CUSTOMERS.live) {
@@ -244,6 +264,15 @@ impl PgReadStore {
             &[&LOCK_CLASS, &SCHEMA_LOCK],
         )
         .await?;
+        // Schema `analytics` comes from migration V3 with its grants; creating it here too
+        // only matters for a database migrated without it, where no analyst can read it.
+        // The workload view depends on the analytics tables, so it goes first and comes back
+        // once they exist.
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS analytics; {}",
+            analytics::DROP_VIEW
+        ))
+        .await?;
         tx.batch_execute(
             "CREATE SCHEMA IF NOT EXISTS crm; \
              CREATE TABLE IF NOT EXISTS crm.projection_checkpoints (\
@@ -279,19 +308,21 @@ impl PgReadStore {
                 let exists: bool = tx
                     .query_one(
                         "SELECT to_regclass($1) IS NOT NULL",
-                        &[&format!("crm.{}", def.live)],
+                        &[&format!("{}.{}", def.schema, def.live)],
                     )
                     .await?
                     .try_get(0)?;
                 complete &= exists;
-                for stale in list_tables(&tx, &format!("{}_retired_%", def.live)).await? {
-                    tx.batch_execute(&format!("DROP TABLE IF EXISTS crm.{stale}"))
+                for stale in
+                    list_tables(&tx, def.schema, &format!("{}_retired_%", def.live)).await?
+                {
+                    tx.batch_execute(&format!("DROP TABLE IF EXISTS {}.{stale}", def.schema))
                         .await?;
                 }
             }
             if !complete {
                 for def in tables(kind) {
-                    tx.batch_execute(&format!("DROP TABLE IF EXISTS crm.{}", def.live))
+                    tx.batch_execute(&format!("DROP TABLE IF EXISTS {}.{}", def.schema, def.live))
                         .await?;
                 }
             }
@@ -314,19 +345,25 @@ impl PgReadStore {
             )
             .await?;
         }
+        tx.batch_execute(analytics::CREATE_VIEW).await?;
+        tx.batch_execute(&analytics::grant_sql()).await?;
         tx.commit().await?;
         Ok(trigram)
     }
 }
 
-/// Tables of schema `crm` whose names match a LIKE pattern (with `_` escaped, so that it
+/// Tables of a schema whose names match a LIKE pattern (with `_` escaped, so that it
 /// matches only itself).
-async fn list_tables(tx: &Transaction<'_>, pattern: &str) -> Result<Vec<String>, StorageError> {
+async fn list_tables(
+    tx: &Transaction<'_>,
+    schema: &str,
+    pattern: &str,
+) -> Result<Vec<String>, StorageError> {
     let escaped = pattern.replace('_', "\\_");
     let rows = tx
         .query(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'crm' AND tablename LIKE $1",
-            &[&escaped],
+            "SELECT tablename FROM pg_tables WHERE schemaname = $1 AND tablename LIKE $2",
+            &[&schema, &escaped],
         )
         .await?;
     rows.iter()
@@ -682,6 +719,7 @@ async fn apply_work(
             let touched = crate::fold::fold_followups(&w.plan, loaded);
             followups::write(tx, &table, cached, &touched, &w.erased_customers).await
         }
+        Work::Analytics(w) => analytics::apply(tx, shadow, cached, w).await,
     }
 }
 
@@ -837,8 +875,8 @@ impl ReadStore for PgReadStore {
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await?;
         for def in tables(kind) {
-            for stale in list_tables(&tx, &format!("{}_rebuild_%", def.live)).await? {
-                tx.batch_execute(&format!("DROP TABLE IF EXISTS crm.{stale}"))
+            for stale in list_tables(&tx, def.schema, &format!("{}_rebuild_%", def.live)).await? {
+                tx.batch_execute(&format!("DROP TABLE IF EXISTS {}.{stale}", def.schema))
                     .await?;
             }
             tx.batch_execute(&create_table_sql(def, &shadow.table(def.live)))
@@ -877,6 +915,10 @@ impl ReadStore for PgReadStore {
             }
             ProjectionKind::Followups => Rows::Followups(
                 followups::load(&tx, &shadow.table(FOLLOWUPS.live), &ids, false).await?,
+            ),
+            ProjectionKind::Analytics => Rows::Analytics(
+                analytics::load_state(&tx, &shadow.table(analytics::STATE.live), &ids, false)
+                    .await?,
             ),
         };
         tx.commit().await?;
@@ -917,6 +959,7 @@ impl ReadStore for PgReadStore {
                 }
                 followups::write(&tx, &shadow.table(FOLLOWUPS.live), false, &[], erased).await?;
             }
+            Changes::Analytics(c) => analytics::write(&tx, Some(shadow), false, c).await?,
         }
         tx.commit().await?;
         Ok(())
@@ -929,7 +972,8 @@ impl ReadStore for PgReadStore {
             conn.batch_execute(&create_indexes_sql(def, &name, self.trigram.as_deref()))
                 .await?;
             // Fresh statistics, so the planner uses the new indexes from the first query.
-            conn.batch_execute(&format!("ANALYZE crm.{name}")).await?;
+            conn.batch_execute(&format!("ANALYZE {}.{name}", def.schema))
+                .await?;
         }
         Ok(())
     }
@@ -940,24 +984,35 @@ impl ReadStore for PgReadStore {
         let tx = conn.transaction().await?;
         lock_checkpoint(&tx, kind).await?;
         apply_work(&tx, Some(shadow), &tail).await?;
+        // A view holds on to the tables it reads: the workload view is dropped with the
+        // analytics tables and made again over the new ones.
+        if kind == ProjectionKind::Analytics {
+            tx.batch_execute(analytics::DROP_VIEW).await?;
+        }
         for def in tables(kind) {
             let live = def.live;
+            let schema = def.schema;
             let from = shadow.table(live);
             let mut sql = format!(
-                "DROP TABLE crm.{live}; \
-                 ALTER TABLE crm.{from} RENAME TO {live}; \
-                 ALTER INDEX crm.{from}_pkey RENAME TO {live}_pkey;"
+                "DROP TABLE {schema}.{live}; \
+                 ALTER TABLE {schema}.{from} RENAME TO {live}; \
+                 ALTER INDEX {schema}.{from}_pkey RENAME TO {live}_pkey;"
             );
             for (suffix, _) in def.indexes {
                 sql.push_str(&format!(
-                    "ALTER INDEX crm.{from}_{suffix} RENAME TO {live}_{suffix};"
+                    "ALTER INDEX {schema}.{from}_{suffix} RENAME TO {live}_{suffix};"
                 ));
             }
             // The trigram index exists only where `pg_trgm` is available.
             sql.push_str(&format!(
-                "ALTER INDEX IF EXISTS crm.{from}_{SEARCH_INDEX} RENAME TO {live}_{SEARCH_INDEX};"
+                "ALTER INDEX IF EXISTS {schema}.{from}_{SEARCH_INDEX} \
+                 RENAME TO {live}_{SEARCH_INDEX};"
             ));
             tx.batch_execute(&sql).await?;
+        }
+        if kind == ProjectionKind::Analytics {
+            tx.batch_execute(analytics::CREATE_VIEW).await?;
+            tx.batch_execute(&analytics::grant_sql()).await?;
         }
         set_checkpoint(&tx, kind, to).await?;
         tx.commit().await?;
@@ -974,7 +1029,8 @@ impl ReadStore for PgReadStore {
         let conn = self.pool.get().await?;
         for def in tables(shadow.kind) {
             conn.batch_execute(&format!(
-                "DROP TABLE IF EXISTS crm.{}",
+                "DROP TABLE IF EXISTS {}.{}",
+                def.schema,
                 shadow.table(def.live)
             ))
             .await?;

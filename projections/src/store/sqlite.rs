@@ -38,6 +38,7 @@ use crate::rows::{
     SessionRow, SessionUser, UserRow,
 };
 
+mod analytics;
 mod api_keys;
 mod audit;
 mod followups;
@@ -145,6 +146,7 @@ fn tables(kind: ProjectionKind) -> &'static [TableDef] {
         ProjectionKind::ApiKeys => &[API_KEYS],
         ProjectionKind::Audit => &[AUDIT],
         ProjectionKind::Followups => &[FOLLOWUPS],
+        ProjectionKind::Analytics => &analytics::TABLES,
     }
 }
 
@@ -339,6 +341,9 @@ fn ensure_schema(conn: &mut Connection) -> Result<(), StorageError> {
     )?;
     add_session_version_column(&tx)?;
     add_credential_columns(&tx)?;
+    // The workload view reads analytics tables that may be recreated below; it is made
+    // again once they all exist.
+    tx.execute_batch(analytics::DROP_VIEW)?;
     for kind in ProjectionKind::ALL {
         let defs = tables(kind);
         let mut complete = true;
@@ -367,6 +372,7 @@ fn ensure_schema(conn: &mut Connection) -> Result<(), StorageError> {
         }
     }
     search::ensure_live(&tx, CUSTOMERS.live)?;
+    tx.execute_batch(analytics::CREATE_VIEW)?;
     tx.commit()?;
     Ok(())
 }
@@ -754,6 +760,10 @@ fn apply_work(
             let touched = crate::fold::fold_followups(&w.plan, loaded);
             followups::write(tx, &table, &touched, &w.erased_customers)
         }
+        Work::Analytics(w) => {
+            analytics::apply(tx, shadow, w)?;
+            Ok(false)
+        }
     }
 }
 
@@ -927,6 +937,11 @@ impl ReadStore for SqliteReadStore {
                 ProjectionKind::Followups => {
                     Rows::Followups(followups::load(conn, &shadow.table(FOLLOWUPS.live), &ids)?)
                 }
+                ProjectionKind::Analytics => Rows::Analytics(analytics::load_state(
+                    conn,
+                    &shadow.table(analytics::STATE.live),
+                    &ids,
+                )?),
             })
         })
         .await
@@ -952,6 +967,7 @@ impl ReadStore for SqliteReadStore {
                 Changes::Followups(rows, erased) => {
                     followups::write(&tx, &shadow.table(FOLLOWUPS.live), rows, erased)?;
                 }
+                Changes::Analytics(c) => analytics::write(&tx, Some(&shadow), c)?,
             }
             tx.commit()?;
             Ok(())
@@ -980,6 +996,9 @@ impl ReadStore for SqliteReadStore {
             // An erasure in the tail is taken care of by `drop_retired`, which truncates the
             // WAL right after the live runner is released.
             apply_work(&tx, Some(&shadow), &tail)?;
+            if kind == ProjectionKind::Analytics {
+                tx.execute_batch(analytics::DROP_VIEW)?;
+            }
             for def in tables(kind) {
                 tx.execute_batch(&format!(
                     "ALTER TABLE {live} RENAME TO {retired}; \
@@ -1005,6 +1024,9 @@ impl ReadStore for SqliteReadStore {
                  SET position = excluded.position, version = excluded.version",
                 params![kind.name(), to, kind.version()],
             )?;
+            if kind == ProjectionKind::Analytics {
+                tx.execute_batch(analytics::CREATE_VIEW)?;
+            }
             tx.commit()?;
             Ok(())
         })

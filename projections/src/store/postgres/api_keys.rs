@@ -5,12 +5,14 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{TableDef, prepare};
+use super::{CRM, TableDef, prepare};
 use crate::error::StorageError;
 use crate::fold::Touched;
 use crate::rows::ApiKeyRow;
 
 pub(super) const API_KEYS: TableDef = TableDef {
+    schema: CRM,
+    key: "id",
     live: "api_keys",
     columns: "id uuid NOT NULL, \
               name text NOT NULL, \

@@ -5,12 +5,14 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{Param, TableDef, prepare, refs};
+use super::{CRM, Param, TableDef, prepare, refs};
 use crate::error::StorageError;
 use crate::fold::Touched;
 use crate::rows::{AuditQuery, AuditRow};
 
 pub(super) const AUDIT: TableDef = TableDef {
+    schema: CRM,
+    key: "id",
     live: "audit",
     columns: "id uuid NOT NULL, \
               position bigint NOT NULL, \

@@ -12,12 +12,14 @@ use egec_domain::personal::ERASED;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{Param, TableDef, prepare, refs};
+use super::{CRM, Param, TableDef, prepare, refs};
 use crate::error::StorageError;
 use crate::fold::Touched;
 use crate::rows::{FollowupQuery, FollowupRow};
 
 pub(super) const FOLLOWUPS: TableDef = TableDef {
+    schema: CRM,
+    key: "id",
     live: "followups",
     columns: "id uuid NOT NULL, \
               customer_id uuid NOT NULL, \
