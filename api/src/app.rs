@@ -265,6 +265,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
              is refused as plain HTTP (TLS is terminated by a trusted proxy)"
         );
     }
+    let signals = match &config.nats_url {
+        None => crate::signals::Signals::off(),
+        Some(url) => {
+            use secrecy::ExposeSecret;
+            crate::signals::Signals::connect(url.expose_secret(), &config.signals_subject)
+                .await
+                .map_err(|e| anyhow::anyhow!("NATS_URL: {e}"))?
+        }
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -285,7 +294,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             core.stores.blobs.clone(),
             core.bus.codec().vault().clone(),
         )),
+        signals,
     };
+    crate::signals::spawn(&state);
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move { axum::serve(listener, app).await });
     tracing::info!(%addr, backend = state.log.backend().as_str(), "serving");

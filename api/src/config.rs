@@ -20,6 +20,14 @@ pub struct Config {
     /// `redis://…` (`REDIS_URL`): rate limits shared by every node; unset, per node in memory.
     /// Secret because it may carry a password.
     pub redis_url: Option<SecretString>,
+    /// `nats://…` (`NATS_URL`): cross-node signals (and the event bus); unset, nodes poll.
+    pub nats_url: Option<SecretString>,
+    /// The core NATS subject of this deployment's signals (`EGEC_SIGNALS_SUBJECT`, default
+    /// `egec.signals`), so deployments (or test runs) sharing one NATS never hear each other.
+    pub signals_subject: String,
+    /// How often a node looks at the log and the projection checkpoints without being told
+    /// (`EGEC_PROJECTION_POLL_MS`, default 200): the fallback when signals do not arrive.
+    pub projection_poll_ms: u64,
     /// Prefix of this deployment's Redis keys (`EGEC_REDIS_PREFIX`, default `egec`), so
     /// deployments (or test runs) sharing one Redis never share limits.
     pub redis_prefix: String,
@@ -87,6 +95,7 @@ impl std::fmt::Debug for Config {
             .field("env", &self.env)
             .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("nats_url", &self.nats_url.as_ref().map(|_| "<set>"))
             .field("data_dir", &self.data_dir)
             .field("listen", &self.listen)
             .field("master_key", &self.master_key.as_ref().map(|_| "<set>"))
@@ -174,6 +183,42 @@ impl Config {
                 "EGEC_REDIS_PREFIX must be 1 to 64 letters, digits, `-`, `_` or `.`".to_owned(),
             );
         }
+        let nats_url = src.get("NATS_URL").filter(|u| !u.is_empty());
+        if let Some(url) = &nats_url
+            && !(url.starts_with("nats://") || url.starts_with("tls://"))
+        {
+            errors.push("NATS_URL must start with nats:// or tls://".to_owned());
+        }
+        let signals_subject = src
+            .get("EGEC_SIGNALS_SUBJECT")
+            .unwrap_or_else(|| "egec.signals".to_owned());
+        if signals_subject.is_empty()
+            || signals_subject.len() > 128
+            || signals_subject.split('.').any(|t| {
+                t.is_empty()
+                    || !t
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+        {
+            errors.push(
+                "EGEC_SIGNALS_SUBJECT must be dot-separated tokens of letters, digits, `-` and `_`"
+                    .to_owned(),
+            );
+        }
+        let projection_poll_ms = match src.get("EGEC_PROJECTION_POLL_MS") {
+            None => 200,
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if (10..=60_000).contains(&n) => n,
+                _ => {
+                    errors.push(
+                        "EGEC_PROJECTION_POLL_MS must be a whole number from 10 to 60000"
+                            .to_owned(),
+                    );
+                    200
+                }
+            },
+        };
         let data_dir = PathBuf::from(
             src.get("EGEC_DATA_DIR")
                 .unwrap_or_else(|| "./egec-data".into()),
@@ -359,6 +404,9 @@ impl Config {
             env,
             database_url: database_url.map(SecretString::from),
             redis_url: redis_url.map(SecretString::from),
+            nats_url: nats_url.map(SecretString::from),
+            signals_subject,
+            projection_poll_ms,
             redis_prefix,
             data_dir,
             listen,

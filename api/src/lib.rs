@@ -20,6 +20,7 @@ pub mod retention_task;
 pub mod reveals;
 pub mod routes;
 pub mod security_headers;
+pub mod signals;
 pub mod state;
 pub mod users;
 pub mod views;

@@ -35,6 +35,8 @@ pub struct AppState {
     pub rate_limits: Arc<crate::rate_limit::RateLimits>,
     /// Encrypted attachment contents under each customer's key.
     pub attachments: Arc<egec_commands::attachments::Attachments>,
+    /// Cross-node signals over NATS (off without `NATS_URL`).
+    pub signals: crate::signals::Signals,
 }
 
 impl AppState {
@@ -116,11 +118,15 @@ pub async fn open_core(config: &Config) -> anyhow::Result<Core> {
     let codec = Arc::new(Codec::new(vault));
     let appender = Appender::spawn(stores.log.clone(), 1000);
     let bus = Arc::new(CommandBus::new(stores.log.clone(), appender, codec, 10_000));
-    let runner = ProjectionRunner::start(
+    let runner = ProjectionRunner::start_with(
         &stores,
         &config.data_dir,
         bus.codec().clone(),
         bus.appender().subscribe_head(),
+        egec_projections::RunnerOptions {
+            poll: Duration::from_millis(config.projection_poll_ms),
+            ..Default::default()
+        },
     )
     .await
     .context("starting projections")?;

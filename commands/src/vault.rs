@@ -51,12 +51,66 @@ impl std::fmt::Debug for PendingKey {
     }
 }
 
+/// How long a cached live key is trusted before the key table is asked again. Another node
+/// may destroy a key (an erasure); it tells the others at once over NATS when it can, and this
+/// bounds how long a node that missed the signal can still decrypt with the destroyed key.
+pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The unwrapped keys, least recently used evicted first. A live key expires after
+/// [`KEY_CACHE_TTL`]; an erased one never does (a destroyed key is never re-created).
+struct KeyCache {
+    entries: LruCache<String, (SubjectKey, std::time::Instant)>,
+    ttl: std::time::Duration,
+}
+
+impl KeyCache {
+    fn fresh(ttl: std::time::Duration, entry: &(SubjectKey, std::time::Instant)) -> bool {
+        matches!(entry.0, SubjectKey::Erased) || entry.1.elapsed() < ttl
+    }
+
+    fn get(&mut self, subject: &str) -> Option<SubjectKey> {
+        let ttl = self.ttl;
+        let ttl_ok = match self.entries.get(subject) {
+            None => return None,
+            Some(e) => Self::fresh(ttl, e),
+        };
+        if ttl_ok {
+            self.entries.get(subject).map(|e| e.0.clone())
+        } else {
+            self.entries.pop(subject);
+            None
+        }
+    }
+
+    fn contains(&self, subject: &str) -> bool {
+        self.entries
+            .peek(subject)
+            .is_some_and(|e| Self::fresh(self.ttl, e))
+    }
+
+    fn is_erased(&self, subject: &str) -> bool {
+        matches!(self.entries.peek(subject), Some((SubjectKey::Erased, _)))
+    }
+
+    fn put(&mut self, subject: String, key: SubjectKey) {
+        self.entries.put(subject, (key, std::time::Instant::now()));
+    }
+
+    fn pop(&mut self, subject: &str) {
+        self.entries.pop(subject);
+    }
+
+    fn subjects(&self) -> Vec<String> {
+        self.entries.iter().map(|(s, _)| s.clone()).collect()
+    }
+}
+
 pub struct Vault {
     table: Arc<dyn KeyTable>,
     master: MasterKey,
     /// Former master keys still accepted for unwrapping while a rotation is under way.
     previous: Vec<MasterKey>,
-    cache: Mutex<LruCache<String, SubjectKey>>,
+    cache: Mutex<KeyCache>,
 }
 
 fn wrap_aad(subject: &str, version: i32) -> Vec<u8> {
@@ -73,8 +127,17 @@ impl Vault {
             table,
             master,
             previous: Vec::new(),
-            cache: Mutex::new(LruCache::new(cap)),
+            cache: Mutex::new(KeyCache {
+                entries: LruCache::new(cap),
+                ttl: KEY_CACHE_TTL,
+            }),
         }
+    }
+
+    /// Another lifetime for cached live keys than [`KEY_CACHE_TTL`] (tests).
+    pub fn with_cache_ttl(self, ttl: std::time::Duration) -> Self {
+        self.cache.lock().ttl = ttl;
+        self
     }
 
     pub fn with_previous(mut self, previous: Vec<MasterKey>) -> Self {
@@ -123,7 +186,7 @@ impl Vault {
 
     /// What the cache holds for a subject, without asking the key table.
     pub fn cached(&self, subject: &str) -> Option<SubjectKey> {
-        self.cache.lock().get(subject).cloned()
+        self.cache.lock().get(subject)
     }
 
     /// A fresh first key (version 1) for a subject, wrapped by the master key, stored
@@ -178,7 +241,7 @@ impl Vault {
         for (subject, k) in unwrapped {
             // A concurrent `destroy` may have cached `Erased` meanwhile; never overwrite it
             // with keys read before the erasure.
-            if !matches!(cache.peek(&subject), Some(SubjectKey::Erased)) {
+            if !cache.is_erased(&subject) {
                 cache.put(subject, k);
             }
         }
@@ -188,7 +251,7 @@ impl Vault {
     /// The subject's keys for reading: never creates one.
     pub async fn for_read(&self, subject: &str) -> Result<SubjectKey, VaultError> {
         if let Some(k) = self.cache.lock().get(subject) {
-            return Ok(k.clone());
+            return Ok(k);
         }
         let k = match self.table.load(subject).await? {
             SubjectKeys::None => return Ok(SubjectKey::Missing),
@@ -247,9 +310,9 @@ impl Vault {
     pub fn forget_matching(&self, matches: impl Fn(&str) -> bool) {
         let mut cache = self.cache.lock();
         let stale: Vec<String> = cache
-            .iter()
-            .filter(|(s, _)| matches(s))
-            .map(|(s, _)| s.clone())
+            .subjects()
+            .into_iter()
+            .filter(|s| matches(s))
             .collect();
         for s in stale {
             cache.pop(&s);

@@ -13,7 +13,7 @@ use egec_commands::master_key::MasterKey;
 use egec_commands::store::open::{self, Stores};
 use egec_commands::store::{AppendRequest, ExpectedVersion, NewEvent, ReadBound, SubjectKeys};
 use egec_commands::testing;
-use egec_commands::vault::{Vault, VaultError};
+use egec_commands::vault::{SubjectKey, Vault, VaultError};
 use egec_domain::CustomerId;
 use egec_domain::aggregate::CustomerAggregate;
 use egec_domain::customer::{
@@ -581,6 +581,43 @@ async fn a_batch_id_is_stored_in_clear_metadata_and_read_back_only_where_given(e
     }
 }
 
+async fn a_key_destroyed_by_another_node_stops_decrypting_here_once_the_cache_lifetime_passes(
+    e: Env,
+) {
+    let id = CustomerId::from_uuid(Uuid::now_v7());
+    run(&e, id, create(id)).await.unwrap();
+    // Another node: its own vault and cache, short-lived for the test.
+    let other = Arc::new(
+        Vault::new(
+            e.stores.keys.clone(),
+            e.bus.codec().vault().master().clone(),
+            10,
+        )
+        .with_cache_ttl(std::time::Duration::from_millis(300)),
+    );
+    assert!(matches!(
+        other.for_read(&id.subject()).await.unwrap(),
+        SubjectKey::Live(_)
+    ));
+    // This node erases; the other one did not hear of it (no signal).
+    e.bus.codec().vault().destroy(&id.subject()).await.unwrap();
+    assert!(
+        matches!(
+            other.for_read(&id.subject()).await.unwrap(),
+            SubjectKey::Live(_)
+        ),
+        "still cached on the other node"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(
+        matches!(
+            other.for_read(&id.subject()).await.unwrap(),
+            SubjectKey::Erased
+        ),
+        "past its lifetime the cached key is read again from the key table"
+    );
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod sqlite { use super::*; $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(env(false).await).await } )* }
@@ -599,4 +636,5 @@ both!(
     a_create_whose_subject_already_has_a_key_uses_that_key,
     a_create_for_an_erased_subject_appends_nothing,
     a_stale_cached_aggregate_is_caught_by_the_version_check,
+    a_key_destroyed_by_another_node_stops_decrypting_here_once_the_cache_lifetime_passes,
 );

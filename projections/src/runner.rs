@@ -115,6 +115,8 @@ impl ProjectionRunner {
             head,
             slots,
             shutdown,
+            wake: watch::channel(0).0,
+            progress: watch::channel(0).0,
             tasks: Mutex::new(Vec::new()),
         });
         let handle = RunnerHandle {
@@ -141,12 +143,24 @@ impl ProjectionRunner {
         codec: Arc<Codec>,
         head: watch::Receiver<i64>,
     ) -> Result<RunnerHandle, ProjectionError> {
+        Self::start_with(stores, data_dir, codec, head, RunnerOptions::default()).await
+    }
+
+    /// [`ProjectionRunner::start`] with other tuning than the default.
+    pub async fn start_with(
+        stores: &Stores,
+        data_dir: &Path,
+        codec: Arc<Codec>,
+        head: watch::Receiver<i64>,
+        options: RunnerOptions,
+    ) -> Result<RunnerHandle, ProjectionError> {
         let read_models = ReadModels::open(stores, data_dir).await?;
-        Ok(Self::spawn(
+        Ok(Self::spawn_with(
             read_models,
             Arc::clone(&stores.log),
             codec,
             head,
+            options,
         ))
     }
 }
@@ -203,6 +217,13 @@ impl Slot {
         self.export_lag();
     }
 
+    /// Raises the published position, never lowers it.
+    pub fn publish_at_least(&self, position: i64) {
+        if position > *self.applied.borrow() {
+            self.publish(position);
+        }
+    }
+
     pub fn observe_head(&self, head: i64) {
         self.known_head.fetch_max(head, Ordering::Relaxed);
         self.export_lag();
@@ -234,6 +255,12 @@ pub(crate) struct Shared {
     pub head: watch::Receiver<i64>,
     pub slots: Vec<Slot>,
     shutdown: watch::Sender<bool>,
+    /// Raised by [`RunnerHandle::wake`]: another process appended or applied, so look now
+    /// rather than at the next poll.
+    wake: watch::Sender<u64>,
+    /// Raised whenever this process, as a projection's leader, applied a batch: the signal
+    /// other processes' waiters are woken by.
+    progress: watch::Sender<u64>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -299,6 +326,42 @@ impl RunnerHandle {
         WeakHandle {
             shared: Arc::clone(&self.shared),
             guard: Arc::downgrade(&self._guard),
+        }
+    }
+
+    /// Makes every projection look at the log and its checkpoint now instead of at the next
+    /// poll: another process appended, or applied what this one waits for.
+    pub fn wake(&self) {
+        self.shared.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes whenever this process, leading a projection, applied a batch.
+    pub fn subscribe_progress(&self) -> watch::Receiver<u64> {
+        self.shared.progress.subscribe()
+    }
+
+    /// The positions of the projections this process leads: every event up to each has
+    /// taken effect in the shared read models (rows are committed before a position is
+    /// published; a checkpoint left behind covers only events the projection ignores).
+    pub fn led_positions(&self) -> Vec<(&'static str, i64)> {
+        self.shared
+            .slots
+            .iter()
+            .filter(|s| matches!(*s.state.lock(), RunState::Running))
+            .map(|s| (s.kind.name(), *s.applied.borrow()))
+            .collect()
+    }
+
+    /// Another process, leading projection `name`, says it has applied `position`: where this
+    /// process stands by for it, its waiters need not wait for the stored checkpoint (which
+    /// the leader writes late for batches the projection ignores).
+    pub fn observe_remote(&self, name: &str, position: i64) {
+        let Some(kind) = ProjectionKind::from_name(name) else {
+            return;
+        };
+        let slot = self.shared.slot(kind);
+        if matches!(*slot.state.lock(), RunState::Standby) {
+            slot.publish_at_least(position);
         }
     }
 
@@ -398,6 +461,23 @@ impl Backoff {
     }
 }
 
+/// Sleeps for the poll interval, or less when woken (another process appended or applied);
+/// true when the runner is shutting down.
+async fn poll_or_wake(
+    d: Duration,
+    stop: &mut watch::Receiver<bool>,
+    wake: &mut watch::Receiver<u64>,
+) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = wake.changed() => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
 /// Sleeps, or returns early (true) when the runner is shutting down.
 async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     if *stop.borrow() {
@@ -459,6 +539,7 @@ async fn run(shared: Arc<Shared>, kind: ProjectionKind, handle: WeakHandle) {
     let slot = shared.slot(kind);
     let store = Arc::clone(shared.store());
     let mut stop = shared.shutdown.subscribe();
+    let mut wake = shared.wake.subscribe();
     let mut head_rx = shared.head.clone();
     let mut head_open = true;
     let mut backoff = Backoff::new();
@@ -509,10 +590,12 @@ async fn run(shared: Arc<Shared>, kind: ProjectionKind, handle: WeakHandle) {
                     slot.set_state(RunState::Standby);
                     if let Ok(cp) = store.checkpoint(kind).await {
                         *slot.live.lock().await = LivePosition::at(cp.position);
-                        slot.publish(cp.position);
+                        // The leader may have told this process of a later position already
+                        // (its checkpoint lags by batches the projection ignores).
+                        slot.publish_at_least(cp.position);
                     }
                     slot.observe_head(*head_rx.borrow());
-                    if sleep_or_stop(shared.options.poll, &mut stop).await {
+                    if poll_or_wake(shared.options.poll, &mut stop, &mut wake).await {
                         break;
                     }
                     continue;
@@ -572,6 +655,7 @@ async fn run(shared: Arc<Shared>, kind: ProjectionKind, handle: WeakHandle) {
                         head_open = false;
                     }
                 }
+                _ = wake.changed() => {}
                 _ = stop.changed() => {}
             }
             continue;
@@ -607,12 +691,14 @@ async fn run(shared: Arc<Shared>, kind: ProjectionKind, handle: WeakHandle) {
         if work.is_empty() && !live.persist_due(last) {
             live.applied = last;
             slot.publish(last);
+            shared.progress.send_modify(|n| *n = n.wrapping_add(1));
             continue;
         }
         match store.apply_live(kind, work, live.stored, last).await {
             Ok(Applied::Done) => {
                 *live = LivePosition::at(last);
                 slot.publish(last);
+                shared.progress.send_modify(|n| *n = n.wrapping_add(1));
                 backoff.reset();
             }
             Ok(Applied::Moved(stored)) => {

@@ -257,5 +257,6 @@ pub async fn logout_all(
         .map_err(|e| from_handler(e, user_error))?;
     state.sessions.forget(actor.session_id);
     state.wait_for_write(done.position).await;
+    state.signals.user_changed(id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -182,7 +182,9 @@ pub async fn erase(
     let erasure = erase_customer(&state.bus, id, &reason, &meta.metadata(&actor))
         .await
         .map_err(|e| from_handler(e, domain_error))?;
-    // Every read path shows `[ERASED]` once this answers.
+    // Every read path shows `[ERASED]` once this answers, on the other nodes too: they drop
+    // the destroyed key and the customer's cached state on this signal.
+    state.signals.erased(&id.subject(), &id.stream_id());
     state.wait_for_write(erasure.position).await;
 
     // The certificate's facts come from the first erasure event, so a repeat answers alike.

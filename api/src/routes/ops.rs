@@ -28,6 +28,9 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let body = json!({
         "status": if behind.is_empty() { "ready" } else { "catching_up" },
         "storage": state.log.backend().as_str(),
+        // `nats`, `polling (NATS unavailable)` or `polling` (no NATS_URL): how this node
+        // hears of other nodes' appends, erasures and user changes.
+        "signals": state.signals.status(),
         "head": head,
         "projections": projections.iter().map(|p| json!({ "name": p.name, "position": p.position, "lag": head - p.position })).collect::<Vec<_>>(),
     });

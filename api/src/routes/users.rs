@@ -271,6 +271,7 @@ pub async fn patch(
         .await
         .map_err(|e| from_handler(e, user_error))?;
     state.wait_for_write(done.position).await;
+    state.signals.user_changed(user);
     let row = user_row(&state, user).await?;
     Ok(Json(user_json(&row)))
 }
@@ -298,6 +299,7 @@ pub async fn force_logout(
         .await
         .map_err(|e| from_handler(e, user_error))?;
     state.wait_for_write(done.position).await;
+    state.signals.user_changed(user);
     Ok(StatusCode::NO_CONTENT)
 }
 
