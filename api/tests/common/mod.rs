@@ -96,8 +96,14 @@ impl Store {
 
     /// Starts `egec serve` on a free port and waits until it listens.
     pub fn serve(&self) -> Server {
-        let mut child = self
-            .egec()
+        self.serve_with(&[])
+    }
+
+    /// [`Store::serve`] with extra environment variables.
+    pub fn serve_with(&self, env: &[(&str, &str)]) -> Server {
+        let mut command = self.egec();
+        command.envs(env.iter().copied());
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
