@@ -23,6 +23,11 @@ pub struct Config {
     /// Prefix of this deployment's Redis keys (`EGEC_REDIS_PREFIX`, default `egec`), so
     /// deployments (or test runs) sharing one Redis never share limits.
     pub redis_prefix: String,
+    /// `nats://…` (`NATS_URL`): the log is published to JetStream; unset, not published.
+    /// Secret because it may carry credentials.
+    pub nats_url: Option<SecretString>,
+    /// The JetStream stream the log is published to (`EGEC_NATS_*`).
+    pub nats: crate::bus::Settings,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub master_key: Option<SecretString>,
@@ -87,6 +92,7 @@ impl std::fmt::Debug for Config {
             .field("env", &self.env)
             .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("nats_url", &self.nats_url.as_ref().map(|_| "<set>"))
             .field("data_dir", &self.data_dir)
             .field("listen", &self.listen)
             .field("master_key", &self.master_key.as_ref().map(|_| "<set>"))
@@ -174,6 +180,15 @@ impl Config {
                 "EGEC_REDIS_PREFIX must be 1 to 64 letters, digits, `-`, `_` or `.`".to_owned(),
             );
         }
+        let nats_url = src.get("NATS_URL");
+        if let Some(url) = &nats_url
+            && !["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+        {
+            errors.push("NATS_URL must start with nats://, tls://, ws:// or wss://".to_owned());
+        }
+        let nats = nats_settings(src, &mut errors);
         let data_dir = PathBuf::from(
             src.get("EGEC_DATA_DIR")
                 .unwrap_or_else(|| "./egec-data".into()),
@@ -360,6 +375,8 @@ impl Config {
             database_url: database_url.map(SecretString::from),
             redis_url: redis_url.map(SecretString::from),
             redis_prefix,
+            nats_url: nats_url.map(SecretString::from),
+            nats,
             data_dir,
             listen,
             master_key: master_key.map(SecretString::from),
@@ -383,6 +400,56 @@ impl Config {
             retention_months,
         })
     }
+}
+
+/// The JetStream stream settings (`EGEC_NATS_*`); see [`crate::bus::Settings`].
+fn nats_settings(src: &dyn Source, errors: &mut Vec<String>) -> crate::bus::Settings {
+    let mut settings = crate::bus::Settings::default();
+    if let Some(name) = src.get("EGEC_NATS_STREAM") {
+        if crate::bus::valid_stream_name(&name) {
+            settings.stream = name;
+        } else {
+            errors.push("EGEC_NATS_STREAM must be 1 to 64 letters, digits, `-` or `_`".to_owned());
+        }
+    }
+    if let Some(prefix) = src.get("EGEC_NATS_SUBJECT_PREFIX") {
+        if crate::bus::valid_subject_prefix(&prefix) {
+            settings.subject_prefix = prefix;
+        } else {
+            errors.push(
+                "EGEC_NATS_SUBJECT_PREFIX must be dot-separated tokens of letters, digits, `-` or `_` (no wildcards)"
+                    .to_owned(),
+            );
+        }
+    }
+    let mut number = |key: &str, min: u64, max: u64| -> Option<u64> {
+        let v = src.get(key)?;
+        match v.trim().parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                errors.push(format!("{key} must be a whole number from {min} to {max}"));
+                None
+            }
+        }
+    };
+    if let Some(days) = number("EGEC_NATS_MAX_AGE_DAYS", 0, 36_500) {
+        settings.max_age = std::time::Duration::from_secs(days * 24 * 3600);
+    }
+    if let Some(bytes) = number("EGEC_NATS_MAX_BYTES", 0, i64::MAX as u64) {
+        settings.max_bytes = bytes;
+    }
+    if let Some(secs) = number("EGEC_NATS_DUPLICATE_WINDOW_SECONDS", 1, 7 * 24 * 3600) {
+        settings.duplicate_window = std::time::Duration::from_secs(secs);
+    }
+    if let Some(n) = number("EGEC_NATS_REPLICAS", 1, 5) {
+        settings.replicas = n as usize;
+    }
+    if !settings.max_age.is_zero() && settings.duplicate_window > settings.max_age {
+        errors.push(
+            "EGEC_NATS_DUPLICATE_WINDOW_SECONDS must not exceed EGEC_NATS_MAX_AGE_DAYS".to_owned(),
+        );
+    }
+    settings
 }
 
 /// The shipped disposable-domain list extended by `EGEC_DISPOSABLE_EMAIL_DOMAINS_FILE` and
@@ -532,6 +599,44 @@ mod tests {
             let err = Config::from_source(&src(&[("EGEC_RETENTION_MONTHS", bad)])).unwrap_err();
             assert_eq!(err.0.len(), 1, "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_bus_is_off_unless_nats_url_is_set_and_its_stream_settings_are_checked() {
+        let c = Config::from_source(&src(&[])).unwrap();
+        assert!(c.nats_url.is_none());
+        assert_eq!(c.nats, crate::bus::Settings::default());
+        let c = Config::from_source(&src(&[
+            ("NATS_URL", "nats://127.0.0.1:4222"),
+            ("EGEC_NATS_STREAM", "CRM_LOG"),
+            ("EGEC_NATS_SUBJECT_PREFIX", "crm.log"),
+            ("EGEC_NATS_MAX_AGE_DAYS", "7"),
+            ("EGEC_NATS_MAX_BYTES", "1000000"),
+            ("EGEC_NATS_DUPLICATE_WINDOW_SECONDS", "600"),
+            ("EGEC_NATS_REPLICAS", "3"),
+        ]))
+        .unwrap();
+        assert!(c.nats_url.is_some());
+        assert_eq!(c.nats.stream, "CRM_LOG");
+        assert_eq!(c.nats.subject_prefix, "crm.log");
+        assert_eq!(c.nats.max_age.as_secs(), 7 * 86_400);
+        assert_eq!(c.nats.max_bytes, 1_000_000);
+        assert_eq!(c.nats.duplicate_window.as_secs(), 600);
+        assert_eq!(c.nats.replicas, 3);
+        let err = Config::from_source(&src(&[
+            ("NATS_URL", "http://x"),
+            ("EGEC_NATS_STREAM", "a.b"),
+            ("EGEC_NATS_SUBJECT_PREFIX", "egec.>"),
+            ("EGEC_NATS_REPLICAS", "0"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.0.len(), 4, "{err}");
+        let err = Config::from_source(&src(&[
+            ("EGEC_NATS_MAX_AGE_DAYS", "1"),
+            ("EGEC_NATS_DUPLICATE_WINDOW_SECONDS", "172800"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
     }
 
     #[test]
