@@ -384,36 +384,48 @@ async fn nats_stopped_and_started_again_mid_load_loses_nothing_and_keeps_order()
         || created.load(Ordering::Acquire) >= total / 4 && pub_status.position() > 0,
     )
     .await;
+    let errors_before = pub_status.errors();
     nats.stop();
     let at_stop = pub_status.position();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // Readiness does not depend on NATS.
-    let r = app.get("/readyz", None).await;
-    assert_eq!(r.status(), StatusCode::OK);
-    // The outage shows in the metrics (an ack times out after 5 s, then reconnects fail).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let metrics = app.get("/metrics", None).await.text().await.unwrap();
-        if metrics.contains("egec_publisher_errors_total") {
-            assert!(metrics.contains("egec_publisher_position"), "{metrics}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no publisher error counted: {metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    nats.start_again();
+    // Writes go on while NATS is down.
     for l in load {
         l.await.expect("load");
     }
-    wait_published(&app, &url, "EGEC_EVENTS", Duration::from_secs(60)).await;
+    assert_eq!(created.load(Ordering::Acquire), total);
+    // Readiness does not depend on NATS: ready once the projections caught up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.get("/readyz", None).await.status() != StatusCode::OK {
+        assert!(Instant::now() < deadline, "not ready while NATS is down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The outage is counted (an ack times out after 5 s, then reconnects fail).
+    until("the outage to be counted", Duration::from_secs(30), || {
+        pub_status.errors() > errors_before
+    })
+    .await;
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    for name in [
+        "egec_publisher_errors_total",
+        "egec_publisher_position",
+        "egec_publisher_lag_events",
+    ] {
+        assert!(metrics.contains(name), "{name} missing: {metrics}");
+    }
     assert!(
-        pub_status.position() > at_stop,
-        "caught up after the outage"
+        whole_log(&app).await.last().unwrap().global_position > pub_status.position(),
+        "events wait for NATS"
     );
+    nats.start_again();
+    wait_published(&app, &url, "EGEC_EVENTS", Duration::from_secs(60)).await;
     let log = whole_log(&app).await;
+    let head = log.last().unwrap().global_position;
+    assert!(head > at_stop);
+    until(
+        "the checkpoint to catch up",
+        Duration::from_secs(10),
+        || pub_status.position() == head,
+    )
+    .await;
     let stored = stream_contents(&url, "EGEC_EVENTS").await;
     assert_exactly_once_in_order(&log, &stored);
 }
@@ -528,12 +540,17 @@ async fn a_new_leader_resumes_from_the_checkpoint_and_never_republishes_what_is_
         .await
         .unwrap();
     assert_eq!(info.state.last_sequence, log.len() as u64);
+    let head = log.last().unwrap().global_position;
+    until("the new node's checkpoint", Duration::from_secs(10), || {
+        publisher(&b).status().position() == head
+    })
+    .await;
     let cp: i64 = pg
         .query_one("SELECT position FROM egec.bus_checkpoints", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(cp, log.last().unwrap().global_position);
+    assert_eq!(cp, head);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -587,4 +604,57 @@ async fn a_node_whose_lock_connection_dies_stops_publishing_until_it_leads_again
         &whole_log(&a).await,
         &stream_contents(&url, "EGEC_EVENTS").await,
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_durable_consumer_reads_the_stream_in_log_order() {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+    use futures::StreamExt;
+    let nats = Nats::start();
+    let url = nats.url();
+    let app = TestApp::spawn_with(Backend::Sqlite, &[("NATS_URL", url.as_str())]).await;
+    let (_, token) = app.as_role(Role::Admin).await;
+    let client = reqwest::Client::new();
+    for i in 0..10 {
+        create_customer(&client, &app.base, &token, &customer(i, "consumer"))
+            .await
+            .unwrap();
+    }
+    wait_published(&app, &url, "EGEC_EVENTS", Duration::from_secs(30)).await;
+    // The consumer of docs/integration.md.
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let stream = js.get_stream("EGEC_EVENTS").await.unwrap();
+    let consumer: PullConsumer = stream
+        .get_or_create_consumer(
+            "crm-to-warehouse",
+            pull::Config {
+                durable_name: Some("crm-to-warehouse".into()),
+                filter_subject: "egec.events.customer.>".into(),
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let expected: Vec<i64> = whole_log(&app)
+        .await
+        .iter()
+        .filter(|e| e.stream_id.starts_with("customer-"))
+        .map(|e| e.global_position)
+        .collect();
+    assert!(expected.len() >= 10);
+    let mut messages = consumer.messages().await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("a message in time")
+            .expect("stream open")
+            .expect("message");
+        let record: BusMessage = serde_json::from_slice(&message.payload).unwrap();
+        got.push(record.position);
+        message.ack().await.unwrap();
+    }
+    assert_eq!(got, expected);
 }

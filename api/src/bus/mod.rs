@@ -17,7 +17,7 @@ pub mod lease;
 pub mod publisher;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use egec_commands::store::RecordedEvent;
@@ -144,6 +144,7 @@ impl BusMessage {
 pub struct Status {
     leading: AtomicBool,
     position: AtomicI64,
+    errors: AtomicU64,
 }
 
 impl Status {
@@ -154,6 +155,14 @@ impl Status {
     /// The last position this node committed as acked.
     pub fn position(&self) -> i64 {
         self.position.load(Ordering::Acquire)
+    }
+    /// Failures counted by this node's publisher (also in `egec_publisher_errors_total`).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Acquire)
+    }
+    fn count_error(&self) {
+        self.errors.fetch_add(1, Ordering::AcqRel);
+        metrics::counter!("egec_publisher_errors_total").increment(1);
     }
     fn set_leading(&self, leading: bool) {
         self.leading.store(leading, Ordering::Release);

@@ -100,7 +100,7 @@ impl Publisher {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "publisher cannot ask for the lock; retrying");
-                    metrics::counter!("egec_publisher_errors_total").increment(1);
+                    self.status.count_error();
                     tokio::time::sleep(STANDBY_RETRY).await;
                     continue;
                 }
@@ -123,12 +123,12 @@ impl Publisher {
             match self.session(lease).await {
                 Ok(()) => return,
                 Err(SessionError::Lease(e)) => {
-                    metrics::counter!("egec_publisher_errors_total").increment(1);
+                    self.status.count_error();
                     tracing::warn!(error = %e, "publisher lost its lock connection");
                     return;
                 }
                 Err(SessionError::Bus(e)) => {
-                    metrics::counter!("egec_publisher_errors_total").increment(1);
+                    self.status.count_error();
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "publishing to JetStream failed; retrying");
                     if started.elapsed() > Duration::from_secs(30) {
                         backoff = Duration::from_millis(100);
