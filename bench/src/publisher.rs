@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_nats::jetstream;
-use egec_api::bus::{BusMessage, Settings, lease::Leadership};
+use egec_api::bus::{Settings, lease::Leadership};
 use egec_commands::store::{AppendRequest, EventLog, ExpectedVersion, NewEvent, sqlite::SqliteLog};
 use uuid::Uuid;
 
@@ -151,7 +151,7 @@ pub async fn run(nats_url: &str, events: usize) -> anyhow::Result<Vec<Row>> {
             (
                 egec_api::bus::subject(&s.subject_prefix, e),
                 e.event_id.to_string(),
-                serde_json::to_vec(&BusMessage::of(e)).expect("serialises"),
+                egec_api::bus::body(e),
             )
         })
         .collect();

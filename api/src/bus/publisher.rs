@@ -26,6 +26,7 @@
 //! A NATS outage never fails readiness; it shows in `egec_publisher_errors_total` and
 //! `egec_publisher_lag_events`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,8 @@ use super::{BusMessage, Handle, Settings, Status};
 
 /// Events per read, all published before the first ack is awaited.
 const BATCH: usize = 512;
+/// Batches published and not yet acked at most.
+const IN_FLIGHT_BATCHES: usize = 2;
 /// How often a standby node asks for the lock.
 const STANDBY_RETRY: Duration = Duration::from_secs(1);
 /// How often an idle leader looks at the log for appends made by other nodes.
@@ -73,6 +76,41 @@ struct Publisher {
     leadership: Leadership,
     head: watch::Receiver<i64>,
     status: Arc<Status>,
+}
+
+/// A batch sent, its acks outstanding.
+struct InFlight {
+    /// Position and id of each message sent, in order.
+    events: Vec<(i64, uuid::Uuid)>,
+    acks: Vec<jetstream::context::PublishAckFuture>,
+    /// Why the batch stopped short of its end.
+    send_failure: Option<SessionError>,
+}
+
+impl InFlight {
+    /// Awaits the acks in order: answers the end of the unbroken acked prefix (from `cp`),
+    /// how many messages it holds, and the first failure.
+    async fn settle(self, cp: Checkpoint) -> (Checkpoint, u64, Option<SessionError>) {
+        let mut acked = cp;
+        let mut failure = None;
+        let mut published = 0u64;
+        for (ack, (position, id)) in self.acks.into_iter().zip(self.events) {
+            match ack.await {
+                Ok(_) if failure.is_none() => {
+                    acked = Checkpoint {
+                        position,
+                        event_id: Some(id),
+                    };
+                    published += 1;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failure.get_or_insert_with(|| bus(format!("event {position}: {e}")));
+                }
+            }
+        }
+        (acked, published, failure.or(self.send_failure))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,13 +197,33 @@ impl Publisher {
         self.status.set_position(cp.position);
         let mut previous: Option<uuid::Uuid> = None;
         let mut last_check = Instant::now();
+        // Batches sent and not yet acked, oldest first; the next one is read and sent while
+        // the acks of the one before are on their way.
+        let mut inflight: VecDeque<InFlight> = VecDeque::new();
+        let mut sent = cp.position;
+        let mut broken = false;
         loop {
             if !lease.is_held() {
                 return Ok(());
             }
             let seen = *self.head.borrow_and_update();
-            let batch = self.log.read_all(cp.position, BATCH).await.map_err(bus)?;
-            if batch.is_empty() {
+            if !broken && inflight.len() < IN_FLIGHT_BATCHES {
+                let batch = self.log.read_all(sent, BATCH).await.map_err(bus)?;
+                if !batch.is_empty() {
+                    let full = batch.len() == BATCH;
+                    let f = self.send(&js, batch, &mut previous).await;
+                    broken = f.send_failure.is_some();
+                    sent = f.events.last().map_or(sent, |e| e.0);
+                    inflight.push_back(f);
+                    if !broken && full && inflight.len() < IN_FLIGHT_BATCHES {
+                        continue;
+                    }
+                }
+            }
+            let Some(f) = inflight.pop_front() else {
+                if broken {
+                    return Err(bus("sending failed"));
+                }
                 metrics::gauge!("egec_publisher_lag_events").set(0.0);
                 if last_check.elapsed() >= STANDBY_RETRY {
                     lease.check().await?;
@@ -175,71 +233,66 @@ impl Publisher {
                     let _ = tokio::time::timeout(POLL, self.head.changed()).await;
                 }
                 continue;
-            }
-            let mut acks = Vec::with_capacity(batch.len());
-            let mut send_failure = None;
-            for event in &batch {
-                let body = serde_json::to_vec(&BusMessage::of(event)).map_err(bus)?;
-                let mut message = PublishMessage::build()
-                    .payload(body.into())
-                    .message_id(event.event_id.to_string());
-                if let Some(prev) = previous {
-                    message = message.expected_last_message_id(prev.to_string());
-                }
-                match js
-                    .send_publish(
-                        super::subject(&self.settings.subject_prefix, event),
-                        message,
-                    )
-                    .await
-                {
-                    Ok(ack) => acks.push(ack),
-                    Err(e) => {
-                        send_failure = Some(bus(e));
-                        break;
-                    }
-                }
-                previous = Some(event.event_id);
-            }
-            let mut acked = cp;
-            let mut failure = None;
-            let mut published = 0u64;
-            for (ack, event) in acks.into_iter().zip(&batch) {
-                match ack.await {
-                    Ok(_) if failure.is_none() => {
-                        acked = Checkpoint {
-                            position: event.global_position,
-                            event_id: Some(event.event_id),
-                        };
-                        published += 1;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        failure.get_or_insert_with(|| {
-                            bus(format!("event {}: {e}", event.global_position))
-                        });
-                    }
-                }
-            }
+            };
+            let (acked, published, failure) = f.settle(cp).await;
             if acked.position > cp.position {
                 lease.save(&name, acked).await?;
                 last_check = Instant::now();
                 cp = acked;
                 self.status.set_position(cp.position);
                 metrics::counter!("egec_publisher_published_total").increment(published);
-                if batch.len() == BATCH {
-                    if let Ok(head) = self.log.head().await {
-                        metrics::gauge!("egec_publisher_lag_events")
-                            .set((head.position - cp.position).max(0) as f64);
-                    }
-                } else {
+                if inflight.is_empty() && !broken {
                     metrics::gauge!("egec_publisher_lag_events").set(0.0);
+                } else if let Ok(head) = self.log.head().await {
+                    metrics::gauge!("egec_publisher_lag_events")
+                        .set((head.position - cp.position).max(0) as f64);
                 }
             }
-            if let Some(e) = failure.or(send_failure) {
+            if let Some(e) = failure {
                 return Err(e);
             }
         }
+    }
+
+    /// Publishes a batch without awaiting the acks; stops at the first message that cannot
+    /// be sent.
+    async fn send(
+        &self,
+        js: &jetstream::Context,
+        batch: Vec<egec_commands::store::RecordedEvent>,
+        previous: &mut Option<uuid::Uuid>,
+    ) -> InFlight {
+        let mut f = InFlight {
+            events: Vec::with_capacity(batch.len()),
+            acks: Vec::with_capacity(batch.len()),
+            send_failure: None,
+        };
+        for event in &batch {
+            let mut message = PublishMessage::build()
+                .payload(super::body(event).into())
+                .message_id(event.event_id.to_string());
+            if let Some(prev) = *previous {
+                message = message.expected_last_message_id(prev.to_string());
+            }
+            match js
+                .send_publish(
+                    super::subject(&self.settings.subject_prefix, event),
+                    message,
+                )
+                .await
+            {
+                Ok(ack) => {
+                    f.acks.push(ack);
+                    f.events.push((event.global_position, event.event_id));
+                }
+                Err(e) => {
+                    f.send_failure = Some(bus(e));
+                    break;
+                }
+            }
+            *previous = Some(event.event_id);
+        }
+        f
     }
 
     /// Moves the checkpoint up to the stream's last message when that is an event of this
