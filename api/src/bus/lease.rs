@@ -18,6 +18,12 @@ const LOCK_CLASS: i32 = 0x4547_4543;
 /// projections' locks (0x5052_….).
 const PUBLISHER_LOCK: i32 = 0x4255_0001;
 
+/// A call on the lock's connection that takes longer than this counts as a lost lock: a node
+/// cut off from PostgreSQL stops publishing within seconds, while the server, which frees
+/// the lock only once it notices the dead connection (TCP keepalives), lets another node
+/// take over.
+const LOCK_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error("postgres: {0}")]
@@ -102,7 +108,9 @@ impl Lease {
     pub async fn check(&self) -> Result<(), LeaseError> {
         match self {
             Lease::Postgres(c) => {
-                c.simple_query("").await?;
+                tokio::time::timeout(LOCK_CALL_TIMEOUT, c.simple_query(""))
+                    .await
+                    .map_err(|_| LeaseError::Lost)??;
                 if c.is_closed() {
                     return Err(LeaseError::Lost);
                 }
@@ -166,15 +174,19 @@ impl Lease {
                 if c.is_closed() {
                     return Err(LeaseError::Lost);
                 }
-                c.execute(
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                    [&stream, &cp.position, &cp.event_id];
+                let write = c.execute(
                     "INSERT INTO egec.bus_checkpoints (stream, position, event_id, updated_at) \
                      VALUES ($1, $2, $3, now()) \
                      ON CONFLICT (stream) DO UPDATE SET position = EXCLUDED.position, \
                      event_id = EXCLUDED.event_id, updated_at = now() \
                      WHERE egec.bus_checkpoints.position < EXCLUDED.position",
-                    &[&stream, &cp.position, &cp.event_id],
-                )
-                .await?;
+                    &params,
+                );
+                tokio::time::timeout(LOCK_CALL_TIMEOUT, write)
+                    .await
+                    .map_err(|_| LeaseError::Lost)??;
                 Ok(())
             }
             Lease::Sqlite(conn) => {
