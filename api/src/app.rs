@@ -209,6 +209,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub state: AppState,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The log publisher (`NATS_URL` set); stopped when this is dropped.
+    pub publisher: Option<crate::bus::Handle>,
 }
 
 /// Opens storage, starts projections and serves on `config.listen` (port 0 picks a free one).
@@ -297,8 +299,33 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         signals,
     };
     crate::signals::spawn(&state);
+    let publisher = state.config.nats_url.as_ref().map(|url| {
+        use secrecy::ExposeSecret;
+        let leadership = match &core.stores.postgres {
+            Some(pg) => crate::bus::lease::Leadership::Postgres(pg.pool()),
+            None => crate::bus::lease::Leadership::Sqlite(
+                core.stores
+                    .sqlite
+                    .as_ref()
+                    .map(|s| s.path().to_path_buf())
+                    .unwrap_or_default(),
+            ),
+        };
+        crate::bus::spawn(
+            url.expose_secret().to_owned(),
+            state.config.nats.clone(),
+            core.stores.log.clone(),
+            leadership,
+            core.bus.appender().subscribe_head(),
+        )
+    });
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move { axum::serve(listener, app).await });
     tracing::info!(%addr, backend = state.log.backend().as_str(), "serving");
-    Ok(Running { addr, state, task })
+    Ok(Running {
+        addr,
+        state,
+        task,
+        publisher,
+    })
 }

@@ -20,7 +20,8 @@ pub struct Config {
     /// `redis://…` (`REDIS_URL`): rate limits shared by every node; unset, per node in memory.
     /// Secret because it may carry a password.
     pub redis_url: Option<SecretString>,
-    /// `nats://…` (`NATS_URL`): cross-node signals (and the event bus); unset, nodes poll.
+    /// `nats://…` (`NATS_URL`): cross-node signals and the log published to JetStream;
+    /// unset, nodes poll and nothing is published. Secret because it may carry credentials.
     pub nats_url: Option<SecretString>,
     /// The core NATS subject of this deployment's signals (`EGEC_SIGNALS_SUBJECT`, default
     /// `egec.signals`), so deployments (or test runs) sharing one NATS never hear each other.
@@ -31,6 +32,8 @@ pub struct Config {
     /// Prefix of this deployment's Redis keys (`EGEC_REDIS_PREFIX`, default `egec`), so
     /// deployments (or test runs) sharing one Redis never share limits.
     pub redis_prefix: String,
+    /// The JetStream stream the log is published to (`EGEC_NATS_*`).
+    pub nats: crate::bus::Settings,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub master_key: Option<SecretString>,
@@ -185,9 +188,11 @@ impl Config {
         }
         let nats_url = src.get("NATS_URL").filter(|u| !u.is_empty());
         if let Some(url) = &nats_url
-            && !(url.starts_with("nats://") || url.starts_with("tls://"))
+            && !["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
         {
-            errors.push("NATS_URL must start with nats:// or tls://".to_owned());
+            errors.push("NATS_URL must start with nats://, tls://, ws:// or wss://".to_owned());
         }
         let signals_subject = src
             .get("EGEC_SIGNALS_SUBJECT")
@@ -219,6 +224,7 @@ impl Config {
                 }
             },
         };
+        let nats = nats_settings(src, &mut errors);
         let data_dir = PathBuf::from(
             src.get("EGEC_DATA_DIR")
                 .unwrap_or_else(|| "./egec-data".into()),
@@ -408,6 +414,7 @@ impl Config {
             signals_subject,
             projection_poll_ms,
             redis_prefix,
+            nats,
             data_dir,
             listen,
             master_key: master_key.map(SecretString::from),
@@ -431,6 +438,56 @@ impl Config {
             retention_months,
         })
     }
+}
+
+/// The JetStream stream settings (`EGEC_NATS_*`); see [`crate::bus::Settings`].
+fn nats_settings(src: &dyn Source, errors: &mut Vec<String>) -> crate::bus::Settings {
+    let mut settings = crate::bus::Settings::default();
+    if let Some(name) = src.get("EGEC_NATS_STREAM") {
+        if crate::bus::valid_stream_name(&name) {
+            settings.stream = name;
+        } else {
+            errors.push("EGEC_NATS_STREAM must be 1 to 64 letters, digits, `-` or `_`".to_owned());
+        }
+    }
+    if let Some(prefix) = src.get("EGEC_NATS_SUBJECT_PREFIX") {
+        if crate::bus::valid_subject_prefix(&prefix) {
+            settings.subject_prefix = prefix;
+        } else {
+            errors.push(
+                "EGEC_NATS_SUBJECT_PREFIX must be dot-separated tokens of letters, digits, `-` or `_` (no wildcards)"
+                    .to_owned(),
+            );
+        }
+    }
+    let mut number = |key: &str, min: u64, max: u64| -> Option<u64> {
+        let v = src.get(key)?;
+        match v.trim().parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                errors.push(format!("{key} must be a whole number from {min} to {max}"));
+                None
+            }
+        }
+    };
+    if let Some(days) = number("EGEC_NATS_MAX_AGE_DAYS", 0, 36_500) {
+        settings.max_age = std::time::Duration::from_secs(days * 24 * 3600);
+    }
+    if let Some(bytes) = number("EGEC_NATS_MAX_BYTES", 0, i64::MAX as u64) {
+        settings.max_bytes = bytes;
+    }
+    if let Some(secs) = number("EGEC_NATS_DUPLICATE_WINDOW_SECONDS", 1, 7 * 24 * 3600) {
+        settings.duplicate_window = std::time::Duration::from_secs(secs);
+    }
+    if let Some(n) = number("EGEC_NATS_REPLICAS", 1, 5) {
+        settings.replicas = n as usize;
+    }
+    if !settings.max_age.is_zero() && settings.duplicate_window > settings.max_age {
+        errors.push(
+            "EGEC_NATS_DUPLICATE_WINDOW_SECONDS must not exceed EGEC_NATS_MAX_AGE_DAYS".to_owned(),
+        );
+    }
+    settings
 }
 
 /// The shipped disposable-domain list extended by `EGEC_DISPOSABLE_EMAIL_DOMAINS_FILE` and
@@ -580,6 +637,44 @@ mod tests {
             let err = Config::from_source(&src(&[("EGEC_RETENTION_MONTHS", bad)])).unwrap_err();
             assert_eq!(err.0.len(), 1, "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_bus_is_off_unless_nats_url_is_set_and_its_stream_settings_are_checked() {
+        let c = Config::from_source(&src(&[])).unwrap();
+        assert!(c.nats_url.is_none());
+        assert_eq!(c.nats, crate::bus::Settings::default());
+        let c = Config::from_source(&src(&[
+            ("NATS_URL", "nats://127.0.0.1:4222"),
+            ("EGEC_NATS_STREAM", "CRM_LOG"),
+            ("EGEC_NATS_SUBJECT_PREFIX", "crm.log"),
+            ("EGEC_NATS_MAX_AGE_DAYS", "7"),
+            ("EGEC_NATS_MAX_BYTES", "1000000"),
+            ("EGEC_NATS_DUPLICATE_WINDOW_SECONDS", "600"),
+            ("EGEC_NATS_REPLICAS", "3"),
+        ]))
+        .unwrap();
+        assert!(c.nats_url.is_some());
+        assert_eq!(c.nats.stream, "CRM_LOG");
+        assert_eq!(c.nats.subject_prefix, "crm.log");
+        assert_eq!(c.nats.max_age.as_secs(), 7 * 86_400);
+        assert_eq!(c.nats.max_bytes, 1_000_000);
+        assert_eq!(c.nats.duplicate_window.as_secs(), 600);
+        assert_eq!(c.nats.replicas, 3);
+        let err = Config::from_source(&src(&[
+            ("NATS_URL", "http://x"),
+            ("EGEC_NATS_STREAM", "a.b"),
+            ("EGEC_NATS_SUBJECT_PREFIX", "egec.>"),
+            ("EGEC_NATS_REPLICAS", "0"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.0.len(), 4, "{err}");
+        let err = Config::from_source(&src(&[
+            ("EGEC_NATS_MAX_AGE_DAYS", "1"),
+            ("EGEC_NATS_DUPLICATE_WINDOW_SECONDS", "172800"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
     }
 
     #[test]

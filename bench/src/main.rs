@@ -13,6 +13,7 @@ mod dblimits;
 mod logins;
 mod profile;
 mod projections;
+mod publisher;
 mod rate_limits;
 mod rebuild;
 mod report;
@@ -103,6 +104,16 @@ struct Args {
     /// beside them; see `rate_limits.rs`), then exit.
     #[arg(long)]
     rate_limits: bool,
+    /// Only measure the log publisher against a bare JetStream publish loop (see
+    /// `publisher.rs`), then exit.
+    #[arg(long)]
+    publisher: bool,
+    /// Events the `--publisher` runs publish (default 50,000; 10,000 with --quick).
+    #[arg(long)]
+    publisher_events: Option<usize>,
+    /// The NATS server of `--publisher` (each run uses a stream of its own, deleted after).
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
     /// The Redis of `--rate-limits`.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
@@ -133,6 +144,18 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::json!({ "rate_limits": rate_limits::json(&rows) })
+        );
+        return Ok(());
+    }
+    if args.publisher {
+        let events = args
+            .publisher_events
+            .unwrap_or(if args.quick { 10_000 } else { 50_000 });
+        let rows = publisher::run(&args.nats_url, events).await?;
+        publisher::print(&rows);
+        println!(
+            "{}",
+            serde_json::json!({ "publisher": rows.iter().map(publisher::Row::json).collect::<Vec<_>>() })
         );
         return Ok(());
     }
