@@ -4,6 +4,7 @@
 //! the same tables; an erasure changes none of them; and no personal value, nor any
 //! customer id, appears anywhere in them.
 
+#[macro_use]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -21,27 +22,6 @@ use egec_domain::user::{LoginEvent, LoginFailure, UserEvent, login_stream_id};
 use egec_domain::values::{Email, Notes, PassportNumber, PersonName, PhoneE164, Source};
 use egec_domain::{CustomerId, Role, UserId};
 use uuid::Uuid;
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::common::Env::sqlite().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::common::Env::postgres().await).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     analytics_numbers_equal_counts_computed_from_the_log,

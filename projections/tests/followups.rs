@@ -2,6 +2,7 @@
 //! customer's visibility applied through the customers read model, erasure of the notes,
 //! and a blue/green rebuild through a small cache that arrives at the same rows.
 
+#[macro_use]
 mod common;
 
 use chrono::Duration;
@@ -15,27 +16,6 @@ use egec_domain::personal::{ERASED, Personal};
 use egec_domain::values::Notes;
 use egec_projections::{FollowupQuery, FollowupRow, ReadModels};
 use uuid::Uuid;
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::common::Env::sqlite().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::common::Env::postgres().await).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     follow_ups_fold_live_are_seen_with_their_customer_and_lose_their_notes_on_erasure,

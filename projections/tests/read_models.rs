@@ -1,6 +1,7 @@
 //! The read side against both backends: the same test bodies run on SQLite (a temporary
 //! directory) and on PostgreSQL (a fresh database per test).
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -16,28 +17,6 @@ use egec_domain::values::{Email, Notes};
 use egec_domain::{CustomerId, Role};
 use egec_projections::{CustomerQuery, RunState, RunnerOptions};
 use uuid::Uuid;
-
-/// Runs each listed test body once per backend, as `sqlite::<name>` and `postgres::<name>`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::common::Env::sqlite().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::common::Env::postgres().await).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     a_projection_rebuilt_from_scratch_equals_the_one_built_incrementally,

@@ -3,6 +3,7 @@
 //! writes, a rebuild and an erasure; and PostgreSQL without the extension falls back to the
 //! scan with the same results.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -16,27 +17,6 @@ use egec_domain::values::Email;
 use egec_projections::fold::{search_needle, search_text};
 use egec_projections::{CustomerQuery, CustomerRow, ProjectionRunner, ReadModels, RunnerHandle};
 use uuid::Uuid;
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::common::Env::sqlite().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::common::Env::postgres().await).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     indexed_search_equals_a_brute_force_substring_filter_through_updates_a_rebuild_and_an_erasure,

@@ -6,19 +6,10 @@ mod support;
 use egec_domain::Role;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::time::Duration;
 use support::{Backend, TestApp, json_of};
 
-/// Waits until every projection has applied the whole log.
 async fn caught_up(app: &TestApp) {
-    let head = app.running.state.log.head().await.unwrap().position;
-    assert!(
-        app.running
-            .state
-            .runner
-            .wait_for(head, Duration::from_secs(10))
-            .await
-    );
+    app.caught_up().await;
 }
 
 async fn audit(app: &TestApp, token: &str, query: &str) -> Value {

@@ -14,14 +14,7 @@ use support::{Backend, TestApp, json_of};
 use uuid::Uuid;
 
 async fn caught_up(app: &TestApp) {
-    let head = app.running.state.log.head().await.unwrap().position;
-    assert!(
-        app.running
-            .state
-            .runner
-            .wait_for(head, Duration::from_secs(10))
-            .await
-    );
+    app.caught_up().await;
 }
 
 async fn audit(app: &TestApp, token: &str, query: &str) -> Value {

@@ -123,6 +123,26 @@ impl TestApp {
         )
     }
 
+    /// Waits until every projection has applied the whole log.
+    pub async fn caught_up(&self) {
+        let head = self
+            .running
+            .state
+            .log
+            .head()
+            .await
+            .expect("log head")
+            .position;
+        assert!(
+            self.running
+                .state
+                .runner
+                .wait_for(head, std::time::Duration::from_secs(10))
+                .await,
+            "the projections caught up with the log"
+        );
+    }
+
     /// Creates a staff user the way `egec user create` does; answers the user id.
     pub async fn user(&self, email: &str, role: Role) -> uuid::Uuid {
         let s = &self.running.state;
