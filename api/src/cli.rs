@@ -309,7 +309,15 @@ async fn rotate_master(config: Config) -> anyhow::Result<ExitCode> {
         .database_url
         .as_ref()
         .map(|u| secrecy::ExposeSecret::expose_secret(u).to_owned());
-    let stores = egec_commands::store::open::open(url.as_deref(), &config.data_dir, 2).await?;
+    let stores = egec_commands::store::open::open_with(
+        url.as_deref(),
+        &config.data_dir,
+        &egec_commands::store::postgres::PgSettings {
+            pool_size: 2,
+            ..config.db.clone()
+        },
+    )
+    .await?;
     let report = crate::keys::rotate_master(stores.keys.clone(), new, previous).await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(ExitCode::SUCCESS)

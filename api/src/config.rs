@@ -40,7 +40,8 @@ pub struct Config {
     pub jwt_secret: Option<SecretString>,
     pub token_ttl_seconds: i64,
     pub phone_default_region: Option<String>,
-    pub db_pool_size: usize,
+    /// PostgreSQL pools, time limits per query class and session role (`EGEC_DB_*`).
+    pub db: egec_commands::store::postgres::PgSettings,
     pub password_policy: egec_domain::password_policy::PasswordPolicy,
     pub lockout: egec_domain::user::lockout::LockoutPolicy,
     /// How long a read waits for the projections to reach a write it follows.
@@ -280,7 +281,31 @@ impl Config {
         };
         let token_ttl_seconds =
             number("EGEC_TOKEN_TTL_SECONDS", 12 * 3600, 60, 7 * 24 * 3600) as i64;
-        let db_pool_size = number("EGEC_DB_POOL_SIZE", 16, 1, 512) as usize;
+        // Zero means "no limit" for the statement and idle timeouts, as in PostgreSQL.
+        let ms = std::time::Duration::from_millis;
+        let db = egec_commands::store::postgres::PgSettings {
+            pool_size: number("EGEC_DB_POOL_SIZE", 16, 1, 512) as usize,
+            maintenance_pool_size: number("EGEC_DB_MAINTENANCE_POOL_SIZE", 2, 1, 64) as usize,
+            statement_timeout: ms(number("EGEC_DB_STATEMENT_TIMEOUT_MS", 15_000, 0, 3_600_000)),
+            maintenance_statement_timeout: ms(number(
+                "EGEC_DB_MAINTENANCE_STATEMENT_TIMEOUT_MS",
+                3_600_000,
+                0,
+                86_400_000,
+            )),
+            idle_in_transaction_timeout: ms(number(
+                "EGEC_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+                60_000,
+                0,
+                3_600_000,
+            )),
+            acquire_timeout: ms(number("EGEC_DB_ACQUIRE_TIMEOUT_MS", 10_000, 10, 600_000)),
+            connect_timeout: ms(number("EGEC_DB_CONNECT_TIMEOUT_MS", 10_000, 100, 600_000)),
+            role: src
+                .get("EGEC_DB_ROLE")
+                .map(|r| r.trim().to_owned())
+                .filter(|r| !r.is_empty()),
+        };
         let import_max_bytes = number("EGEC_IMPORT_MAX_BYTES", 64 << 20, 1024, 1 << 34);
         let lockout = egec_domain::user::lockout::LockoutPolicy {
             threshold: number("EGEC_LOCKOUT_THRESHOLD", 5, 1, 100) as u32,
@@ -421,7 +446,7 @@ impl Config {
             jwt_secret: jwt_secret.map(SecretString::from),
             token_ttl_seconds,
             phone_default_region,
-            db_pool_size,
+            db,
             password_policy,
             lockout,
             read_your_writes_timeout_ms,

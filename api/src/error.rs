@@ -50,6 +50,10 @@ pub enum ApiError {
     PasswordChangeRequired,
     #[error("the service is not ready")]
     Unavailable,
+    /// The database gave up on a time limit (statement, lock or pool wait): nothing was
+    /// done, and the same request may succeed shortly. 503 with `Retry-After`.
+    #[error("the database is busy; retry shortly")]
+    Busy,
     #[error("too many requests; retry later")]
     RateLimited { retry_after_seconds: u64 },
     #[error("HTTPS is required")]
@@ -61,8 +65,19 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// An unexpected failure: 500, unless the cause is a database time limit, which is
+    /// a 503 the client may retry (see [`is_db_timeout`]).
     pub fn internal(e: impl Into<anyhow::Error>) -> Self {
-        ApiError::Internal(e.into())
+        let e = e.into();
+        if is_db_timeout(&e) {
+            // Logged here, once, as a warning: an overloaded or blocked database is an
+            // operational condition, not a bug; the chain names the statement's failure,
+            // never a value.
+            tracing::warn!(error = format!("{e:#}"), "database time limit reached");
+            metrics::counter!("egec_db_timeouts_total").increment(1);
+            return ApiError::Busy;
+        }
+        ApiError::Internal(e)
     }
 
     pub fn field(name: &str, problem: impl Into<String>) -> Self {
@@ -92,7 +107,9 @@ impl ApiError {
             ApiError::TotpRequired => (StatusCode::UNAUTHORIZED, "totp_required"),
             ApiError::MfaSetupRequired => (StatusCode::FORBIDDEN, "mfa_setup_required"),
             ApiError::PasswordChangeRequired => (StatusCode::FORBIDDEN, "password_change_required"),
-            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Unavailable | ApiError::Busy => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::HttpsRequired => (StatusCode::FORBIDDEN, "https_required"),
             ApiError::NavigationRefused => (StatusCode::FORBIDDEN, "navigation_refused"),
@@ -132,6 +149,14 @@ impl IntoResponse for ApiError {
             }
             return resp;
         }
+        if let ApiError::Busy = &self {
+            let mut resp = (status, Json(json!({ "error": Value::Object(err) }))).into_response();
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            return resp;
+        }
         if let ApiError::RateLimited {
             retry_after_seconds,
         } = &self
@@ -163,4 +188,24 @@ pub fn from_handler<E: std::error::Error + Send + Sync + 'static>(
         H::VersionConflict { expected, actual } => ApiError::VersionConflict { expected, actual },
         other => ApiError::internal(other),
     }
+}
+
+/// Whether a failure was caused by a database time limit anywhere in its chain: a statement,
+/// lock or idle-transaction timeout, or no pooled connection in time (see
+/// `egec_commands::store::StoreError::is_timeout`).
+pub fn is_db_timeout(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<egec_commands::store::StoreError>()
+            .is_some_and(|e| e.is_timeout())
+            || cause
+                .downcast_ref::<egec_commands::appender::AppendError>()
+                .is_some_and(|e| e.is_timeout())
+            || cause
+                .downcast_ref::<egec_projections::StorageError>()
+                .is_some_and(|e| e.is_timeout())
+            || cause
+                .downcast_ref::<egec_projections::ProjectionError>()
+                .is_some_and(|e| e.is_timeout())
+    })
 }

@@ -93,7 +93,7 @@ pub async fn open_core(config: &Config) -> anyhow::Result<Core> {
         .as_ref()
         .map(|u| u.expose_secret().to_owned());
     let stores =
-        egec_commands::store::open::open(url.as_deref(), &config.data_dir, config.db_pool_size)
+        egec_commands::store::open::open_with(url.as_deref(), &config.data_dir, &config.db)
             .await
             .context("opening storage")?;
     let master = match &config.master_key {

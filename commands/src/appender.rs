@@ -31,6 +31,13 @@ pub enum AppendError {
     Closed,
 }
 
+impl AppendError {
+    /// Whether the batch failed on a database time limit (see [`StoreError::is_timeout`]).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, AppendError::Storage(e) if e.is_timeout())
+    }
+}
+
 struct Job {
     request: AppendRequest,
     reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,

@@ -32,7 +32,7 @@ pub enum HandlerError<E> {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("appender: {0}")]
-    Append(String),
+    Append(#[source] AppendError),
 }
 
 /// The current time at the precision both backends store (microseconds), so state folded in
@@ -394,7 +394,7 @@ impl CommandBus {
                         });
                     }
                 }
-                Err(other) => return Err(HandlerError::Append(other.to_string())),
+                Err(other) => return Err(HandlerError::Append(other)),
             }
         }
         Err(HandlerError::Contention(self.max_attempts))
@@ -417,6 +417,6 @@ impl CommandBus {
             .append(req)
             .await
             .map(|o| o.last_position)
-            .map_err(|e| HandlerError::Append(e.to_string()))
+            .map_err(HandlerError::Append)
     }
 }

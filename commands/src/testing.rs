@@ -109,6 +109,30 @@ pub fn with_database(url: &str, database: &str) -> String {
     }
 }
 
+/// The same connection string logging in as `user` with no password (the test server
+/// trusts local connections): for tests of what a less privileged login role may do.
+pub fn with_user(url: &str, user: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let after = scheme_end + 3;
+        let host_start = url[after..]
+            .find('/')
+            .map_or(url.len(), |slash| after + slash);
+        let authority = &url[after..host_start];
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        format!("{}{user}@{host}{}", &url[..after], &url[host_start..])
+    } else {
+        let mut parts: Vec<String> = url
+            .split_whitespace()
+            .filter(|p| !p.starts_with("user=") && !p.starts_with("password="))
+            .map(str::to_owned)
+            .collect();
+        parts.push(format!("user={user}"));
+        parts.join(" ")
+    }
+}
+
 /// Creates an empty database with a unique name and answers its URL and the guard that drops
 /// it. Panics when PostgreSQL cannot be reached.
 pub async fn fresh_postgres() -> (String, PgDropGuard) {

@@ -30,6 +30,28 @@ impl From<tokio_postgres::Error> for StorageError {
     }
 }
 
+impl StorageError {
+    /// Whether the database gave up on a time limit (see [`StoreError::is_timeout`]).
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            StorageError::Postgres(e) => egec_commands::store::pg_is_timeout(e),
+            StorageError::Pool(e) => egec_commands::store::pool_is_timeout(e),
+            _ => false,
+        }
+    }
+}
+
+impl ProjectionError {
+    /// Whether the database gave up on a time limit (see [`StoreError::is_timeout`]).
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            ProjectionError::Storage(e) => e.is_timeout(),
+            ProjectionError::Log(e) => e.is_timeout(),
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
     #[error("read models: {0}")]

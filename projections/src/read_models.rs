@@ -46,10 +46,20 @@ impl ReadModels {
         })
     }
 
-    /// Uses schema `crm` of the log's database, creating its tables if needed.
+    /// Uses schema `crm` of the log's database, creating its tables if needed, with one
+    /// pool for everything (tests and tools; the server uses [`Self::open`]).
     pub async fn open_postgres(pool: deadpool_postgres::Pool) -> Result<Self, ProjectionError> {
+        Self::open_postgres_with(pool.clone(), pool).await
+    }
+
+    /// As [`Self::open_postgres`], with schema set-up and rebuilds on the `maintenance` pool
+    /// and everything else on `pool`.
+    pub async fn open_postgres_with(
+        pool: deadpool_postgres::Pool,
+        maintenance: deadpool_postgres::Pool,
+    ) -> Result<Self, ProjectionError> {
         Ok(Self {
-            store: Arc::new(PgReadStore::open(pool, SearchIndex::Trigram).await?),
+            store: Arc::new(PgReadStore::open(pool, maintenance, SearchIndex::Trigram).await?),
         })
     }
 
@@ -60,7 +70,7 @@ impl ReadModels {
         pool: deadpool_postgres::Pool,
     ) -> Result<Self, ProjectionError> {
         Ok(Self {
-            store: Arc::new(PgReadStore::open(pool, SearchIndex::Scan).await?),
+            store: Arc::new(PgReadStore::open(pool.clone(), pool, SearchIndex::Scan).await?),
         })
     }
 
@@ -68,7 +78,7 @@ impl ReadModels {
     /// database, or `read.db` next to the log's SQLite file in `data_dir`.
     pub async fn open(stores: &Stores, data_dir: &Path) -> Result<Self, ProjectionError> {
         match &stores.postgres {
-            Some(pg) => Self::open_postgres(pg.pool()).await,
+            Some(pg) => Self::open_postgres_with(pg.pool(), pg.maintenance_pool()).await,
             None => Self::open_sqlite(data_dir).await,
         }
     }

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::blobs::BlobStore;
-use super::postgres::PgLog;
+use super::postgres::{PgLog, PgSettings};
 use super::sqlite::SqliteLog;
 use super::{Backend, EventLog, KeyTable, StoreError};
 
@@ -66,8 +66,24 @@ pub async fn open(
     data_dir: &Path,
     pool_size: usize,
 ) -> Result<Stores, StoreError> {
+    open_with(
+        database_url,
+        data_dir,
+        &PgSettings::with_pool_size(pool_size),
+    )
+    .await
+}
+
+/// As [`open`], with every PostgreSQL connection setting given.
+pub async fn open_with(
+    database_url: Option<&str>,
+    data_dir: &Path,
+    settings: &PgSettings,
+) -> Result<Stores, StoreError> {
     match database_url {
-        Some(url) => Ok(Stores::from_postgres(PgLog::connect(url, pool_size).await?)),
+        Some(url) => Ok(Stores::from_postgres(
+            PgLog::connect_with(url, settings).await?,
+        )),
         None => Ok(Stores::from_sqlite(SqliteLog::open_async(data_dir).await?)),
     }
 }

@@ -23,6 +23,9 @@ use super::{
 };
 
 mod blobs;
+pub mod settings;
+
+pub use settings::{PgSettings, QueryClass};
 
 mod embedded {
     refinery::embed_migrations!("../migrations/postgres");
@@ -37,66 +40,90 @@ const MIGRATION_LOCK: i32 = 1;
 const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, command_id, \
      event_type, schema_version, payload, metadata, recorded_at, prev_hash, hash";
 
-/// The PostgreSQL event log and key table. Cloning shares the pool.
+/// The PostgreSQL event log and key table. Cloning shares the pools.
 #[derive(Clone)]
 pub struct PgLog {
+    /// Interactive queries: appends, reads, key look-ups (see [`settings`]).
     pool: Pool,
+    /// Maintenance: migrations, schema set-up, rebuilds (see [`settings`]).
+    maintenance: Pool,
 }
 
 impl std::fmt::Debug for PgLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgLog")
             .field("pool", &self.pool.status())
+            .field("maintenance", &self.maintenance.status())
             .finish()
     }
 }
 
 impl PgLog {
-    /// Connects with a pool of at most `pool_size` connections and brings the schema up to
-    /// date. TLS (rustls) is used when the URL asks for `sslmode=require`, `verify-ca` or
-    /// `verify-full`; see [`TlsChoice`] for how those modes are honoured.
+    /// Connects with the default settings and an interactive pool of at most `pool_size`
+    /// connections, and brings the schema up to date.
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        Self::connect_with(url, &PgSettings::with_pool_size(pool_size)).await
+    }
+
+    /// Connects with a pool per query class and brings the schema up to date. TLS (rustls)
+    /// is used when the URL asks for `sslmode=require`, `verify-ca` or `verify-full`; see
+    /// [`TlsChoice`] for how those modes are honoured.
+    pub async fn connect_with(url: &str, settings: &PgSettings) -> Result<Self, StoreError> {
         let (url, tls) = TlsChoice::from_url(url)?;
         let pg_config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
-        let manager_config = ManagerConfig {
-            // Fast: a broken connection surfaces as an error on its next use, which the
-            // caller sees as a storage error and retries; checking every checkout would cost
-            // one round trip per append.
-            recycling_method: RecyclingMethod::Fast,
+        let build = |class: QueryClass| -> Result<Pool, StoreError> {
+            let mut pg_config = pg_config.clone();
+            settings.configure(&mut pg_config, class)?;
+            let manager_config = ManagerConfig {
+                // Fast: a broken connection surfaces as an error on its next use, which the
+                // caller sees as a storage error and retries; checking every checkout would
+                // cost one round trip per append.
+                recycling_method: RecyclingMethod::Fast,
+            };
+            let manager = match &tls {
+                TlsChoice::None => Manager::from_config(pg_config, NoTls, manager_config),
+                TlsChoice::Rustls(config) => Manager::from_config(
+                    pg_config,
+                    tokio_postgres_rustls::MakeRustlsConnect::new((**config).clone()),
+                    manager_config,
+                ),
+            };
+            settings.build_pool(manager, class)
         };
-        let manager = match tls {
-            TlsChoice::None => Manager::from_config(pg_config, NoTls, manager_config),
-            TlsChoice::Rustls(config) => Manager::from_config(
-                pg_config,
-                tokio_postgres_rustls::MakeRustlsConnect::new(*config),
-                manager_config,
-            ),
-        };
-        let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
-            .build()
-            .map_err(|e| StoreError::Config(format!("cannot build the connection pool: {e}")))?;
+        let pool = build(QueryClass::Interactive)?;
+        let maintenance = build(QueryClass::Maintenance)?;
         // Fail here, with the whole chain of causes (the pool's own message stops at "error
         // performing tls handshake"), rather than on the first request.
         drop(pool.get().await.map_err(|e| {
             StoreError::Config(format!("cannot connect to PostgreSQL: {}", error_chain(&e)))
         })?);
-        let log = Self { pool };
+        let log = Self { pool, maintenance };
         log.migrate().await?;
         Ok(log)
     }
 
-    /// The connection pool, for read models that live in the same database.
+    /// The interactive connection pool, for read models that live in the same database.
     pub fn pool(&self) -> Pool {
         self.pool.clone()
     }
 
+    /// The maintenance connection pool, for schema set-up and rebuilds of the read models.
+    pub fn maintenance_pool(&self) -> Pool {
+        self.maintenance.clone()
+    }
+
     /// Applies pending migrations. Idempotent; several processes may call it at once, since
-    /// a session advisory lock lets only one of them migrate at a time.
+    /// a session advisory lock lets only one of them migrate at a time. A database already
+    /// up to date is left alone without touching the migration table's DDL, so that a node
+    /// running as a role with no right to create tables (`egec_app`) starts on a database
+    /// the owner migrated.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.maintenance.get().await?;
+        if up_to_date(&conn).await? {
+            return Ok(());
+        }
         conn.execute(
             "SELECT pg_advisory_lock($1, $2)",
             &[&LOCK_CLASS, &MIGRATION_LOCK],
@@ -115,10 +142,53 @@ impl PgLog {
             // a connection that may still hold the lock back to the pool.
             drop(Object::take(conn));
         }
-        result?;
+        result.map_err(|e| match e.kind() {
+            refinery::error::Kind::Connection(_, cause)
+                if cause
+                    .downcast_ref::<tokio_postgres::Error>()
+                    .and_then(|e| e.code())
+                    == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                StoreError::Config(
+                    "the database needs migrations this role may not apply: run `egec migrate` \
+                     as the database owner first"
+                        .into(),
+                )
+            }
+            _ => StoreError::Migration(e),
+        })?;
         unlocked?;
         Ok(())
     }
+}
+
+/// Whether every embedded migration is already recorded as applied with the same checksum
+/// (a read-only check). Anything else, a divergent checksum included, is left to refinery,
+/// which applies what is pending and refuses a database whose history differs.
+async fn up_to_date(conn: &Object) -> Result<bool, StoreError> {
+    let table: bool = conn
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    if !table {
+        return Ok(false);
+    }
+    let applied: HashMap<i64, String> = conn
+        .query(
+            "SELECT version::bigint, checksum FROM refinery_schema_history",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    Ok(embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .all(|m| applied.get(&i64::from(m.version())) == Some(&m.checksum().to_string())))
 }
 
 /// How to secure the connection, decided from the URL's `sslmode`.

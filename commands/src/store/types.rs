@@ -173,6 +173,42 @@ pub enum StoreError {
     Join(String),
 }
 
+impl StoreError {
+    /// Whether the database gave up on a time limit rather than refusing the work: a
+    /// statement or lock timeout, an idle transaction ended by the server, or no pooled
+    /// connection free in time. Retrying later may succeed, so the API answers 503.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            StoreError::Postgres(e) => pg_is_timeout(e),
+            StoreError::Pool(e) => pool_is_timeout(e),
+            _ => false,
+        }
+    }
+}
+
+/// See [`StoreError::is_timeout`]. `query_canceled` is what a `statement_timeout` raises
+/// (nothing in this crate cancels queries otherwise).
+pub fn pg_is_timeout(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|code| {
+        [
+            SqlState::QUERY_CANCELED,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+        ]
+        .contains(code)
+    })
+}
+
+/// See [`StoreError::is_timeout`].
+pub fn pool_is_timeout(e: &deadpool_postgres::PoolError) -> bool {
+    match e {
+        deadpool_postgres::PoolError::Timeout(_) => true,
+        deadpool_postgres::PoolError::Backend(e) => pg_is_timeout(e),
+        _ => false,
+    }
+}
+
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         StoreError::Postgres(e)

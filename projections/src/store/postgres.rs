@@ -204,7 +204,11 @@ pub(crate) enum SearchIndex {
 /// The PostgreSQL read models.
 #[derive(Clone)]
 pub(crate) struct PgReadStore {
+    /// Interactive queries: live projection batches and reads.
     pool: Pool,
+    /// Schema set-up and blue/green rebuilds, which may run past the interactive
+    /// statement timeout (see `egec_commands::store::postgres::settings`).
+    maintenance: Pool,
     /// The schema-qualified `gin_trgm_ops` operator class when `pg_trgm` is available: the
     /// customers table then carries a trigram index and search queries with `LIKE`, which
     /// the index answers; without it search stays a `strpos` scan with the same results.
@@ -213,9 +217,14 @@ pub(crate) struct PgReadStore {
 
 impl PgReadStore {
     /// Creates schema `crm` and whatever tables are missing.
-    pub async fn open(pool: Pool, search: SearchIndex) -> Result<Self, StorageError> {
+    pub async fn open(
+        pool: Pool,
+        maintenance: Pool,
+        search: SearchIndex,
+    ) -> Result<Self, StorageError> {
         let mut store = Self {
             pool,
+            maintenance,
             trigram: None,
         };
         store.trigram = store.ensure_schema(search).await?;
@@ -257,7 +266,7 @@ impl PgReadStore {
     /// once do not race on `CREATE … IF NOT EXISTS` (which is not atomic in PostgreSQL). A
     /// projection with a table missing restarts empty at checkpoint 0.
     async fn ensure_schema(&self, search: SearchIndex) -> Result<Option<String>, StorageError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.maintenance.get().await?;
         let tx = conn.transaction().await?;
         tx.execute(
             "SELECT pg_advisory_xact_lock($1, $2)",
@@ -268,14 +277,19 @@ impl PgReadStore {
         // only matters for a database migrated without it, where no analyst can read it.
         // The workload view depends on the analytics tables, so it goes first and comes back
         // once they exist.
+        // `CREATE SCHEMA IF NOT EXISTS` checks the right to create schemas before it looks
+        // for the schema, which a node running as `egec_app` (owner of both schemas, from
+        // migration V5, but with no right to create schemas) would fail: look first.
         tx.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS analytics; {}",
+            "DO $$ BEGIN \
+               IF to_regnamespace('analytics') IS NULL THEN CREATE SCHEMA analytics; END IF; \
+               IF to_regnamespace('crm') IS NULL THEN CREATE SCHEMA crm; END IF; \
+             END $$; {}",
             analytics::DROP_VIEW
         ))
         .await?;
         tx.batch_execute(
-            "CREATE SCHEMA IF NOT EXISTS crm; \
-             CREATE TABLE IF NOT EXISTS crm.projection_checkpoints (\
+            "CREATE TABLE IF NOT EXISTS crm.projection_checkpoints (\
                  projection text PRIMARY KEY, \
                  position bigint NOT NULL, \
                  version integer NOT NULL)",
@@ -872,7 +886,7 @@ impl ReadStore for PgReadStore {
 
     async fn create_shadow(&self, kind: ProjectionKind) -> Result<Shadow, StorageError> {
         let shadow = Shadow::new(kind);
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.maintenance.get().await?;
         let tx = conn.transaction().await?;
         for def in tables(kind) {
             for stale in list_tables(&tx, def.schema, &format!("{}_rebuild_%", def.live)).await? {
@@ -887,7 +901,7 @@ impl ReadStore for PgReadStore {
     }
 
     async fn apply_shadow(&self, shadow: &Shadow, work: Work) -> Result<(), StorageError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.maintenance.get().await?;
         let tx = conn.transaction().await?;
         apply_work(&tx, Some(shadow), &work).await?;
         tx.commit().await?;
@@ -895,7 +909,7 @@ impl ReadStore for PgReadStore {
     }
 
     async fn load_shadow(&self, shadow: &Shadow, ids: Vec<Uuid>) -> Result<Rows, StorageError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.maintenance.get().await?;
         let tx = conn.transaction().await?;
         let rows = match shadow.kind {
             ProjectionKind::Customers => Rows::Customers(
@@ -926,7 +940,7 @@ impl ReadStore for PgReadStore {
     }
 
     async fn write_shadow(&self, shadow: &Shadow, changes: Changes) -> Result<(), StorageError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.maintenance.get().await?;
         let tx = conn.transaction().await?;
         // Chunks keep each statement's parameter arrays to a sensible size.
         match &changes {
@@ -966,7 +980,7 @@ impl ReadStore for PgReadStore {
     }
 
     async fn index_shadow(&self, shadow: &Shadow) -> Result<(), StorageError> {
-        let conn = self.pool.get().await?;
+        let conn = self.maintenance.get().await?;
         for def in tables(shadow.kind) {
             let name = shadow.table(def.live);
             conn.batch_execute(&create_indexes_sql(def, &name, self.trigram.as_deref()))
@@ -980,7 +994,7 @@ impl ReadStore for PgReadStore {
 
     async fn swap(&self, shadow: &Shadow, tail: Work, to: i64) -> Result<(), StorageError> {
         let kind = shadow.kind;
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.maintenance.get().await?;
         let tx = conn.transaction().await?;
         lock_checkpoint(&tx, kind).await?;
         apply_work(&tx, Some(shadow), &tail).await?;
@@ -1026,7 +1040,7 @@ impl ReadStore for PgReadStore {
     }
 
     async fn discard_shadow(&self, shadow: &Shadow) -> Result<(), StorageError> {
-        let conn = self.pool.get().await?;
+        let conn = self.maintenance.get().await?;
         for def in tables(shadow.kind) {
             conn.batch_execute(&format!(
                 "DROP TABLE IF EXISTS {}.{}",

@@ -50,6 +50,24 @@ impl TestApp {
 
     /// Spawns with extra configuration (e.g. short session timeouts).
     pub async fn spawn_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
+        Self::spawn_inner(backend, None, extra).await
+    }
+
+    /// Spawns on a PostgreSQL database the test prepared (and connects with the URL given,
+    /// e.g. as another login role); the guard drops the database with the app.
+    pub async fn spawn_on_postgres(
+        url: String,
+        guard: egec_commands::testing::PgDropGuard,
+        extra: &[(&str, &str)],
+    ) -> TestApp {
+        Self::spawn_inner(Backend::Postgres, Some((url, guard)), extra).await
+    }
+
+    async fn spawn_inner(
+        backend: Backend,
+        mut database: Option<(String, egec_commands::testing::PgDropGuard)>,
+        extra: &[(&str, &str)],
+    ) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut env: HashMap<String, String> = HashMap::new();
         env.insert("EGEC_LISTEN".into(), "127.0.0.1:0".into());
@@ -79,7 +97,10 @@ impl TestApp {
         let (guard, url) = match backend {
             Backend::Sqlite => (StoreGuard::Sqlite(dir), None),
             Backend::Postgres => {
-                let (url, guard) = egec_commands::testing::fresh_postgres().await;
+                let (url, guard) = match database.take() {
+                    Some(given) => given,
+                    None => egec_commands::testing::fresh_postgres().await,
+                };
                 env.insert("DATABASE_URL".into(), url.clone());
                 (StoreGuard::Postgres(guard, dir), Some(url))
             }
