@@ -297,6 +297,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             core.bus.codec().vault().clone(),
         )),
         signals,
+        postgres: core.stores.postgres.clone(),
     };
     crate::signals::spawn(&state);
     let publisher = state.config.nats_url.as_ref().map(|url| {

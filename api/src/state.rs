@@ -37,6 +37,8 @@ pub struct AppState {
     pub attachments: Arc<egec_commands::attachments::Attachments>,
     /// Cross-node signals over NATS (off without `NATS_URL`).
     pub signals: crate::signals::Signals,
+    /// The PostgreSQL log, for its pools' gauges (`None` on SQLite).
+    pub postgres: Option<Arc<egec_commands::store::postgres::PgLog>>,
 }
 
 impl AppState {

@@ -73,6 +73,23 @@ async fn a_write_whose_statement_runs_out_of_time_is_answered_503_and_changes_no
     let r = app.post("/api/customers", Some(&token), body).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(customers_in_log(&app).await, 1);
+
+    // Operators see the timeout and both pools at /metrics.
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    let timeouts: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("egec_db_timeouts_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no timeout counter: {metrics}"));
+    assert!(timeouts >= 1.0, "{metrics}");
+    for class in ["interactive", "maintenance"] {
+        assert!(
+            metrics.contains(&format!(
+                "egec_db_pool_max_connections{{class=\"{class}\"}}"
+            )),
+            "no {class} pool gauge: {metrics}"
+        );
+    }
 }
 
 /// A login role of the test's own, a member of `in_role` only, dropped at the end.

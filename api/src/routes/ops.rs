@@ -43,6 +43,22 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // Pool gauges are read at scrape time: exact, and free between scrapes.
+    if let Some(pg) = &state.postgres {
+        for (class, pool) in [
+            ("interactive", pg.pool()),
+            ("maintenance", pg.maintenance_pool()),
+        ] {
+            let status = pool.status();
+            metrics::gauge!("egec_db_pool_max_connections", "class" => class)
+                .set(status.max_size as f64);
+            metrics::gauge!("egec_db_pool_connections", "class" => class).set(status.size as f64);
+            metrics::gauge!("egec_db_pool_idle_connections", "class" => class)
+                .set(status.available as f64);
+            metrics::gauge!("egec_db_pool_waiting_requests", "class" => class)
+                .set(status.waiting as f64);
+        }
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
