@@ -182,7 +182,7 @@ async fn verify_passes_on_an_untouched_log_and_exits_1_on_tampering(store: Store
                 .unwrap();
             tokio::spawn(conn);
             client
-                .execute("UPDATE egec.events SET payload = jsonb_set(payload, '{facts,role}', '\"superadmin\"') WHERE global_position = 1", &[])
+                .execute("UPDATE egec.events SET payload = jsonb_set(payload::jsonb, '{facts,role}', '\"superadmin\"')::json WHERE global_position = 1", &[])
                 .await
                 .unwrap();
         }

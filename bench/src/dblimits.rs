@@ -103,7 +103,7 @@ const PG_BATCH: &str = "INSERT INTO bench.batch_events (global_position, stream_
      stream_version, event_id, command_id, event_type, schema_version, payload, metadata, \
      recorded_at, prev_hash, hash) \
      SELECT p, s, 1, e, c, $5, $6, pl, $8, $9, $10, $10 FROM unnest($1::bigint[], \
-     $2::text[], $3::uuid[], $4::uuid[], $7::jsonb[]) AS u(p, s, e, c, pl)";
+     $2::text[], $3::uuid[], $4::uuid[], $7::json[]) AS u(p, s, e, c, pl)";
 
 async fn pg_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(url, NoTls)

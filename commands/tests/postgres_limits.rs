@@ -208,3 +208,75 @@ async fn each_pools_sessions_carry_their_class_limits() {
     let answers = log.append_batch(vec![request("s-2")]).await.unwrap();
     assert!(answers[0].is_ok());
 }
+
+#[tokio::test]
+async fn the_switch_of_the_log_from_jsonb_to_json_keeps_every_event_and_the_hash_chain() {
+    let (url, _guard) = fresh_postgres().await;
+    let log = PgLog::connect(&url, 2).await.expect("connect");
+    // The log as it was before migration V6: jsonb columns, written through them.
+    let admin = raw(&url).await;
+    admin
+        .batch_execute(
+            "ALTER TABLE egec.events ALTER COLUMN payload TYPE jsonb, \
+             ALTER COLUMN metadata TYPE jsonb",
+        )
+        .await
+        .unwrap();
+    let mut requests = Vec::new();
+    for i in 0..50 {
+        let mut req = request(&format!("s-{}", i % 7));
+        // Unsorted keys, nesting, escapes, non-ASCII text and a large integer: what jsonb
+        // normalises (key order, spacing) must not matter to the chain.
+        req.events[0].payload = json!({
+            "zeta": format!("Zoë 🚀 \"{i}\" \\ back"),
+            "alpha": { "list": [3, 1, 2], "big": 9_007_199_254_740_993_i64, "none": null },
+            "n": i,
+        });
+        req.events[0].metadata =
+            json!({ "occurred_at": "2026-11-30T02:00:00.123456Z", "b": 1, "a": [] });
+        requests.push(req);
+    }
+    for req in requests {
+        log.append_batch(vec![req]).await.unwrap()[0]
+            .as_ref()
+            .unwrap();
+    }
+    let before = log.read_all(0, 100).await.unwrap();
+    assert_eq!(before.len(), 50);
+
+    admin
+        .batch_execute(include_str!(
+            "../../migrations/postgres/V6__log_json_text.sql"
+        ))
+        .await
+        .unwrap();
+    let kind: String = admin
+        .query_one(
+            "SELECT data_type FROM information_schema.columns \
+             WHERE table_schema = 'egec' AND table_name = 'events' AND column_name = 'payload'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kind, "json");
+    // A node starts after the migration (statements prepared before it would no longer
+    // match the column types: the upgrade stops every node first, see the migration).
+    drop(log);
+    let log = PgLog::connect(&url, 2).await.expect("reconnect");
+    let after = log.read_all(0, 100).await.unwrap();
+    assert_eq!(after, before);
+    let report = egec_commands::store::verify::verify_chain(&log, 16)
+        .await
+        .unwrap();
+    assert!(report.ok, "{:?}", report.problem);
+    assert_eq!(report.events_checked, 50);
+    // And appends go on, chained to what was converted.
+    log.append_batch(vec![request("s-x")]).await.unwrap()[0]
+        .as_ref()
+        .unwrap();
+    let report = egec_commands::store::verify::verify_chain(&log, 16)
+        .await
+        .unwrap();
+    assert!(report.ok && report.events_checked == 51, "{report:?}");
+}

@@ -271,7 +271,7 @@ both_backends!(
                 tokio::spawn(conn);
                 client
                     .execute(
-                        "UPDATE egec.events SET payload = jsonb_set(payload, '{facts,status}', '\"enrolled\"') \
+                        "UPDATE egec.events SET payload = jsonb_set(payload::jsonb, '{facts,status}', '\"enrolled\"')::json \
                          WHERE event_type = 'CustomerUpdated'",
                         &[],
                     )

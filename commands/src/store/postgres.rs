@@ -560,7 +560,7 @@ async fn append_pipelined(
                  recorded_at, prev_hash, hash) \
                  SELECT p, s, v, e, c, t, sv, pl, md, $10, ph, h FROM unnest(\
                  $1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::uuid[], \
-                 $6::text[], $7::int4[], $8::jsonb[], $9::jsonb[], $11::bytea[], \
+                 $6::text[], $7::int4[], $8::json[], $9::json[], $11::bytea[], \
                  $12::bytea[]) AS u(p, s, v, e, c, t, sv, pl, md, ph, h)",
             )
             .await?;
