@@ -104,8 +104,8 @@ struct Args {
     /// beside them; see `rate_limits.rs`), then exit.
     #[arg(long)]
     rate_limits: bool,
-    /// Only measure the log publisher against a bare JetStream publish loop (see
-    /// `publisher.rs`), then exit.
+    /// Only measure the log publisher, reading a SQLite and a PostgreSQL log, against a bare
+    /// JetStream publish loop (see `publisher.rs`), then exit.
     #[arg(long)]
     publisher: bool,
     /// Events the `--publisher` runs publish (default 50,000; 10,000 with --quick).
@@ -151,7 +151,11 @@ async fn main() -> anyhow::Result<()> {
         let events = args
             .publisher_events
             .unwrap_or(if args.quick { 10_000 } else { 50_000 });
-        let rows = publisher::run(&args.nats_url, events).await?;
+        let backends = publisher::Backends {
+            sqlite: !args.skip_sqlite,
+            pg_admin_url: (!args.skip_postgres).then_some(args.pg_admin_url.as_str()),
+        };
+        let rows = publisher::run(&args.nats_url, events, backends).await?;
         publisher::print(&rows);
         println!(
             "{}",
