@@ -276,10 +276,17 @@ async fn nodes_only(args: &Args) -> anyhow::Result<()> {
         measure: Duration::from_secs(if args.quick { 3 } else { 10 }),
     };
     // On Ctrl-C the run's future is dropped, and with it every server it started (each is
-    // killed when dropped), so an interrupted benchmark leaves no `egec serve` behind.
+    // killed when dropped), so an interrupted benchmark leaves no `egec serve` behind; the
+    // databases it had not dropped yet are dropped here.
     let report = tokio::select! {
         report = nodes::run(&opts) => report?,
-        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the servers were stopped"),
+        _ = tokio::signal::ctrl_c() => {
+            setup::drop_own_databases(&args.pg_admin_url, "nodes").await?;
+            nodes::delete_own_streams(&args.nats_url).await?;
+            anyhow::bail!(
+                "interrupted; the servers were stopped, their databases and streams deleted"
+            );
+        }
     };
     report.print();
     println!("{}", serde_json::json!({ "nodes": report.json() }));

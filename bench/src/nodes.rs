@@ -196,9 +196,19 @@ impl NodesReport {
              ({} clients, closed loop, warm-up {:?}, window {:?}) ==",
             self.clients, self.warmup, self.measure
         );
+        // `cargo run -p egec-bench` does not rebuild the server, so its build time is shown
+        // to make a stale binary visible.
+        let built = std::fs::metadata(&self.binary)
+            .and_then(|m| m.modified())
+            .map(|t| {
+                chrono::DateTime::<chrono::Utc>::from(t)
+                    .format("%Y-%m-%d %H:%M UTC")
+                    .to_string()
+            })
+            .unwrap_or_else(|_| "unknown".into());
         println!(
-            "binary {}; each configuration on a fresh database; nodes signal each other over \
-             NATS and publish the log to a JetStream stream of their own",
+            "binary {} (built {built}); each configuration on a fresh database; nodes signal \
+             each other over NATS and publish the log to a JetStream stream of their own",
             self.binary.display()
         );
         println!(
@@ -344,6 +354,25 @@ impl Drop for Node {
     }
 }
 
+/// Streams of deployments started and not cleaned up yet: what an interrupted run must
+/// still delete.
+static LIVE_STREAMS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Deletes the streams of the deployments this process started, for a run cut short before
+/// it could delete them itself.
+pub async fn delete_own_streams(nats_url: &str) -> anyhow::Result<()> {
+    let names = std::mem::take(&mut *LIVE_STREAMS.lock());
+    if names.is_empty() {
+        return Ok(());
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
+    for name in names {
+        // A stream the node never got to create is not there to delete.
+        let _ = js.delete_stream(&name).await;
+    }
+    Ok(())
+}
+
 /// One deployment's settings, shared by its nodes and its `egec user create`.
 struct Deployment {
     binary: PathBuf,
@@ -354,6 +383,7 @@ struct Deployment {
 }
 
 impl Deployment {
+    /// The JetStream stream the deployment publishes its log to.
     fn stream(&self) -> String {
         format!("BENCH_NODES_{}", self.tag)
     }
@@ -649,9 +679,11 @@ async fn configuration(
         nats_url: opts.nats_url.clone(),
         tag: Uuid::now_v7().simple().to_string(),
     };
+    LIVE_STREAMS.lock().push(deployment.stream());
     let outcome = measure_configuration(opts, nodes, client, &deployment).await;
     // The nodes are gone by now (dropped inside); their stream goes too, whatever happened.
     let _ = js.delete_stream(deployment.stream()).await;
+    LIVE_STREAMS.lock().retain(|s| *s != deployment.stream());
     match outcome {
         Ok(run) => Ok((run, db)),
         Err(e) => {
