@@ -345,6 +345,17 @@ impl Node {
     fn pid(&self) -> String {
         self.child.id().to_string()
     }
+
+    /// The last lines the node logged, for an error message.
+    fn tail(&self) -> String {
+        self.log
+            .lock()
+            .last
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 impl Drop for Node {
@@ -522,18 +533,6 @@ impl Deployment {
     }
 }
 
-impl Node {
-    fn tail(&self) -> String {
-        self.log
-            .lock()
-            .last
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
 async fn login(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
     let r = client
         .post(format!("{base}/api/auth/login"))
@@ -621,6 +620,9 @@ async fn load(
                             out.failures
                                 .push(format!("node {}: no answer: {e}", node + 1));
                         }
+                        // A node that is gone refuses at once; without a pause the client
+                        // would spin and take the CPU from the nodes still answering.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
                 };
