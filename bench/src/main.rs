@@ -9,8 +9,10 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod batch_sizes;
+mod cpu;
 mod dblimits;
 mod logins;
+mod nodes;
 mod profile;
 mod projections;
 mod publisher;
@@ -104,16 +106,27 @@ struct Args {
     /// beside them; see `rate_limits.rs`), then exit.
     #[arg(long)]
     rate_limits: bool,
-    /// Only measure the log publisher against a bare JetStream publish loop (see
-    /// `publisher.rs`), then exit.
+    /// Only measure the log publisher, reading a SQLite and a PostgreSQL log, against a bare
+    /// JetStream publish loop (see `publisher.rs`), then exit.
     #[arg(long)]
     publisher: bool,
     /// Events the `--publisher` runs publish (default 50,000; 10,000 with --quick).
     #[arg(long)]
     publisher_events: Option<usize>,
-    /// The NATS server of `--publisher` (each run uses a stream of its own, deleted after).
+    /// The NATS server of `--publisher` and `--nodes` (each run uses a stream of its own,
+    /// deleted after).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    /// Only measure customer creates over HTTP through one `egec serve` and through two on
+    /// one PostgreSQL database, beside the database's own limits (see `nodes.rs`), then exit.
+    #[arg(long)]
+    nodes: bool,
+    /// Concurrent clients of `--nodes` (split evenly between the nodes).
+    #[arg(long, default_value_t = 32)]
+    node_clients: usize,
+    /// The `egec` binary `--nodes` starts (default: the one beside this benchmark's binary).
+    #[arg(long, env = "EGEC_BENCH_EGEC_BIN")]
+    egec_bin: Option<std::path::PathBuf>,
     /// The Redis of `--rate-limits`.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
@@ -151,7 +164,11 @@ async fn main() -> anyhow::Result<()> {
         let events = args
             .publisher_events
             .unwrap_or(if args.quick { 10_000 } else { 50_000 });
-        let rows = publisher::run(&args.nats_url, events).await?;
+        let backends = publisher::Backends {
+            sqlite: !args.skip_sqlite,
+            pg_admin_url: (!args.skip_postgres).then_some(args.pg_admin_url.as_str()),
+        };
+        let rows = publisher::run(&args.nats_url, events, backends).await?;
         publisher::print(&rows);
         println!(
             "{}",
@@ -160,6 +177,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     setup::ensure_local(&args.pg_admin_url)?;
+    if args.nodes {
+        return nodes_only(&args).await;
+    }
     if args.transfer {
         return transfer_only(&args).await;
     }
@@ -234,6 +254,43 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("{line}");
     if reports.iter().any(|r| !r.errors.is_empty()) || !login_errors.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The `--nodes` run: one node, then two, then the database's limits; exit 1 on any non-2xx.
+async fn nodes_only(args: &Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.skip_postgres,
+        "--nodes runs on PostgreSQL only (nodes share one database): drop --skip-postgres"
+    );
+    let opts = nodes::Options {
+        pg_admin_url: args.pg_admin_url.clone(),
+        nats_url: args.nats_url.clone(),
+        egec_bin: nodes::find_binary(args.egec_bin.as_deref())?,
+        clients: args.node_clients.max(1),
+        // Longer windows than the in-process runs: HTTP through separate processes on two
+        // shared cores is noisier, and two nodes need a moment to settle their signals.
+        warmup: Duration::from_secs(if args.quick { 1 } else { 3 }),
+        measure: Duration::from_secs(if args.quick { 3 } else { 10 }),
+    };
+    // On Ctrl-C the run's future is dropped, and with it every server it started (each is
+    // killed when dropped), so an interrupted benchmark leaves no `egec serve` behind; the
+    // databases it had not dropped yet are dropped here.
+    let report = tokio::select! {
+        report = nodes::run(&opts) => report?,
+        _ = tokio::signal::ctrl_c() => {
+            setup::drop_own_databases(&args.pg_admin_url, "nodes").await?;
+            nodes::delete_own_streams(&args.nats_url).await?;
+            anyhow::bail!(
+                "interrupted; the servers were stopped, their databases and streams deleted"
+            );
+        }
+    };
+    report.print();
+    println!("{}", serde_json::json!({ "nodes": report.json() }));
+    if report.failed() {
         std::process::exit(1);
     }
     Ok(())

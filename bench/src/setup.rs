@@ -102,6 +102,28 @@ impl PgDatabase {
     }
 }
 
+/// Drops the databases this process created for `purpose` and has not dropped yet (their
+/// names carry the purpose and this process's id), for a run cut short before it could drop
+/// them itself.
+pub async fn drop_own_databases(admin_url: &str, purpose: &str) -> anyhow::Result<()> {
+    let client = admin_connect(admin_url).await?;
+    let prefix = format!("egec_bench_{purpose}");
+    let infix = format!("_{}_", std::process::id());
+    for row in client.query("SELECT datname FROM pg_database", &[]).await? {
+        let name: String = row.try_get(0)?;
+        let ours = name
+            .strip_prefix(&prefix)
+            .is_some_and(|rest| rest.contains(&infix));
+        if ours {
+            client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await
+                .with_context(|| format!("cannot drop database {name}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Everything a command needs, wired as the server wires it.
 pub struct WriteSide {
     pub stores: Stores,
