@@ -165,6 +165,27 @@ impl Config {
         {
             errors.push("DATABASE_URL must start with postgres:// or postgresql://".to_owned());
         }
+        // A PostgreSQL role: meaningless on the embedded store, where setting it is a mistake
+        // worth stopping for (the operator believes the node runs with less privilege).
+        let db_role = src
+            .get("EGEC_DB_ROLE")
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty());
+        if let Some(role) = &db_role {
+            if database_url.is_none() {
+                errors.push(
+                    "EGEC_DB_ROLE needs DATABASE_URL (it names a PostgreSQL role)".to_owned(),
+                );
+            }
+            if !role
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                errors.push(
+                    "EGEC_DB_ROLE must be a plain role name (letters, digits, _ and -)".to_owned(),
+                );
+            }
+        }
         let redis_url = src.get("REDIS_URL").filter(|u| !u.is_empty());
         if let Some(url) = &redis_url
             && !(url.starts_with("redis://")
@@ -301,10 +322,7 @@ impl Config {
             )),
             acquire_timeout: ms(number("EGEC_DB_ACQUIRE_TIMEOUT_MS", 10_000, 10, 600_000)),
             connect_timeout: ms(number("EGEC_DB_CONNECT_TIMEOUT_MS", 10_000, 100, 600_000)),
-            role: src
-                .get("EGEC_DB_ROLE")
-                .map(|r| r.trim().to_owned())
-                .filter(|r| !r.is_empty()),
+            role: db_role,
         };
         let import_max_bytes = number("EGEC_IMPORT_MAX_BYTES", 64 << 20, 1024, 1 << 34);
         let lockout = egec_domain::user::lockout::LockoutPolicy {
@@ -582,6 +600,45 @@ mod tests {
         assert_eq!(c.env, Environment::Development);
         assert!(c.database_url.is_none());
         assert_eq!(c.listen.port(), 8080);
+    }
+
+    #[test]
+    fn database_settings_are_read_and_a_role_needs_postgres_and_a_plain_name() {
+        let pg = ("DATABASE_URL", "postgres://node@db/egec");
+        let c = Config::from_source(&src(&[
+            pg,
+            ("EGEC_DB_STATEMENT_TIMEOUT_MS", "2500"),
+            ("EGEC_DB_MAINTENANCE_STATEMENT_TIMEOUT_MS", "0"),
+            ("EGEC_DB_MAINTENANCE_POOL_SIZE", "3"),
+            ("EGEC_DB_ROLE", " egec_app "),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.db.statement_timeout,
+            std::time::Duration::from_millis(2500)
+        );
+        assert!(c.db.maintenance_statement_timeout.is_zero());
+        assert_eq!(c.db.maintenance_pool_size, 3);
+        assert_eq!(c.db.role.as_deref(), Some("egec_app"));
+        let defaults = Config::from_source(&src(&[])).unwrap();
+        assert_eq!(
+            defaults.db,
+            egec_commands::store::postgres::PgSettings::default()
+        );
+
+        let err = Config::from_source(&src(&[("EGEC_DB_ROLE", "egec_app")])).unwrap_err();
+        assert!(
+            err.to_string().contains("EGEC_DB_ROLE needs DATABASE_URL"),
+            "{err}"
+        );
+        let err = Config::from_source(&src(&[pg, ("EGEC_DB_ROLE", "app -c x=1")])).unwrap_err();
+        assert!(err.to_string().contains("plain role name"), "{err}");
+        let err =
+            Config::from_source(&src(&[pg, ("EGEC_DB_STATEMENT_TIMEOUT_MS", "-1")])).unwrap_err();
+        assert!(
+            err.to_string().contains("EGEC_DB_STATEMENT_TIMEOUT_MS"),
+            "{err}"
+        );
     }
 
     #[test]
