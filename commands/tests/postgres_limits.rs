@@ -280,3 +280,23 @@ async fn the_switch_of_the_log_from_jsonb_to_json_keeps_every_event_and_the_hash
         .unwrap();
     assert!(report.ok && report.events_checked == 51, "{report:?}");
 }
+
+#[tokio::test]
+async fn a_build_refuses_a_database_migrated_by_a_newer_build() {
+    let (url, _guard) = fresh_postgres().await;
+    drop(PgLog::connect(&url, 1).await.expect("migrates"));
+    raw(&url)
+        .await
+        .execute(
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+             VALUES (999, 'from_the_future', '2027-01-01', '0')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = PgLog::connect(&url, 1)
+        .await
+        .expect_err("this build does not know V999");
+    assert!(matches!(err, StoreError::Config(_)), "{err}");
+    assert!(err.to_string().contains("V999"), "{err}");
+}

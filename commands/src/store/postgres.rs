@@ -121,7 +121,16 @@ impl PgLog {
     /// the owner migrated.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.maintenance.get().await?;
-        if up_to_date(&conn).await? {
+        let current = up_to_date(&conn).await.map_err(|e| match &e {
+            // A role that may not even read the migration history predates V5's grants.
+            StoreError::Postgres(pg)
+                if pg.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                needs_owner()
+            }
+            _ => e,
+        })?;
+        if current {
             return Ok(());
         }
         conn.execute(
@@ -149,11 +158,7 @@ impl PgLog {
                     .and_then(|e| e.code())
                     == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
             {
-                StoreError::Config(
-                    "the database needs migrations this role may not apply: run `egec migrate` \
-                     as the database owner first"
-                        .into(),
-                )
+                needs_owner()
             }
             _ => StoreError::Migration(e),
         })?;
@@ -162,9 +167,18 @@ impl PgLog {
     }
 }
 
+fn needs_owner() -> StoreError {
+    StoreError::Config(
+        "the database needs migrations this role may not apply: run `egec migrate` as the \
+         database owner first"
+            .into(),
+    )
+}
+
 /// Whether every embedded migration is already recorded as applied with the same checksum
 /// (a read-only check). Anything else, a divergent checksum included, is left to refinery,
-/// which applies what is pending and refuses a database whose history differs.
+/// which applies what is pending and refuses a database whose history differs. A database
+/// holding a migration this build does not know is refused here, with a message that says so.
 async fn up_to_date(conn: &Object) -> Result<bool, StoreError> {
     let table: bool = conn
         .query_one(
@@ -185,8 +199,21 @@ async fn up_to_date(conn: &Object) -> Result<bool, StoreError> {
         .iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .collect::<Result<_, tokio_postgres::Error>>()?;
-    Ok(embedded::migrations::runner()
-        .get_migrations()
+    let runner = embedded::migrations::runner();
+    let known = runner.get_migrations();
+    // A database migrated by a newer build: refinery would refuse it too, but only after
+    // trying to create its table, which a role without DDL rights would misreport.
+    if let Some(unknown) = applied
+        .keys()
+        .filter(|v| !known.iter().any(|m| i64::from(m.version()) == **v))
+        .max()
+    {
+        return Err(StoreError::Config(format!(
+            "the database was migrated by a newer version of egec (migration V{unknown} is \
+             unknown to this build): run that version or a later one"
+        )));
+    }
+    Ok(known
         .iter()
         .all(|m| applied.get(&i64::from(m.version())) == Some(&m.checksum().to_string())))
 }
