@@ -12,8 +12,8 @@ mod support;
 use egec_domain::Role;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::own_server::OwnServer;
 use support::{Backend, TestApp, json_of};
 
 const SHARED_NATS: &str = "nats://127.0.0.1:4222";
@@ -188,59 +188,10 @@ async fn a_user_forced_out_on_one_node_is_refused_on_the_other_at_once() {
     );
 }
 
-/// A NATS server of the test's own, on a free port.
-struct OwnNats {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnNats {
-    fn start() -> OwnNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut n = OwnNats { port, child: None };
-        n.restart();
-        n
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("/usr/sbin/nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is installed (DESIGN.md: services on the machines)");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("nats-server did not start on port {}", self.port);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnNats {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn while_nats_is_down_nodes_poll_and_say_so_and_signal_again_when_it_returns() {
-    let mut nats = OwnNats::start();
-    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let mut nats = OwnServer::nats();
+    let url = nats.url("nats");
     let subject = format!("test.signals.{}", uuid::Uuid::now_v7().simple());
     let a = TestApp::spawn_with(
         Backend::Postgres,

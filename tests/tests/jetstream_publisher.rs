@@ -5,8 +5,6 @@
 mod support;
 
 use std::collections::HashSet;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,79 +15,8 @@ use egec_commands::store::RecordedEvent;
 use egec_domain::Role;
 use reqwest::StatusCode;
 use serde_json::json;
+use support::own_server::OwnServer;
 use support::{Backend, TestApp};
-
-const NATS_SERVER: &str = "/usr/sbin/nats-server";
-
-/// A nats-server of the test's own, stopped when dropped.
-struct Nats {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Nats {
-    fn start() -> Nats {
-        assert!(
-            std::path::Path::new(NATS_SERVER).exists(),
-            "{NATS_SERVER} is missing: install nats-server (these tests never skip)"
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut nats = Nats {
-            port,
-            dir: tempfile::tempdir().expect("temp dir"),
-            child: None,
-        };
-        nats.start_again();
-        nats
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server (again) on the same port and store.
-    fn start_again(&mut self) {
-        assert!(self.child.is_none());
-        let child = Command::new(NATS_SERVER)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Kills the server (SIGKILL), as a crash would.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// One message of the stream.
 struct Stored {
@@ -242,8 +169,8 @@ async fn until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn server_dedupes_before_it_checks_the_expected_last_id() {
-    let nats = Nats::start();
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let nats = OwnServer::nats_jetstream();
+    let js = jetstream::new(async_nats::connect(nats.url("nats")).await.unwrap());
     let settings = egec_api::bus::Settings::default();
     egec_api::bus::publisher::ensure_stream(&js, &settings)
         .await
@@ -276,8 +203,8 @@ async fn server_dedupes_before_it_checks_the_expected_last_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_leader_node_dies_mid_load_and_the_other_takes_over_without_loss_or_reordering() {
-    let nats = Nats::start();
-    let url = nats.url();
+    let nats = OwnServer::nats_jetstream();
+    let url = nats.url("nats");
     let a = TestApp::spawn_with(Backend::Postgres, &[("NATS_URL", url.as_str())]).await;
     let (b, _b_dir) = a.second_node().await;
     let a_pub = a.running.publisher.as_ref().expect("publisher");
@@ -357,8 +284,8 @@ async fn the_leader_node_dies_mid_load_and_the_other_takes_over_without_loss_or_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_stopped_and_started_again_mid_load_loses_nothing_and_keeps_order() {
-    let mut nats = Nats::start();
-    let url = nats.url();
+    let mut nats = OwnServer::nats_jetstream();
+    let url = nats.url("nats");
     let app = TestApp::spawn_with(Backend::Sqlite, &[("NATS_URL", url.as_str())]).await;
     let (_, token) = app.as_role(Role::Admin).await;
     let created = Arc::new(AtomicUsize::new(0));
@@ -415,7 +342,7 @@ async fn nats_stopped_and_started_again_mid_load_loses_nothing_and_keeps_order()
         whole_log(&app).await.last().unwrap().global_position > pub_status.position(),
         "events wait for NATS"
     );
-    nats.start_again();
+    nats.restart();
     wait_published(&app, &url, "EGEC_EVENTS", Duration::from_secs(60)).await;
     let log = whole_log(&app).await;
     let head = log.last().unwrap().global_position;
@@ -432,8 +359,8 @@ async fn nats_stopped_and_started_again_mid_load_loses_nothing_and_keeps_order()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_message_on_the_bus_carries_a_customers_plaintext_email_phone_or_passport() {
-    let nats = Nats::start();
-    let url = nats.url();
+    let nats = OwnServer::nats_jetstream();
+    let url = nats.url("nats");
     let app = TestApp::spawn_with(Backend::Postgres, &[("NATS_URL", url.as_str())]).await;
     let (_, token) = app.as_role(Role::Admin).await;
     let client = reqwest::Client::new();
@@ -477,8 +404,8 @@ async fn no_message_on_the_bus_carries_a_customers_plaintext_email_phone_or_pass
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_leader_resumes_from_the_checkpoint_and_never_republishes_what_is_stored() {
-    let nats = Nats::start();
-    let url = nats.url();
+    let nats = OwnServer::nats_jetstream();
+    let url = nats.url("nats");
     // A one-second duplicate window: a re-publish of old events after it would be stored
     // twice (or refused), so only resuming from the checkpoint passes.
     let env = [
@@ -555,8 +482,8 @@ async fn a_new_leader_resumes_from_the_checkpoint_and_never_republishes_what_is_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_whose_lock_connection_dies_stops_publishing_until_it_leads_again() {
-    let nats = Nats::start();
-    let url = nats.url();
+    let nats = OwnServer::nats_jetstream();
+    let url = nats.url("nats");
     let a = TestApp::spawn_with(Backend::Postgres, &[("NATS_URL", url.as_str())]).await;
     let status = a.running.publisher.as_ref().unwrap().status();
     until("the node to lead", Duration::from_secs(10), || {
@@ -610,8 +537,8 @@ async fn a_node_whose_lock_connection_dies_stops_publishing_until_it_leads_again
 async fn a_durable_consumer_reads_the_stream_in_log_order() {
     use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
     use futures::StreamExt;
-    let nats = Nats::start();
-    let url = nats.url();
+    let nats = OwnServer::nats_jetstream();
+    let url = nats.url("nats");
     let app = TestApp::spawn_with(Backend::Sqlite, &[("NATS_URL", url.as_str())]).await;
     let (_, token) = app.as_role(Role::Admin).await;
     let client = reqwest::Client::new();

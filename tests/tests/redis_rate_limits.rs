@@ -10,8 +10,8 @@
 mod support;
 
 use reqwest::StatusCode;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use support::own_server::OwnServer;
 use support::{Backend, TestApp};
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
@@ -88,73 +88,11 @@ async fn a_limit_exhausted_through_one_node_answers_429_on_the_other() {
     }
 }
 
-/// A Redis server of the test's own, on a free port, without persistence.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn start() -> OwnRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = OwnRedis { port, child: None };
-        r.restart();
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (DESIGN.md: services on the machines)");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not start on port {}", self.port);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_redis_down_requests_are_limited_in_memory_without_errors_and_shared_again_when_it_returns()
  {
-    let mut redis = OwnRedis::start();
-    let (a, b, _dir) = two_nodes(&redis.url(), "4").await;
+    let mut redis = OwnServer::redis();
+    let (a, b, _dir) = two_nodes(&redis.url("redis"), "4").await;
     let (_, superadmin) = a.as_role(egec_domain::Role::Superadmin).await;
     let backend = async || -> String {
         let r = a.get("/api/admin/rate-limits", Some(&superadmin)).await;

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod own_server;
+
 use egec_api::app::Running;
 use egec_api::config::Config;
 use egec_domain::Role;
