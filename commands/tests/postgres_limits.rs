@@ -49,6 +49,20 @@ async fn raw(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A session holding the migration lock, as another node migrating would; dropping the
+/// client ends the session and so releases the lock.
+async fn migration_lock_held_by_another_node(url: &str) -> tokio_postgres::Client {
+    let holder = raw(url).await;
+    holder
+        .execute(
+            "SELECT pg_advisory_lock($1, $2)",
+            &[&MIGRATION_LOCK.0, &MIGRATION_LOCK.1],
+        )
+        .await
+        .unwrap();
+    holder
+}
+
 #[tokio::test]
 async fn an_append_stuck_behind_a_held_counter_row_is_cancelled_by_the_statement_timeout() {
     let (url, _guard) = fresh_postgres().await;
@@ -83,14 +97,7 @@ async fn an_append_stuck_behind_a_held_counter_row_is_cancelled_by_the_statement
 #[tokio::test]
 async fn migrations_wait_for_another_nodes_migration_past_the_interactive_limit() {
     let (url, _guard) = fresh_postgres().await;
-    let holder = raw(&url).await;
-    holder
-        .execute(
-            "SELECT pg_advisory_lock($1, $2)",
-            &[&MIGRATION_LOCK.0, &MIGRATION_LOCK.1],
-        )
-        .await
-        .unwrap();
+    let holder = migration_lock_held_by_another_node(&url).await;
     let connecting = {
         let url = url.clone();
         tokio::spawn(async move {
@@ -101,13 +108,8 @@ async fn migrations_wait_for_another_nodes_migration_past_the_interactive_limit(
     };
     // Five interactive time limits long, "another node" migrates.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    holder
-        .execute(
-            "SELECT pg_advisory_unlock($1, $2)",
-            &[&MIGRATION_LOCK.0, &MIGRATION_LOCK.1],
-        )
-        .await
-        .unwrap();
+    // "Another node" finishes migrating: its session ends, and with it the lock.
+    drop(holder);
     let (log, waited) = connecting.await.unwrap();
     let log = log.expect("the migration waited for the lock and ran");
     assert!(
@@ -120,14 +122,7 @@ async fn migrations_wait_for_another_nodes_migration_past_the_interactive_limit(
 #[tokio::test]
 async fn a_migration_stuck_past_the_maintenance_limit_fails_with_a_timeout() {
     let (url, _guard) = fresh_postgres().await;
-    let holder = raw(&url).await;
-    holder
-        .execute(
-            "SELECT pg_advisory_lock($1, $2)",
-            &[&MIGRATION_LOCK.0, &MIGRATION_LOCK.1],
-        )
-        .await
-        .unwrap();
+    let _holder = migration_lock_held_by_another_node(&url).await;
     let settings = PgSettings {
         maintenance_statement_timeout: Duration::from_millis(300),
         ..short(10_000)
