@@ -177,10 +177,7 @@ impl Config {
                     "EGEC_DB_ROLE needs DATABASE_URL (it names a PostgreSQL role)".to_owned(),
                 );
             }
-            if !role
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
+            if !egec_commands::store::postgres::settings::is_plain_role_name(role) {
                 errors.push(
                     "EGEC_DB_ROLE must be a plain role name (letters, digits, _ and -)".to_owned(),
                 );

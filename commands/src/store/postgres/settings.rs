@@ -59,6 +59,16 @@ impl Default for PgSettings {
     }
 }
 
+/// Whether `role` can go into the start-up options as it is. The option string is split on
+/// spaces and backslash is its escape: a role name is an identifier the operator chose, so
+/// only plain ones (ASCII letters, digits, `_` and `-`) are accepted.
+pub fn is_plain_role_name(role: &str) -> bool {
+    !role.is_empty()
+        && role
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 /// The query classes, each served by a pool of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueryClass {
@@ -99,13 +109,7 @@ impl PgSettings {
             self.idle_in_transaction_timeout.as_millis()
         );
         if let Some(role) = &self.role {
-            // The option string is split on spaces and backslash is its escape: a role name
-            // is an identifier the operator chose, so only plain ones are accepted.
-            if role.is_empty()
-                || !role
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
+            if !is_plain_role_name(role) {
                 return Err(StoreError::Config(format!(
                     "EGEC_DB_ROLE `{role}` is not a plain role name (letters, digits, _ and -)"
                 )));
