@@ -192,7 +192,9 @@ pub fn from_handler<E: std::error::Error + Send + Sync + 'static>(
 
 /// Whether a failure was caused by a database time limit anywhere in its chain: a statement,
 /// lock or idle-transaction timeout, or no pooled connection in time (see
-/// `egec_commands::store::StoreError::is_timeout`).
+/// `egec_commands::store::StoreError::is_timeout`). Wrappers such as `ProjectionError` and
+/// `HandlerError` keep those errors as their sources, so the walk reaches them; the
+/// appender's shared error is the one that must be asked itself.
 pub fn is_db_timeout(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         cause
@@ -203,9 +205,6 @@ pub fn is_db_timeout(e: &anyhow::Error) -> bool {
                 .is_some_and(|e| e.is_timeout())
             || cause
                 .downcast_ref::<egec_projections::StorageError>()
-                .is_some_and(|e| e.is_timeout())
-            || cause
-                .downcast_ref::<egec_projections::ProjectionError>()
                 .is_some_and(|e| e.is_timeout())
     })
 }

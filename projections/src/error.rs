@@ -41,17 +41,6 @@ impl StorageError {
     }
 }
 
-impl ProjectionError {
-    /// Whether the database gave up on a time limit (see [`StoreError::is_timeout`]).
-    pub fn is_timeout(&self) -> bool {
-        match self {
-            ProjectionError::Storage(e) => e.is_timeout(),
-            ProjectionError::Log(e) => e.is_timeout(),
-            _ => false,
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
     #[error("read models: {0}")]
