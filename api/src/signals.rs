@@ -100,10 +100,8 @@ impl Signals {
     pub fn status(&self) -> &'static str {
         match &self.inner {
             None => "polling",
-            Some(i) => match i.client.connection_state() {
-                async_nats::connection::State::Connected => "nats",
-                _ => "polling (NATS unavailable)",
-            },
+            Some(i) if i.connected() => "nats",
+            Some(_) => "polling (NATS unavailable)",
         }
     }
 
@@ -133,6 +131,13 @@ impl Signals {
 }
 
 impl Inner {
+    fn connected(&self) -> bool {
+        matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        )
+    }
+
     async fn send(&self, signal: Signal) {
         let message = Message {
             node: self.node,
@@ -220,10 +225,7 @@ pub fn spawn(state: &AppState) {
         let mut last = None;
         loop {
             tick.tick().await;
-            let up = matches!(
-                watched.client.connection_state(),
-                async_nats::connection::State::Connected
-            );
+            let up = watched.connected();
             metrics::gauge!("egec_signals_connected").set(if up { 1.0 } else { 0.0 });
             if last.is_some() && last != Some(up) {
                 if up {

@@ -70,15 +70,13 @@ impl KeyCache {
 
     fn get(&mut self, subject: &str) -> Option<SubjectKey> {
         let ttl = self.ttl;
-        let ttl_ok = match self.entries.get(subject) {
-            None => return None,
-            Some(e) => Self::fresh(ttl, e),
-        };
-        if ttl_ok {
-            self.entries.get(subject).map(|e| e.0.clone())
-        } else {
-            self.entries.pop(subject);
-            None
+        match self.entries.get(subject) {
+            Some(e) if Self::fresh(ttl, e) => Some(e.0.clone()),
+            Some(_) => {
+                self.entries.pop(subject);
+                None
+            }
+            None => None,
         }
     }
 
