@@ -1,5 +1,6 @@
 //! Customer commands through the real write path: load (cache or log), decide, encrypt the
-//! personal fields, append through the group-commit appender.
+//! personal fields, append through the group-commit appender. Creates take the API's path for
+//! a fresh id (`CommandBus::execute_new`: no read of the log before deciding).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -289,11 +290,12 @@ async fn client(
         } else {
             let id = CustomerId::from_uuid(Uuid::now_v7());
             let command = CustomerCommand::Create(Box::new(samples.create(id, n)?));
+            // As `POST /api/customers` does: the id was just made up, so the handler decides
+            // on the empty state without reading the log (the append still checks it).
             let done = bus
-                .execute::<CustomerAggregate>(
+                .execute_new::<CustomerAggregate>(
                     &id.stream_id(),
                     &id.subject(),
-                    None,
                     Uuid::now_v7(),
                     &meta,
                     command,
