@@ -4,10 +4,14 @@
 //! takes the first waiting request, drains whatever else is already queued (up to
 //! `max_batch`), and writes them all with one `append_batch` call. There is no artificial
 //! delay: the next batch is simply what arrived while the last transaction was committing, so
-//! a lone request is written at once and batches grow with load.
+//! a lone request is written at once and batches grow with load. Where the backend allows it
+//! (`EventLog::pipeline_depth`: PostgreSQL), the next batch is started while the last one
+//! commits, and the backend orders the two.
 
 use std::sync::Arc;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::store::{AppendOutcome, AppendRequest, Conflict, EventLog, StoreError};
@@ -40,7 +44,7 @@ impl AppendError {
 
 struct Job {
     request: AppendRequest,
-    reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+    reply: Reply,
 }
 
 /// A handle to the process's appender. Cheap to clone; the background task ends when the last
@@ -98,66 +102,90 @@ async fn run(
         Err(e) => tracing::warn!(error = %e, "appender could not read the log head at start"),
     }
 
-    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.recv().await {
-        jobs.push(first);
-        while jobs.len() < max_batch {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+    // Batches in flight, each with the replies it owes. Usually one; two where the backend
+    // can plan a batch while the one before it commits (see `EventLog::pipeline_depth`).
+    let depth = log.pipeline_depth().max(1);
+    let mut inflight = FuturesUnordered::new();
+    let mut open = true;
+    while open || !inflight.is_empty() {
+        tokio::select! {
+            // Answer finished batches first: their callers are waiting.
+            biased;
+            Some((result, replies)) = inflight.next(), if !inflight.is_empty() => {
+                answer(&head_tx, result, replies);
             }
-        }
-
-        let mut requests = Vec::with_capacity(jobs.len());
-        let mut replies = Vec::with_capacity(jobs.len());
-        for job in jobs.drain(..) {
-            requests.push(job.request);
-            replies.push(job.reply);
-        }
-        metrics::histogram!("egec_append_batch_size").record(requests.len() as f64);
-
-        match log.append_batch(requests).await {
-            Ok(answers) => {
-                if answers.len() != replies.len() {
-                    // A backend bug; refuse to guess which answer belongs to whom.
-                    let error = Arc::new(StoreError::Corrupt(format!(
-                        "append_batch answered {} requests out of {}",
-                        answers.len(),
-                        replies.len()
-                    )));
-                    tracing::error!(error = %error, "append batch answered wrongly");
-                    for reply in replies {
-                        let _ = reply.send(Err(AppendError::Storage(Arc::clone(&error))));
-                    }
+            job = rx.recv(), if open && inflight.len() < depth => {
+                let Some(first) = job else {
+                    open = false;
                     continue;
-                }
-                let mut appended = 0_u64;
-                let mut highest = None;
-                for outcome in answers.iter().flatten() {
-                    if !outcome.duplicate {
-                        appended +=
-                            u64::try_from(outcome.last_position - outcome.first_position + 1)
-                                .unwrap_or(0);
-                        highest = highest.max(Some(outcome.last_position));
+                };
+                let mut requests = vec![first.request];
+                let mut replies = vec![first.reply];
+                while requests.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(job) => {
+                            requests.push(job.request);
+                            replies.push(job.reply);
+                        }
+                        Err(_) => break,
                     }
                 }
-                metrics::counter!("egec_appended_events_total").increment(appended);
-                // Publish before answering, so a caller that got its answer and then waits
-                // for a projection to reach its position never finds the head behind it.
-                if let Some(position) = highest {
-                    raise(&head_tx, position);
-                }
-                for (answer, reply) in answers.into_iter().zip(replies) {
-                    // A caller that gave up waiting does not change what was committed.
-                    let _ = reply.send(answer.map_err(AppendError::Conflict));
-                }
+                metrics::histogram!("egec_append_batch_size").record(requests.len() as f64);
+                let log = Arc::clone(&log);
+                inflight.push(async move { (log.append_batch(requests).await, replies) });
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "append batch failed");
-                let error = Arc::new(e);
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
+
+/// Hands each caller of a finished batch its answer.
+fn answer(
+    head_tx: &watch::Sender<i64>,
+    result: Result<Vec<Result<AppendOutcome, Conflict>>, StoreError>,
+    replies: Vec<Reply>,
+) {
+    match result {
+        Ok(answers) => {
+            if answers.len() != replies.len() {
+                // A backend bug; refuse to guess which answer belongs to whom.
+                let error = Arc::new(StoreError::Corrupt(format!(
+                    "append_batch answered {} requests out of {}",
+                    answers.len(),
+                    replies.len()
+                )));
+                tracing::error!(error = %error, "append batch answered wrongly");
                 for reply in replies {
                     let _ = reply.send(Err(AppendError::Storage(Arc::clone(&error))));
                 }
+                return;
+            }
+            let mut appended = 0_u64;
+            let mut highest = None;
+            for outcome in answers.iter().flatten() {
+                if !outcome.duplicate {
+                    appended += u64::try_from(outcome.last_position - outcome.first_position + 1)
+                        .unwrap_or(0);
+                    highest = highest.max(Some(outcome.last_position));
+                }
+            }
+            metrics::counter!("egec_appended_events_total").increment(appended);
+            // Publish before answering, so a caller that got its answer and then waits
+            // for a projection to reach its position never finds the head behind it.
+            if let Some(position) = highest {
+                raise(head_tx, position);
+            }
+            for (answer, reply) in answers.into_iter().zip(replies) {
+                // A caller that gave up waiting does not change what was committed.
+                let _ = reply.send(answer.map_err(AppendError::Conflict));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "append batch failed");
+            let error = Arc::new(e);
+            for reply in replies {
+                let _ = reply.send(Err(AppendError::Storage(Arc::clone(&error))));
             }
         }
     }

@@ -49,6 +49,13 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Which backend this is, for logs, metrics and `/readyz`.
     fn backend(&self) -> Backend;
+
+    /// How many `append_batch` calls the appender may have running at once. More than one
+    /// only where the backend keeps positions dense and in commit order across concurrent
+    /// batches by itself (PostgreSQL: see `postgres/pipeline.rs`).
+    fn pipeline_depth(&self) -> usize {
+        1
+    }
 }
 
 /// Wrapped data-encryption keys per data subject, and the tombstones of erased subjects.

@@ -16,15 +16,17 @@ use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
-use super::plan::{command_ids, new_key_subjects, now_micros, plan_batch, stream_ids};
+use super::plan::{Plan, command_ids, new_key_subjects, now_micros, plan_batch, stream_ids};
 use super::{
     AppendOutcome, AppendRequest, Backend, ChainHead, Conflict, EventLog, KeyTable, ReadBound,
     RecordedEvent, StoreError, SubjectKeys, WrappedKey,
 };
 
 mod blobs;
+mod pipeline;
 pub mod settings;
 
+pub use pipeline::PipelineStats;
 pub use settings::{PgSettings, QueryClass};
 
 mod embedded {
@@ -47,6 +49,9 @@ pub struct PgLog {
     pool: Pool,
     /// Maintenance: migrations, schema set-up, rebuilds (see [`settings`]).
     maintenance: Pool,
+    /// This process's appends in flight, for the second one to plan on the first
+    /// (see [`pipeline`]).
+    chain: Arc<pipeline::Chain>,
 }
 
 impl std::fmt::Debug for PgLog {
@@ -99,9 +104,19 @@ impl PgLog {
         drop(pool.get().await.map_err(|e| {
             StoreError::Config(format!("cannot connect to PostgreSQL: {}", error_chain(&e)))
         })?);
-        let log = Self { pool, maintenance };
+        let log = Self {
+            pool,
+            maintenance,
+            chain: Arc::default(),
+        };
         log.migrate().await?;
         Ok(log)
+    }
+
+    /// How this process's batches planned on a predecessor in flight ended (see
+    /// [`pipeline`]).
+    pub fn pipeline_stats(&self) -> PipelineStats {
+        self.chain.stats()
     }
 
     /// The interactive connection pool, for read models that live in the same database.
@@ -446,14 +461,117 @@ async fn insert_new_keys(
 const INSERT_KEYS: &str = "INSERT INTO egec.subject_keys (subject, key_version, kek_id, wrapped, fingerprint) \
      SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::bytea[], $5::text[])";
 
+/// The current version of each stream of a batch: one index probe per stream (a backward
+/// scan of the unique index), however long the stream.
+const STREAM_VERSIONS: &str = "SELECT s.stream_id, (SELECT max(e.stream_version) \
+     FROM egec.events e WHERE e.stream_id = s.stream_id) FROM unnest($1::text[]) AS s(stream_id)";
+
+/// What the log holds about a batch before it is planned: the outcomes of its command ids
+/// that are already appended, the current versions of its streams, and which of its new
+/// subjects already have a key or a tombstone.
+struct LogState {
+    prior: HashMap<Uuid, AppendOutcome>,
+    versions: HashMap<String, i64>,
+    taken: HashSet<String>,
+}
+
+impl LogState {
+    /// From the answers of [`PRIOR_COMMANDS`], [`STREAM_VERSIONS`] and [`TAKEN_SUBJECTS`].
+    fn from_rows(
+        prior_rows: &[Row],
+        version_rows: &[Row],
+        taken_rows: &[Row],
+    ) -> Result<Self, StoreError> {
+        let mut prior = HashMap::new();
+        for row in prior_rows {
+            let id: Uuid = row.try_get(0)?;
+            prior.insert(
+                id,
+                AppendOutcome {
+                    first_position: row.try_get(1)?,
+                    last_position: row.try_get(2)?,
+                    stream_version: row.try_get(3)?,
+                    duplicate: true,
+                },
+            );
+        }
+        let mut versions = HashMap::new();
+        for row in version_rows {
+            let version: Option<i64> = row.try_get(1)?;
+            if let Some(version) = version {
+                versions.insert(row.try_get::<_, String>(0)?, version);
+            }
+        }
+        let mut taken = HashSet::new();
+        for row in taken_rows {
+            taken.insert(row.try_get::<_, String>(0)?);
+        }
+        Ok(Self {
+            prior,
+            versions,
+            taken,
+        })
+    }
+}
+
+/// The planned rows of a batch as one array per column, the parameters of the `unnest`
+/// inserts.
+struct EventColumns<'a> {
+    positions: Vec<i64>,
+    stream_ids: Vec<&'a str>,
+    stream_versions: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    command_ids: Vec<Uuid>,
+    event_types: Vec<&'a str>,
+    schema_versions: Vec<i32>,
+    payloads: Vec<&'a serde_json::Value>,
+    metadata: Vec<&'a serde_json::Value>,
+    prev_hashes: Vec<&'a [u8]>,
+    hashes: Vec<&'a [u8]>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn of(plan: &'a Plan<'a>) -> Self {
+        let n = plan.rows.len();
+        let mut c = EventColumns {
+            positions: Vec::with_capacity(n),
+            stream_ids: Vec::with_capacity(n),
+            stream_versions: Vec::with_capacity(n),
+            event_ids: Vec::with_capacity(n),
+            command_ids: Vec::with_capacity(n),
+            event_types: Vec::with_capacity(n),
+            schema_versions: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            prev_hashes: Vec::with_capacity(n),
+            hashes: Vec::with_capacity(n),
+        };
+        for row in &plan.rows {
+            c.positions.push(row.global_position);
+            c.stream_ids.push(row.stream_id);
+            c.stream_versions.push(row.stream_version);
+            c.event_ids.push(row.event.event_id);
+            c.command_ids.push(row.command_id);
+            c.event_types.push(row.event.event_type.as_str());
+            c.schema_versions.push(row.event.schema_version);
+            c.payloads.push(&row.event.payload);
+            c.metadata.push(&row.event.metadata);
+            c.prev_hashes.push(row.prev_hash.as_slice());
+            c.hashes.push(row.hash.as_slice());
+        }
+        c
+    }
+}
+
 /// One append transaction in two round trips: BEGIN, the counter lock and every read go out
 /// together, then the inserts, the counter update and COMMIT. The transaction is opened and
 /// closed by hand rather than through `Transaction` so that BEGIN and COMMIT ride along with
 /// the other statements; on any error the caller discards the connection, which ends the
 /// transaction on the server.
-async fn append_pipelined(
+async fn append_pipelined<'a>(
     tx: &ClientWrapper,
-    batch: &[AppendRequest],
+    batch: &'a [AppendRequest],
+    planned: impl FnOnce(&Plan<'a>),
 ) -> Result<Vec<Result<AppendOutcome, Conflict>>, StoreError> {
     // Prepared once per connection and cached by deadpool, so later batches send only
     // Bind/Execute. The statements below are pipelined: tokio-postgres sends them all
@@ -462,14 +580,7 @@ async fn append_pipelined(
     let lock = tx
         .prepare_cached("SELECT position, hash FROM egec.log_head FOR UPDATE")
         .await?;
-    // One index probe per stream (a backward scan of the unique index), however long the
-    // stream: cheaper than aggregating every event of the batch's streams.
-    let version_stmt = tx
-        .prepare_cached(
-            "SELECT s.stream_id, (SELECT max(e.stream_version) FROM egec.events e \
-             WHERE e.stream_id = s.stream_id) FROM unnest($1::text[]) AS s(stream_id)",
-        )
-        .await?;
+    let version_stmt = tx.prepare_cached(STREAM_VERSIONS).await?;
     let new_subjects = new_key_subjects(batch);
     let lock_subjects = if new_subjects.is_empty() {
         None
@@ -521,33 +632,15 @@ async fn append_pipelined(
         position: head.try_get(0)?,
         hash: head.try_get(1)?,
     };
-    let mut prior = HashMap::new();
-    for row in prior_rows {
-        let id: Uuid = row.try_get(0)?;
-        prior.insert(
-            id,
-            AppendOutcome {
-                first_position: row.try_get(1)?,
-                last_position: row.try_get(2)?,
-                stream_version: row.try_get(3)?,
-                duplicate: true,
-            },
-        );
-    }
-    let mut versions = HashMap::new();
-    for row in version_rows {
-        let version: Option<i64> = row.try_get(1)?;
-        if let Some(version) = version {
-            versions.insert(row.try_get::<_, String>(0)?, version);
-        }
-    }
-    let mut taken = HashSet::new();
-    for row in taken_rows {
-        taken.insert(row.try_get::<_, String>(0)?);
-    }
+    let LogState {
+        prior,
+        versions,
+        taken,
+    } = LogState::from_rows(&prior_rows, &version_rows, &taken_rows)?;
 
     let recorded_at = now_micros();
     let plan = plan_batch(batch, head, &prior, versions, &taken, recorded_at);
+    planned(&plan);
     // Every statement of the write phase is prepared before any of it is sent: a statement
     // still waiting for its preparation would let the ones behind it, COMMIT included,
     // overtake it and run outside the transaction.
@@ -558,31 +651,7 @@ async fn append_pipelined(
     };
 
     if !plan.rows.is_empty() {
-        let n = plan.rows.len();
-        let mut positions = Vec::with_capacity(n);
-        let mut stream_ids = Vec::with_capacity(n);
-        let mut stream_versions = Vec::with_capacity(n);
-        let mut event_ids = Vec::with_capacity(n);
-        let mut command_ids = Vec::with_capacity(n);
-        let mut event_types = Vec::with_capacity(n);
-        let mut schema_versions = Vec::with_capacity(n);
-        let mut payloads = Vec::with_capacity(n);
-        let mut metadata = Vec::with_capacity(n);
-        let mut prev_hashes = Vec::with_capacity(n);
-        let mut hashes = Vec::with_capacity(n);
-        for row in &plan.rows {
-            positions.push(row.global_position);
-            stream_ids.push(row.stream_id);
-            stream_versions.push(row.stream_version);
-            event_ids.push(row.event.event_id);
-            command_ids.push(row.command_id);
-            event_types.push(row.event.event_type.as_str());
-            schema_versions.push(row.event.schema_version);
-            payloads.push(&row.event.payload);
-            metadata.push(&row.event.metadata);
-            prev_hashes.push(row.prev_hash.as_slice());
-            hashes.push(row.hash.as_slice());
-        }
+        let columns = EventColumns::of(&plan);
         let insert = tx
             .prepare_cached(
                 "INSERT INTO egec.events (global_position, stream_id, stream_version, \
@@ -602,18 +671,18 @@ async fn append_pipelined(
             tx.execute(
                 &insert,
                 &[
-                    &positions,
-                    &stream_ids,
-                    &stream_versions,
-                    &event_ids,
-                    &command_ids,
-                    &event_types,
-                    &schema_versions,
-                    &payloads,
-                    &metadata,
+                    &columns.positions,
+                    &columns.stream_ids,
+                    &columns.stream_versions,
+                    &columns.event_ids,
+                    &columns.command_ids,
+                    &columns.event_types,
+                    &columns.schema_versions,
+                    &columns.payloads,
+                    &columns.metadata,
                     &recorded_at,
-                    &prev_hashes,
-                    &hashes,
+                    &columns.prev_hashes,
+                    &columns.hashes,
                 ],
             )
             .await
@@ -651,8 +720,40 @@ impl EventLog for PgLog {
         &self,
         batch: Vec<AppendRequest>,
     ) -> Result<Vec<Result<AppendOutcome, Conflict>>, StoreError> {
+        // Held until this batch is planned, so the next one reads the log after it.
+        let mut planning = Some(self.chain.start().await);
+        let overlay = self.chain.overlay();
+        let mut registered = None;
         let conn = self.pool.get().await?;
-        match append_pipelined(&conn, &batch).await {
+        let result = async {
+            if !overlay.is_empty() {
+                let attempt = pipeline::append_speculative(&conn, &batch, &overlay, |plan| {
+                    registered = Some(self.chain.register(pipeline::Delta::of(&batch, plan)));
+                    planning = None;
+                })
+                .await?;
+                match attempt {
+                    pipeline::Speculation::Committed(answers) => {
+                        self.chain.count(true);
+                        return Ok(answers);
+                    }
+                    // The log was not where the batches in flight said: append the ordinary
+                    // way. A later batch that planned on this one's delta fails its guard too.
+                    pipeline::Speculation::Moved => self.chain.count(false),
+                    pipeline::Speculation::NothingToWrite => {}
+                }
+                registered = None;
+            }
+            append_pipelined(&conn, &batch, |plan| {
+                if planning.take().is_some() {
+                    registered = Some(self.chain.register(pipeline::Delta::of(&batch, plan)));
+                }
+            })
+            .await
+        }
+        .await;
+        drop(registered);
+        match result {
             Ok(answers) => Ok(answers),
             Err(e) => {
                 // The transaction may still be open on this connection: close the connection
@@ -661,6 +762,10 @@ impl EventLog for PgLog {
                 Err(e)
             }
         }
+    }
+
+    fn pipeline_depth(&self) -> usize {
+        2
     }
 
     async fn read_stream(

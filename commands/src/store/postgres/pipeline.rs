@@ -1,0 +1,339 @@
+//! Two append transactions in flight at once.
+//!
+//! An append holds the counter row from its first statement to its commit, and everything it
+//! does in between (reading what the log holds about the batch, planning positions and hashes
+//! in the client, two round trips, the inserts, the flush of the commit) is serial across all
+//! appenders. Most of that need not be: while batch A is committing, this process already
+//! knows what A will leave behind if it commits (its [`Delta`]), so batch B can read the log
+//! without the lock, lay A's delta over what it read, and plan on the head A will leave.
+//! B then sends its whole write phase in one pipeline:
+//!
+//! 1. `SELECT … FROM egec.log_head FOR UPDATE`, which waits for A's commit;
+//! 2. the advisory locks of the subjects whose first key B stores (after the counter row, the
+//!    same order as every other appender, so no lock cycle is possible);
+//! 3. one guarded statement that inserts the keys, moves the counter and inserts the events
+//!    only if the counter still holds the head B planned on and none of B's new subjects
+//!    has a key or a tombstone. It takes its snapshot after 1 and 2 were granted, so it
+//!    sees A's commit and any key created or destroyed meanwhile;
+//! 4. `COMMIT`.
+//!
+//! If A failed, or another process appended between A's commit and B's lock, the guard finds
+//! another head, B writes nothing, and B is appended again the ordinary way (lock first, then
+//! read). Every append still takes the counter row before it writes, so positions stay dense
+//! and in commit order; the speculation only moves B's reads and planning out of the serial
+//! section.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use deadpool_postgres::ClientWrapper;
+use tokio_postgres::types::{ToSql, Type};
+use uuid::Uuid;
+
+use super::{
+    EventColumns, LOCK_CLASS, LOCK_SUBJECTS, LogState, PRIOR_COMMANDS, STREAM_VERSIONS,
+    TAKEN_SUBJECTS,
+};
+use crate::store::plan::{Plan, command_ids, new_key_subjects, now_micros, plan_batch, stream_ids};
+use crate::store::{AppendOutcome, AppendRequest, ChainHead, Conflict, StoreError};
+
+/// What a batch in flight leaves in the log if it commits.
+pub(super) struct Delta {
+    head: ChainHead,
+    /// Each stream it writes, with the version it leaves the stream at.
+    versions: HashMap<String, i64>,
+    /// Each command it appends, with its outcome.
+    commands: HashMap<Uuid, AppendOutcome>,
+    /// Each subject whose first key it stores.
+    subjects: HashSet<String>,
+}
+
+impl Delta {
+    pub(super) fn of(batch: &[AppendRequest], plan: &Plan<'_>) -> Delta {
+        let mut delta = Delta {
+            head: plan.new_head.clone(),
+            versions: HashMap::new(),
+            commands: HashMap::new(),
+            subjects: plan.keys.iter().map(|(s, _)| (*s).to_owned()).collect(),
+        };
+        for (req, answer) in batch.iter().zip(&plan.answers) {
+            // Duplicates are in the log already, and a request without events is remembered
+            // nowhere: only appended events change what a later batch reads.
+            if let Ok(outcome) = answer
+                && !outcome.duplicate
+                && !req.events.is_empty()
+            {
+                delta
+                    .versions
+                    .insert(req.stream_id.clone(), outcome.stream_version);
+                delta.commands.insert(req.command_id, outcome.clone());
+            }
+        }
+        delta
+    }
+}
+
+/// The deltas of this process's batches in flight, oldest first, as a later batch saw them
+/// before reading the log.
+pub(super) struct Overlay(Vec<Arc<Delta>>);
+
+impl Overlay {
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Lays the deltas over what was read, oldest first, and answers the head they leave.
+    fn apply(&self, state: &mut LogState) -> Option<ChainHead> {
+        for delta in &self.0 {
+            for (stream, version) in &delta.versions {
+                state.versions.insert(stream.clone(), *version);
+            }
+            for (id, outcome) in &delta.commands {
+                state.prior.insert(
+                    *id,
+                    AppendOutcome {
+                        duplicate: true,
+                        ..outcome.clone()
+                    },
+                );
+            }
+            state.taken.extend(delta.subjects.iter().cloned());
+        }
+        self.0.last().map(|d| d.head.clone())
+    }
+}
+
+/// The batches of one process that are planned and not yet finished.
+#[derive(Default)]
+pub(super) struct Chain {
+    /// Held from a batch's start until its delta is registered, so that each batch reads the
+    /// log after its predecessor planned and lays exactly the predecessors' deltas over it.
+    planning: tokio::sync::Mutex<()>,
+    inflight: parking_lot::Mutex<VecDeque<(u64, Arc<Delta>)>>,
+    tickets: AtomicU64,
+    committed: AtomicU64,
+    retried: AtomicU64,
+}
+
+/// How the batches planned on a predecessor in flight ended, since the log was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    /// Written by the guarded statement, behind the predecessor.
+    pub committed: u64,
+    /// Found the log elsewhere than planned and were appended the ordinary way.
+    pub retried: u64,
+}
+
+impl Chain {
+    pub(super) async fn start(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.planning.lock().await
+    }
+
+    pub(super) fn count(&self, committed: bool) {
+        let (counter, outcome) = if committed {
+            (&self.committed, "committed")
+        } else {
+            (&self.retried, "retried")
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("egec_append_pipelined_total", "outcome" => outcome).increment(1);
+    }
+
+    pub(super) fn stats(&self) -> PipelineStats {
+        PipelineStats {
+            committed: self.committed.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(super) fn overlay(&self) -> Overlay {
+        Overlay(
+            self.inflight
+                .lock()
+                .iter()
+                .map(|(_, d)| Arc::clone(d))
+                .collect(),
+        )
+    }
+
+    /// Registers a planned batch; its delta is dropped with the returned guard, however the
+    /// batch ends.
+    pub(super) fn register(&self, delta: Delta) -> Registered<'_> {
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        self.inflight.lock().push_back((ticket, Arc::new(delta)));
+        Registered {
+            chain: self,
+            ticket,
+        }
+    }
+}
+
+pub(super) struct Registered<'a> {
+    chain: &'a Chain,
+    ticket: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.chain
+            .inflight
+            .lock()
+            .retain(|(ticket, _)| *ticket != self.ticket);
+    }
+}
+
+/// The guarded write of step 3 (see the module comment). Planned on every call, like the key
+/// checks it repeats: a generic plan made while the key table was small would scan it.
+const GUARDED_WRITE: &str = "WITH ok AS (\
+       SELECT 1 FROM egec.log_head WHERE position = $13 AND hash = $14 \
+       AND NOT EXISTS (SELECT 1 FROM unnest($15::text[]) AS n(s) \
+         WHERE EXISTS (SELECT 1 FROM egec.erased_subjects e WHERE e.subject = n.s) \
+         OR EXISTS (SELECT 1 FROM egec.subject_keys k WHERE k.subject = n.s))), \
+     new_keys AS (INSERT INTO egec.subject_keys (subject, key_version, kek_id, wrapped, \
+       fingerprint) SELECT * FROM unnest($15::text[], $16::int4[], $17::text[], \
+       $18::bytea[], $19::text[]) WHERE EXISTS (SELECT 1 FROM ok)), \
+     new_head AS (UPDATE egec.log_head SET position = $20, hash = $21 \
+       WHERE EXISTS (SELECT 1 FROM ok)), \
+     appended AS (INSERT INTO egec.events (global_position, stream_id, stream_version, \
+       event_id, command_id, event_type, schema_version, payload, metadata, recorded_at, \
+       prev_hash, hash) \
+       SELECT p, s, v, e, c, t, sv, pl, md, $10, ph, h FROM unnest($1::bigint[], \
+       $2::text[], $3::bigint[], $4::uuid[], $5::uuid[], $6::text[], $7::int4[], \
+       $8::json[], $9::json[], $11::bytea[], $12::bytea[]) AS u(p, s, v, e, c, t, sv, pl, \
+       md, ph, h) WHERE EXISTS (SELECT 1 FROM ok) RETURNING 1) \
+     SELECT count(*) FROM appended";
+
+/// How a batch planned on its predecessors ended.
+pub(super) enum Speculation {
+    /// Appended; the answers of its requests.
+    Committed(Vec<Result<AppendOutcome, Conflict>>),
+    /// The log was not where the predecessors said: nothing was written.
+    Moved,
+    /// The batch has no events to insert (only duplicates, conflicts or empty requests), so
+    /// nothing was tried.
+    NothingToWrite,
+}
+
+/// Appends `batch` on the head that the batches in `overlay` leave. Unless it answers
+/// [`Speculation::Committed`], nothing was written and the caller appends the batch the
+/// ordinary way.
+pub(super) async fn append_speculative<'a>(
+    conn: &ClientWrapper,
+    batch: &'a [AppendRequest],
+    overlay: &Overlay,
+    planned: impl FnOnce(&Plan<'a>),
+) -> Result<Speculation, StoreError> {
+    let ids = command_ids(batch);
+    let streams = stream_ids(batch);
+    let subjects = new_key_subjects(batch);
+    let versions = conn.prepare_cached(STREAM_VERSIONS).await?;
+    // Read without any lock, in one round trip: the predecessor holds the counter row, so
+    // nobody else's append can commit before it, and its own rows come from the overlay.
+    let (prior_rows, version_rows, taken_rows) = futures::try_join!(
+        async {
+            conn.query_typed(PRIOR_COMMANDS, &[(&ids, Type::UUID_ARRAY)])
+                .await
+        },
+        async { conn.query(&versions, &[&streams]).await },
+        async {
+            if subjects.is_empty() {
+                Ok(Vec::new())
+            } else {
+                conn.query_typed(TAKEN_SUBJECTS, &[(&subjects, Type::TEXT_ARRAY)])
+                    .await
+            }
+        },
+    )?;
+    let mut state = LogState::from_rows(&prior_rows, &version_rows, &taken_rows)?;
+    let Some(head) = overlay.apply(&mut state) else {
+        return Ok(Speculation::NothingToWrite);
+    };
+    let recorded_at = now_micros();
+    let plan = plan_batch(
+        batch,
+        head.clone(),
+        &state.prior,
+        state.versions,
+        &state.taken,
+        recorded_at,
+    );
+    if plan.rows.is_empty() {
+        return Ok(Speculation::NothingToWrite);
+    }
+    planned(&plan);
+
+    let lock_head = conn
+        .prepare_cached("SELECT 1 FROM egec.log_head FOR UPDATE")
+        .await?;
+    let key_subjects: Vec<&str> = plan.keys.iter().map(|(s, _)| *s).collect();
+    let lock_subjects = if key_subjects.is_empty() {
+        None
+    } else {
+        Some(conn.prepare_cached(LOCK_SUBJECTS).await?)
+    };
+    let key_versions: Vec<i32> = plan.keys.iter().map(|(_, k)| k.key_version).collect();
+    let kek_ids: Vec<&str> = plan.keys.iter().map(|(_, k)| k.kek_id.as_str()).collect();
+    let wrapped: Vec<&[u8]> = plan
+        .keys
+        .iter()
+        .map(|(_, k)| k.wrapped.as_slice())
+        .collect();
+    let fingerprints: Vec<&str> = plan
+        .keys
+        .iter()
+        .map(|(_, k)| k.fingerprint.as_str())
+        .collect();
+    let c = EventColumns::of(&plan);
+    let params: [(&(dyn ToSql + Sync), Type); 21] = [
+        (&c.positions, Type::INT8_ARRAY),
+        (&c.stream_ids, Type::TEXT_ARRAY),
+        (&c.stream_versions, Type::INT8_ARRAY),
+        (&c.event_ids, Type::UUID_ARRAY),
+        (&c.command_ids, Type::UUID_ARRAY),
+        (&c.event_types, Type::TEXT_ARRAY),
+        (&c.schema_versions, Type::INT4_ARRAY),
+        (&c.payloads, Type::JSON_ARRAY),
+        (&c.metadata, Type::JSON_ARRAY),
+        (&recorded_at, Type::TIMESTAMPTZ),
+        (&c.prev_hashes, Type::BYTEA_ARRAY),
+        (&c.hashes, Type::BYTEA_ARRAY),
+        (&head.position, Type::INT8),
+        (&head.hash, Type::BYTEA),
+        (&key_subjects, Type::TEXT_ARRAY),
+        (&key_versions, Type::INT4_ARRAY),
+        (&kek_ids, Type::TEXT_ARRAY),
+        (&wrapped, Type::BYTEA_ARRAY),
+        (&fingerprints, Type::TEXT_ARRAY),
+        (&plan.new_head.position, Type::INT8),
+        (&plan.new_head.hash, Type::BYTEA),
+    ];
+    // Should a statement fail, PostgreSQL turns the COMMIT behind it into a rollback; the
+    // caller then discards the connection.
+    let (_, _, _, appended, _) = futures::try_join!(
+        conn.batch_execute("BEGIN"),
+        conn.query(&lock_head, &[]),
+        async {
+            match &lock_subjects {
+                None => Ok(Vec::new()),
+                Some(stmt) => conn.query(stmt, &[&LOCK_CLASS, &key_subjects]).await,
+            }
+        },
+        conn.query_typed(GUARDED_WRITE, &params),
+        conn.batch_execute("COMMIT"),
+    )?;
+    let appended: i64 = match appended.first() {
+        Some(row) => row.try_get(0)?,
+        None => 0,
+    };
+    if usize::try_from(appended).ok() == Some(plan.rows.len()) {
+        Ok(Speculation::Committed(plan.answers))
+    } else if appended == 0 {
+        Ok(Speculation::Moved)
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "a guarded append wrote {appended} of {} events",
+            plan.rows.len()
+        )))
+    }
+}
