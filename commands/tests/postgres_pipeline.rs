@@ -5,8 +5,9 @@
 //! - the second batch lands right behind the first, without a second read under the lock;
 //! - an append by another process between the two is caught by the guard, the second batch
 //!   writes nothing and is appended again behind the other process's event;
-//! - a new subject whose key another process created meanwhile is caught the same way, and its
-//!   request is refused as the ordinary path refuses it.
+//! - a new subject whose key another process created, or which another process erased,
+//!   meanwhile is caught the same way, and its request is refused as the ordinary path
+//!   refuses it (an erased subject never gets a key again).
 //!
 //! Each ends with the log dense, in commit order, and verifying.
 
@@ -287,5 +288,38 @@ async fn a_key_created_elsewhere_after_the_second_batch_planned_refuses_its_requ
         }
         other => panic!("expected their key, got {other:?}"),
     }
+    stage.assert_verifies().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subject_erased_elsewhere_after_the_second_batch_planned_gets_no_key() {
+    let (stage, first) = Stage::new().await;
+    stage.let_first_plan().await;
+    let second = append(&stage.log, request("second", Some("subject-2")));
+    until_waiting(&stage.observer, 2).await;
+    // Another process erases the subject while batch 2 waits for the counter.
+    stage
+        .other
+        .destroy("subject-2")
+        .await
+        .expect("erase elsewhere");
+    stage.let_first_commit().await;
+
+    outcome(first.await.expect("join")).expect("first appended");
+    let refused = outcome(second.await.expect("join")).expect_err("subject erased");
+    assert_eq!(refused.expected, refused.actual);
+    assert_eq!(
+        stage.log.pipeline_stats(),
+        PipelineStats {
+            committed: 0,
+            retried: 1
+        }
+    );
+    assert_eq!(stage.events().await, vec![(1, "first".to_owned())]);
+    // A destroyed key is never re-created, not even by a batch planned before the erasure.
+    assert_eq!(
+        stage.log.load("subject-2").await.expect("load key"),
+        egec_commands::store::SubjectKeys::Erased
+    );
     stage.assert_verifies().await;
 }

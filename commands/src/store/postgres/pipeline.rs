@@ -13,8 +13,9 @@
 //!    same order as every other appender, so no lock cycle is possible);
 //! 3. one guarded statement that inserts the keys, moves the counter and inserts the events
 //!    only if the counter still holds the head B planned on and none of B's new subjects
-//!    has a key or a tombstone. It takes its snapshot after 1 and 2 were granted, so it
-//!    sees A's commit and any key created or destroyed meanwhile;
+//!    has a tombstone. It takes its snapshot after 1 and 2 were granted, so it sees A's
+//!    commit and any subject erased meanwhile; a first key stored meanwhile makes its key
+//!    insert fail on the key table's primary key, which rolls B back;
 //! 4. `COMMIT`.
 //!
 //! If A failed, or another process appended between A's commit and B's lock, the guard finds
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use deadpool_postgres::ClientWrapper;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
@@ -183,13 +185,14 @@ impl Drop for Registered<'_> {
     }
 }
 
-/// The guarded write of step 3 (see the module comment). Planned on every call, like the key
-/// checks it repeats: a generic plan made while the key table was small would scan it.
+/// The guarded write of step 3 (see the module comment). Prepared once per connection, so
+/// it must stay cheap under any plan, whatever the tables' statistics were when it was
+/// planned: the tombstone check reads a table that only erasures fill, and a subject that got
+/// its first key meanwhile is caught by the key table's primary key (the insert fails, the
+/// transaction rolls back, see [`append_speculative`]) rather than by a look-up.
 const GUARDED_WRITE: &str = "WITH ok AS (\
        SELECT 1 FROM egec.log_head WHERE position = $13 AND hash = $14 \
-       AND NOT EXISTS (SELECT 1 FROM unnest($15::text[]) AS n(s) \
-         WHERE EXISTS (SELECT 1 FROM egec.erased_subjects e WHERE e.subject = n.s) \
-         OR EXISTS (SELECT 1 FROM egec.subject_keys k WHERE k.subject = n.s))), \
+       AND NOT EXISTS (SELECT 1 FROM egec.erased_subjects e WHERE e.subject = ANY($15))), \
      new_keys AS (INSERT INTO egec.subject_keys (subject, key_version, kek_id, wrapped, \
        fingerprint) SELECT * FROM unnest($15::text[], $16::int4[], $17::text[], \
        $18::bytea[], $19::text[]) WHERE EXISTS (SELECT 1 FROM ok)), \
@@ -203,6 +206,31 @@ const GUARDED_WRITE: &str = "WITH ok AS (\
        $8::json[], $9::json[], $11::bytea[], $12::bytea[]) AS u(p, s, v, e, c, t, sv, pl, \
        md, ph, h) WHERE EXISTS (SELECT 1 FROM ok) RETURNING 1) \
      SELECT count(*) FROM appended";
+
+/// The parameter types of [`GUARDED_WRITE`], in order.
+const GUARDED_TYPES: [Type; 21] = [
+    Type::INT8_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::INT8_ARRAY,
+    Type::UUID_ARRAY,
+    Type::UUID_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::INT4_ARRAY,
+    Type::JSON_ARRAY,
+    Type::JSON_ARRAY,
+    Type::TIMESTAMPTZ,
+    Type::BYTEA_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::INT8,
+    Type::BYTEA,
+    Type::TEXT_ARRAY,
+    Type::INT4_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::INT8,
+    Type::BYTEA,
+];
 
 /// How a batch planned on its predecessors ended.
 pub(super) enum Speculation {
@@ -285,32 +313,36 @@ pub(super) async fn append_speculative<'a>(
         .map(|(_, k)| k.fingerprint.as_str())
         .collect();
     let c = EventColumns::of(&plan);
-    let params: [(&(dyn ToSql + Sync), Type); 21] = [
-        (&c.positions, Type::INT8_ARRAY),
-        (&c.stream_ids, Type::TEXT_ARRAY),
-        (&c.stream_versions, Type::INT8_ARRAY),
-        (&c.event_ids, Type::UUID_ARRAY),
-        (&c.command_ids, Type::UUID_ARRAY),
-        (&c.event_types, Type::TEXT_ARRAY),
-        (&c.schema_versions, Type::INT4_ARRAY),
-        (&c.payloads, Type::JSON_ARRAY),
-        (&c.metadata, Type::JSON_ARRAY),
-        (&recorded_at, Type::TIMESTAMPTZ),
-        (&c.prev_hashes, Type::BYTEA_ARRAY),
-        (&c.hashes, Type::BYTEA_ARRAY),
-        (&head.position, Type::INT8),
-        (&head.hash, Type::BYTEA),
-        (&key_subjects, Type::TEXT_ARRAY),
-        (&key_versions, Type::INT4_ARRAY),
-        (&kek_ids, Type::TEXT_ARRAY),
-        (&wrapped, Type::BYTEA_ARRAY),
-        (&fingerprints, Type::TEXT_ARRAY),
-        (&plan.new_head.position, Type::INT8),
-        (&plan.new_head.hash, Type::BYTEA),
+    let params: [&(dyn ToSql + Sync); 21] = [
+        &c.positions,
+        &c.stream_ids,
+        &c.stream_versions,
+        &c.event_ids,
+        &c.command_ids,
+        &c.event_types,
+        &c.schema_versions,
+        &c.payloads,
+        &c.metadata,
+        &recorded_at,
+        &c.prev_hashes,
+        &c.hashes,
+        &head.position,
+        &head.hash,
+        &key_subjects,
+        &key_versions,
+        &kek_ids,
+        &wrapped,
+        &fingerprints,
+        &plan.new_head.position,
+        &plan.new_head.hash,
     ];
-    // Should a statement fail, PostgreSQL turns the COMMIT behind it into a rollback; the
-    // caller then discards the connection.
-    let (_, _, _, appended, _) = futures::try_join!(
+    let guarded = conn
+        .prepare_typed_cached(GUARDED_WRITE, &GUARDED_TYPES)
+        .await?;
+    // Every statement is answered before any answer is looked at, so the connection is
+    // idle again whatever happened. Should a statement fail, PostgreSQL turns the COMMIT
+    // behind it into a rollback.
+    let (begun, locked, subjects_locked, written, committed) = futures::join!(
         conn.batch_execute("BEGIN"),
         conn.query(&lock_head, &[]),
         async {
@@ -319,9 +351,23 @@ pub(super) async fn append_speculative<'a>(
                 Some(stmt) => conn.query(stmt, &[&LOCK_CLASS, &key_subjects]).await,
             }
         },
-        conn.query_typed(GUARDED_WRITE, &params),
+        conn.query(&guarded, &params),
         conn.batch_execute("COMMIT"),
-    )?;
+    );
+    begun?;
+    locked?;
+    subjects_locked?;
+    let appended = match written {
+        Ok(rows) => rows,
+        // One of the new subjects got its first key elsewhere after this batch read the key
+        // table: the insert failed and the transaction was rolled back.
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            committed?;
+            return Ok(Speculation::Moved);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    committed?;
     let appended: i64 = match appended.first() {
         Some(row) => row.try_get(0)?,
         None => 0,
