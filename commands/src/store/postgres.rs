@@ -726,7 +726,7 @@ impl EventLog for PgLog {
         let mut registered = None;
         let conn = self.pool.get().await?;
         let result = async {
-            if !overlay.is_empty() {
+            if !overlay.is_empty() && self.chain.plan_ahead() {
                 let attempt = pipeline::append_speculative(&conn, &batch, &overlay, |plan| {
                     registered = Some(self.chain.register(pipeline::Delta::of(&batch, plan)));
                     planning = None;

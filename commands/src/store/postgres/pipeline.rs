@@ -20,13 +20,14 @@
 //!
 //! If A failed, or another process appended between A's commit and B's lock, the guard finds
 //! another head, B writes nothing, and B is appended again the ordinary way (lock first, then
-//! read). Every append still takes the counter row before it writes, so positions stay dense
-//! and in commit order; the speculation only moves B's reads and planning out of the serial
-//! section.
+//! read); the next few batches then do not plan ahead, since another process appending all
+//! the time would make that a wasted round trip nearly every time. Every append still takes
+//! the counter row before it writes, so positions stay dense and in commit order; planning
+//! ahead only moves B's reads and planning out of the serial section.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use deadpool_postgres::ClientWrapper;
 use tokio_postgres::error::SqlState;
@@ -106,6 +107,12 @@ impl Overlay {
     }
 }
 
+/// After a batch found the log moved, this many of the following batches are appended the
+/// ordinary way before planning ahead is tried again. With another process appending all
+/// the time, a batch planned ahead nearly always loses the counter row to it and then costs
+/// a wasted round trip; a process that appends alone almost never finds the log moved.
+const PAUSE_AFTER_MOVED: u32 = 16;
+
 /// The batches of one process that are planned and not yet finished.
 #[derive(Default)]
 pub(super) struct Chain {
@@ -116,6 +123,8 @@ pub(super) struct Chain {
     tickets: AtomicU64,
     committed: AtomicU64,
     retried: AtomicU64,
+    /// Batches still to append the ordinary way (see [`PAUSE_AFTER_MOVED`]).
+    paused: AtomicU32,
 }
 
 /// How the batches planned on a predecessor in flight ended, since the log was opened.
@@ -139,7 +148,18 @@ impl Chain {
             (&self.retried, "retried")
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if !committed {
+            self.paused.store(PAUSE_AFTER_MOVED, Ordering::Relaxed);
+        }
         metrics::counter!("egec_append_pipelined_total", "outcome" => outcome).increment(1);
+    }
+
+    /// Whether a batch with a predecessor in flight should be planned on it, or appended the
+    /// ordinary way because planning ahead failed recently.
+    pub(super) fn plan_ahead(&self) -> bool {
+        self.paused
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| p.checked_sub(1))
+            .is_err()
     }
 
     pub(super) fn stats(&self) -> PipelineStats {
@@ -381,5 +401,36 @@ pub(super) async fn append_speculative<'a>(
             "a guarded append wrote {appended} of {} events",
             plan.rows.len()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_the_log_moved_the_next_batches_are_appended_the_ordinary_way() {
+        let chain = Chain::default();
+        assert!(chain.plan_ahead());
+        chain.count(true);
+        assert!(
+            chain.plan_ahead(),
+            "a success does not pause planning ahead"
+        );
+        chain.count(false);
+        for _ in 0..PAUSE_AFTER_MOVED {
+            assert!(!chain.plan_ahead());
+        }
+        assert!(
+            chain.plan_ahead(),
+            "planning ahead is tried again after the pause"
+        );
+        assert_eq!(
+            chain.stats(),
+            PipelineStats {
+                committed: 1,
+                retried: 1
+            }
+        );
     }
 }
