@@ -166,6 +166,23 @@ impl Stage {
             .collect()
     }
 
+    /// Batch 1 landed alone; batch 2 found the log moved, went round the ordinary way, and
+    /// its request was refused as one whose new subject is taken: the stream was fine, the
+    /// subject's key was not ours to store (see `plan_batch`).
+    async fn assert_second_refused(&self, first: JoinHandle<Answers>, second: JoinHandle<Answers>) {
+        outcome(first.await.expect("join")).expect("first appended");
+        let refused = outcome(second.await.expect("join")).expect_err("subject taken");
+        assert_eq!(refused.expected, refused.actual);
+        assert_eq!(
+            self.log.pipeline_stats(),
+            PipelineStats {
+                committed: 0,
+                retried: 1
+            }
+        );
+        assert_eq!(self.events().await, vec![(1, "first".to_owned())]);
+    }
+
     async fn assert_verifies(&self) {
         let report = verify_chain(self.log.as_ref(), 10).await.expect("verify");
         assert!(report.ok, "{report:?}");
@@ -261,18 +278,7 @@ async fn a_key_created_elsewhere_after_the_second_batch_planned_refuses_its_requ
         .expect("create elsewhere");
     stage.let_first_commit().await;
 
-    outcome(first.await.expect("join")).expect("first appended");
-    let refused = outcome(second.await.expect("join")).expect_err("key taken");
-    // The stream was fine; the subject's key was not ours to store (see `plan_batch`).
-    assert_eq!(refused.expected, refused.actual);
-    assert_eq!(
-        stage.log.pipeline_stats(),
-        PipelineStats {
-            committed: 0,
-            retried: 1
-        }
-    );
-    assert_eq!(stage.events().await, vec![(1, "first".to_owned())]);
+    stage.assert_second_refused(first, second).await;
     assert!(
         stage
             .log
@@ -305,17 +311,7 @@ async fn a_subject_erased_elsewhere_after_the_second_batch_planned_gets_no_key()
         .expect("erase elsewhere");
     stage.let_first_commit().await;
 
-    outcome(first.await.expect("join")).expect("first appended");
-    let refused = outcome(second.await.expect("join")).expect_err("subject erased");
-    assert_eq!(refused.expected, refused.actual);
-    assert_eq!(
-        stage.log.pipeline_stats(),
-        PipelineStats {
-            committed: 0,
-            retried: 1
-        }
-    );
-    assert_eq!(stage.events().await, vec![(1, "first".to_owned())]);
+    stage.assert_second_refused(first, second).await;
     // A destroyed key is never re-created, not even by a batch planned before the erasure.
     assert_eq!(
         stage.log.load("subject-2").await.expect("load key"),

@@ -23,6 +23,18 @@ async fn raw(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A fresh database migrated by its owner (the test's superuser), as `egec migrate` run by
+/// the owner would; migrating also creates the cluster's roles.
+async fn migrated_by_owner() -> (String, egec_commands::testing::PgDropGuard) {
+    let (url, guard) = egec_commands::testing::fresh_postgres().await;
+    drop(
+        egec_commands::store::postgres::PgLog::connect(&url, 1)
+            .await
+            .expect("the owner migrates"),
+    );
+    (url, guard)
+}
+
 async fn customers_in_log(app: &TestApp) -> usize {
     let conn = raw(app.database_url.as_deref().unwrap()).await;
     let row = conn
@@ -134,12 +146,7 @@ fn denied(result: Result<u64, tokio_postgres::Error>, what: &str) {
 #[tokio::test]
 async fn a_node_running_as_egec_app_does_its_work_but_cannot_rewrite_the_log_or_lift_an_erasure() {
     // The owner migrates; the node logs in as a member of egec_app and acts as it.
-    let (owner_url, guard) = egec_commands::testing::fresh_postgres().await;
-    drop(
-        egec_commands::store::postgres::PgLog::connect(&owner_url, 1)
-            .await
-            .expect("the owner migrates"),
-    );
+    let (owner_url, guard) = migrated_by_owner().await;
     let login = LoginRole::create("egec_app").await;
     let node_url = egec_commands::testing::with_user(&owner_url, &login.name);
     let app =
@@ -256,12 +263,7 @@ async fn a_node_running_as_egec_app_does_its_work_but_cannot_rewrite_the_log_or_
 async fn a_node_that_may_not_migrate_a_database_needing_it_says_to_run_migrate_as_the_owner() {
     let (owner_url, _guard) = egec_commands::testing::fresh_postgres().await;
     // The roles exist once any database was migrated; make sure, on this cluster.
-    let (other_url, _other) = egec_commands::testing::fresh_postgres().await;
-    drop(
-        egec_commands::store::postgres::PgLog::connect(&other_url, 1)
-            .await
-            .expect("migrates"),
-    );
+    let (_other_url, _other) = migrated_by_owner().await;
     let login = LoginRole::create("egec_app").await;
     let settings = egec_commands::store::postgres::PgSettings {
         role: Some("egec_app".into()),

@@ -446,16 +446,56 @@ async fn insert_new_keys(
     stmt: &tokio_postgres::Statement,
     keys: &[(&str, &WrappedKey)],
 ) -> Result<u64, tokio_postgres::Error> {
-    let subjects: Vec<&str> = keys.iter().map(|(s, _)| *s).collect();
-    let versions: Vec<i32> = keys.iter().map(|(_, k)| k.key_version).collect();
-    let kek_ids: Vec<&str> = keys.iter().map(|(_, k)| k.kek_id.as_str()).collect();
-    let wrapped: Vec<&[u8]> = keys.iter().map(|(_, k)| k.wrapped.as_slice()).collect();
-    let fingerprints: Vec<&str> = keys.iter().map(|(_, k)| k.fingerprint.as_str()).collect();
+    let k = KeyColumns::of(keys);
     tx.execute(
         stmt,
-        &[&subjects, &versions, &kek_ids, &wrapped, &fingerprints],
+        &[
+            &k.subjects,
+            &k.versions,
+            &k.kek_ids,
+            &k.wrapped,
+            &k.fingerprints,
+        ],
     )
     .await
+}
+
+/// The first keys a batch stores as one array per column, the parameters of the `unnest`
+/// key inserts.
+struct KeyColumns<'a> {
+    subjects: Vec<&'a str>,
+    versions: Vec<i32>,
+    kek_ids: Vec<&'a str>,
+    wrapped: Vec<&'a [u8]>,
+    fingerprints: Vec<&'a str>,
+}
+
+impl<'a> KeyColumns<'a> {
+    fn of(keys: &[(&'a str, &'a WrappedKey)]) -> Self {
+        KeyColumns {
+            subjects: keys.iter().map(|(s, _)| *s).collect(),
+            versions: keys.iter().map(|(_, k)| k.key_version).collect(),
+            kek_ids: keys.iter().map(|(_, k)| k.kek_id.as_str()).collect(),
+            wrapped: keys.iter().map(|(_, k)| k.wrapped.as_slice()).collect(),
+            fingerprints: keys.iter().map(|(_, k)| k.fingerprint.as_str()).collect(),
+        }
+    }
+}
+
+/// Runs [`TAKEN_SUBJECTS`] for `subjects` (no round trip when there are none). Planned afresh
+/// on every call (an unnamed statement, still one message): a plan cached while the key table
+/// was small hashes the whole table on every call and grows slower with it until autovacuum
+/// analyses the table.
+async fn taken_subjects(
+    client: &ClientWrapper,
+    subjects: &[String],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    if subjects.is_empty() {
+        return Ok(Vec::new());
+    }
+    client
+        .query_typed(TAKEN_SUBJECTS, &[(&subjects, Type::TEXT_ARRAY)])
+        .await
 }
 
 const INSERT_KEYS: &str = "INSERT INTO egec.subject_keys (subject, key_version, kek_id, wrapped, fingerprint) \
@@ -615,17 +655,7 @@ async fn append_pipelined<'a>(
                 Some(lock_subjects) => tx.query(lock_subjects, &[&LOCK_CLASS, &new_subjects]).await,
             }
         },
-        async {
-            if new_subjects.is_empty() {
-                Ok(Vec::new())
-            } else {
-                // Planned afresh on every call (an unnamed statement, still one message):
-                // a plan cached while the key table was small hashes the whole table on
-                // every call and grows slower with it until autovacuum analyses the table.
-                tx.query_typed(TAKEN_SUBJECTS, &[(&new_subjects, Type::TEXT_ARRAY)])
-                    .await
-            }
-        },
+        taken_subjects(tx, &new_subjects),
     )?;
     let head = head.ok_or_else(|| StoreError::Corrupt("egec.log_head row is missing".into()))?;
     let head = ChainHead {

@@ -35,8 +35,8 @@ use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use super::{
-    EventColumns, LOCK_CLASS, LOCK_SUBJECTS, LogState, PRIOR_COMMANDS, STREAM_VERSIONS,
-    TAKEN_SUBJECTS,
+    EventColumns, KeyColumns, LOCK_CLASS, LOCK_SUBJECTS, LogState, PRIOR_COMMANDS, STREAM_VERSIONS,
+    taken_subjects,
 };
 use crate::store::plan::{Plan, command_ids, new_key_subjects, now_micros, plan_batch, stream_ids};
 use crate::store::{AppendOutcome, AppendRequest, ChainHead, Conflict, StoreError};
@@ -284,14 +284,7 @@ pub(super) async fn append_speculative<'a>(
                 .await
         },
         async { conn.query(&versions, &[&streams]).await },
-        async {
-            if subjects.is_empty() {
-                Ok(Vec::new())
-            } else {
-                conn.query_typed(TAKEN_SUBJECTS, &[(&subjects, Type::TEXT_ARRAY)])
-                    .await
-            }
-        },
+        taken_subjects(conn, &subjects),
     )?;
     let mut state = LogState::from_rows(&prior_rows, &version_rows, &taken_rows)?;
     let Some(head) = overlay.apply(&mut state) else {
@@ -314,24 +307,12 @@ pub(super) async fn append_speculative<'a>(
     let lock_head = conn
         .prepare_cached("SELECT 1 FROM egec.log_head FOR UPDATE")
         .await?;
-    let key_subjects: Vec<&str> = plan.keys.iter().map(|(s, _)| *s).collect();
-    let lock_subjects = if key_subjects.is_empty() {
+    let k = KeyColumns::of(&plan.keys);
+    let lock_subjects = if k.subjects.is_empty() {
         None
     } else {
         Some(conn.prepare_cached(LOCK_SUBJECTS).await?)
     };
-    let key_versions: Vec<i32> = plan.keys.iter().map(|(_, k)| k.key_version).collect();
-    let kek_ids: Vec<&str> = plan.keys.iter().map(|(_, k)| k.kek_id.as_str()).collect();
-    let wrapped: Vec<&[u8]> = plan
-        .keys
-        .iter()
-        .map(|(_, k)| k.wrapped.as_slice())
-        .collect();
-    let fingerprints: Vec<&str> = plan
-        .keys
-        .iter()
-        .map(|(_, k)| k.fingerprint.as_str())
-        .collect();
     let c = EventColumns::of(&plan);
     let params: [&(dyn ToSql + Sync); 21] = [
         &c.positions,
@@ -348,11 +329,11 @@ pub(super) async fn append_speculative<'a>(
         &c.hashes,
         &head.position,
         &head.hash,
-        &key_subjects,
-        &key_versions,
-        &kek_ids,
-        &wrapped,
-        &fingerprints,
+        &k.subjects,
+        &k.versions,
+        &k.kek_ids,
+        &k.wrapped,
+        &k.fingerprints,
         &plan.new_head.position,
         &plan.new_head.hash,
     ];
@@ -368,7 +349,7 @@ pub(super) async fn append_speculative<'a>(
         async {
             match &lock_subjects {
                 None => Ok(Vec::new()),
-                Some(stmt) => conn.query(stmt, &[&LOCK_CLASS, &key_subjects]).await,
+                Some(stmt) => conn.query(stmt, &[&LOCK_CLASS, &k.subjects]).await,
             }
         },
         conn.query(&guarded, &params),
