@@ -75,6 +75,10 @@ struct Args {
     /// Leave the seeding and rebuild measurements out (they take the longest).
     #[arg(long)]
     skip_rebuild: bool,
+    /// Leave the command runs, the stage profile and the database's limits out (to time the
+    /// rebuild alone; the throughput targets are then reported as not measured).
+    #[arg(long)]
+    skip_commands: bool,
     /// Leave out the HTTP login measurements (logins/s, list latency under a login storm).
     #[arg(long)]
     skip_logins: bool,
@@ -84,6 +88,10 @@ struct Args {
     /// Most requests the appender writes in one transaction.
     #[arg(long, default_value_t = 1024)]
     max_batch: usize,
+    /// Blue/green rebuilds of the projections crate to time, one after another; the report
+    /// gives each and their median.
+    #[arg(long, default_value_t = 1)]
+    rebuild_runs: usize,
     /// Events to seed for the rebuild (default 1,000,000; 100,000 with --quick).
     #[arg(long)]
     events: Option<u64>,
@@ -142,11 +150,21 @@ struct Plan {
     pool_size: usize,
     max_batch: usize,
     rebuild: bool,
+    rebuild_runs: usize,
+    commands: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Off unless RUST_LOG asks: e.g. `RUST_LOG=egec_projections=debug` shows how long each
+    // phase of the blue/green rebuild takes. Written to stderr, beside the progress lines.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if let Some(seconds) = args.codec_only {
         return codec_only(seconds).await;
     }
@@ -194,6 +212,8 @@ async fn main() -> anyhow::Result<()> {
         pool_size: args.pool_size.max(1),
         max_batch: args.max_batch.max(1),
         rebuild: !args.skip_rebuild,
+        rebuild_runs: args.rebuild_runs.max(1),
+        commands: !args.skip_commands,
     };
     let batch_sizes = BatchSizes::install()?;
     let samples = Arc::new(Samples::new()?);
@@ -392,19 +412,21 @@ async fn postgres(
             return report;
         }
     };
-    eprintln!("postgres: commands and database limits ...");
-    match PgDatabase::create(admin_url, "cmd").await {
-        Ok(db) => {
-            let url = db.url.clone();
-            let outcome =
-                commands_and_limits(Some(&url), scratch_dir.path(), plan, samples, batch_sizes)
-                    .await;
-            absorb(&mut report, outcome);
-            if let Err(e) = db.drop_now().await {
-                report.errors.push(format!("{e:#}"));
+    if plan.commands {
+        eprintln!("postgres: commands and database limits ...");
+        match PgDatabase::create(admin_url, "cmd").await {
+            Ok(db) => {
+                let url = db.url.clone();
+                let outcome =
+                    commands_and_limits(Some(&url), scratch_dir.path(), plan, samples, batch_sizes)
+                        .await;
+                absorb(&mut report, outcome);
+                if let Err(e) = db.drop_now().await {
+                    report.errors.push(format!("{e:#}"));
+                }
             }
+            Err(e) => report.errors.push(format!("{e:#}")),
         }
-        Err(e) => report.errors.push(format!("{e:#}")),
     }
     if plan.rebuild {
         eprintln!(
@@ -441,9 +463,11 @@ async fn sqlite(plan: Plan, samples: &Arc<Samples>, batch_sizes: &BatchSizes) ->
             .push("cannot create temporary directories".into());
         return report;
     };
-    eprintln!("sqlite: commands and database limits ...");
-    let outcome = commands_and_limits(None, cmd_dir.path(), plan, samples, batch_sizes).await;
-    absorb(&mut report, outcome);
+    if plan.commands {
+        eprintln!("sqlite: commands and database limits ...");
+        let outcome = commands_and_limits(None, cmd_dir.path(), plan, samples, batch_sizes).await;
+        absorb(&mut report, outcome);
+    }
     if plan.rebuild {
         eprintln!("sqlite: seeding {} events and rebuilding ...", plan.events);
         match seed_and_rebuild(None, rebuild_dir.path(), plan, samples).await {
@@ -610,7 +634,7 @@ async fn seed_and_rebuild(
     );
     let read = rebuild::read_only(&ws.stores).await?;
     eprintln!("  read only: {:.0} events/s", read.per_second());
-    let projections = projections::rebuild(&ws, dir).await;
+    let projections = projections::rebuild(&ws, dir, plan.rebuild_runs).await;
     Ok(RebuildRow {
         seeded,
         full,

@@ -226,12 +226,19 @@ pub fn print_table(reports: &[BackendReport], measure: Duration, warmup: Duratio
             ProjectionsOutcome::Measured {
                 events,
                 seconds,
+                runs,
                 catch_up_events,
                 catch_up_seconds,
             } => println!(
                 "          projections crate: blue/green rebuild of `customers` {events} events in \
-                 {seconds:.2} s; first catch-up of the live runner from empty read models \
-                 {catch_up_events} events in {catch_up_seconds:.2} s = {:.0} events/s",
+                 {seconds:.2} s (median of {} runs: {}); first catch-up of the live runner from \
+                 empty read models {catch_up_events} events in {catch_up_seconds:.2} s = {:.0} \
+                 events/s",
+                runs.len(),
+                runs.iter()
+                    .map(|s| format!("{s:.2} s"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 ratio(*catch_up_events as f64, *catch_up_seconds)
             ),
         }
@@ -339,11 +346,13 @@ pub fn json_value(
                 ProjectionsOutcome::Measured {
                     events,
                     seconds,
+                    runs,
                     catch_up_events,
                     catch_up_seconds,
                 } => json!({
                     "events": events,
                     "seconds": round(*seconds, 3),
+                    "runs_seconds": runs.iter().map(|s| round(*s, 3)).collect::<Vec<_>>(),
                     "events_per_s": round(ratio(*events as f64, *seconds), 1),
                     "catch_up_events": catch_up_events,
                     "catch_up_seconds": round(*catch_up_seconds, 3),
