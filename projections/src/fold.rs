@@ -609,6 +609,33 @@ impl Changes {
             Changes::Analytics(c) => c.len(),
         }
     }
+
+    /// The changes cut into at most `parts` pieces that can be written side by side, each
+    /// in its own transaction: lists of whole rows are cut into runs of about equal length.
+    /// The other kinds write more than rows (follow-up erasures, analytics totals) and stay
+    /// whole.
+    pub fn split(self, parts: usize) -> Vec<Changes> {
+        fn cut<R>(rows: Vec<R>, parts: usize, wrap: fn(Vec<R>) -> Changes) -> Vec<Changes> {
+            let len = rows.len().div_ceil(parts.max(1)).max(1);
+            let mut rest = rows;
+            let mut out = Vec::new();
+            while rest.len() > len {
+                let tail = rest.split_off(len);
+                out.push(wrap(std::mem::replace(&mut rest, tail)));
+            }
+            out.push(wrap(rest));
+            out
+        }
+        match self {
+            Changes::Customers(v) => cut(v, parts, Changes::Customers),
+            Changes::Users(v) => cut(v, parts, Changes::Users),
+            Changes::Sessions(v) => cut(v, parts, Changes::Sessions),
+            Changes::Audit(v) => cut(v, parts, Changes::Audit),
+            whole @ (Changes::ApiKeys(_) | Changes::Followups(..) | Changes::Analytics(_)) => {
+                vec![whole]
+            }
+        }
+    }
 }
 
 /// A hasher for uuid keys. The default SipHash guards against collision attacks on keys an

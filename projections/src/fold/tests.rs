@@ -883,3 +883,32 @@ fn an_api_key_row_follows_rotation_revocation_and_use_and_never_goes_back_in_tim
     assert_eq!(r.revoked_at, Some(t(10)));
     assert_eq!((r.version, r.last_position), (6, 9));
 }
+
+#[test]
+fn changes_split_for_parallel_writes_keep_every_row_once_in_order() {
+    let rows: Vec<Touched<CustomerRow>> = (1..=7)
+        .map(|n| Touched {
+            row: fold(&[created(cid(n), t(n as i64))]).expect("a created customer has a row"),
+            before: None,
+        })
+        .collect();
+    let ids = |c: &Changes| match c {
+        Changes::Customers(v) => v.iter().map(|t| t.row.id).collect::<Vec<_>>(),
+        _ => panic!("customer changes split into other changes"),
+    };
+    let all = ids(&Changes::Customers(rows.clone()));
+    for parts in [1, 2, 3, 7, 10] {
+        let pieces = Changes::Customers(rows.clone()).split(parts);
+        assert!(pieces.len() <= parts, "{parts} parts gave {}", pieces.len());
+        assert!(pieces.iter().all(|p| p.len() > 0), "an empty piece");
+        let joined: Vec<Uuid> = pieces.iter().flat_map(ids).collect();
+        assert_eq!(joined, all, "{parts} parts");
+    }
+    let empty = Changes::Customers(Vec::new()).split(2);
+    assert_eq!(empty.len(), 1);
+    assert_eq!(empty[0].len(), 0);
+    let followups = Changes::Followups(Vec::new(), vec![cid(1).as_uuid()]).split(2);
+    assert!(
+        matches!(followups.as_slice(), [Changes::Followups(rows, erased)] if rows.is_empty() && erased.len() == 1)
+    );
+}

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool, Transaction};
 use egec_commands::store::Backend;
 use egec_domain::permission::Visibility;
+use futures::{StreamExt, TryStreamExt};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -172,8 +173,9 @@ fn create_table_sql(def: &TableDef, name: &str) -> String {
 /// the fixed `TableDef.indexes`.
 const SEARCH_INDEX: &str = "search_idx";
 
-fn create_indexes_sql(def: &TableDef, name: &str, trigram: Option<&str>) -> String {
-    let mut sql: String = def
+/// One `CREATE INDEX` statement per secondary index of a table, the trigram index last.
+fn index_statements(def: &TableDef, name: &str, trigram: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = def
         .indexes
         .iter()
         .map(|(suffix, body)| {
@@ -184,12 +186,58 @@ fn create_indexes_sql(def: &TableDef, name: &str, trigram: Option<&str>) -> Stri
         })
         .collect();
     if let (Some(opclass), true) = (trigram, def.live == CUSTOMERS.live) {
-        sql.push_str(&format!(
+        out.push(format!(
             "CREATE INDEX IF NOT EXISTS {name}_{SEARCH_INDEX} ON crm.{name} \
              USING gin (search_text {opclass});"
         ));
     }
-    sql
+    out
+}
+
+fn create_indexes_sql(def: &TableDef, name: &str, trigram: Option<&str>) -> String {
+    index_statements(def, name, trigram).concat()
+}
+
+/// Writes a rebuild's changes into the shadow tables, in the caller's transaction. Chunks
+/// keep each statement's parameter arrays to a sensible size.
+async fn write_changes(
+    tx: &Transaction<'_>,
+    shadow: &Shadow,
+    changes: &Changes,
+) -> Result<(), StorageError> {
+    match changes {
+        Changes::Customers(rows) => {
+            for chunk in rows.chunks(WRITE_CHUNK) {
+                write_customers(tx, &shadow.table(CUSTOMERS.live), false, chunk).await?;
+            }
+        }
+        Changes::Users(rows) => {
+            for chunk in rows.chunks(WRITE_CHUNK) {
+                write_users(tx, &shadow.table(USERS.live), false, chunk).await?;
+            }
+        }
+        Changes::Sessions(rows) => {
+            for chunk in rows.chunks(WRITE_CHUNK) {
+                write_sessions(tx, &shadow.table(SESSIONS.live), false, chunk).await?;
+            }
+        }
+        Changes::ApiKeys(rows) => {
+            api_keys::write(tx, &shadow.table(API_KEYS.live), false, rows).await?;
+        }
+        Changes::Audit(rows) => {
+            for chunk in rows.chunks(WRITE_CHUNK) {
+                audit::write(tx, &shadow.table(AUDIT.live), false, chunk).await?;
+            }
+        }
+        Changes::Followups(rows, erased) => {
+            for chunk in rows.chunks(WRITE_CHUNK) {
+                followups::write(tx, &shadow.table(FOLLOWUPS.live), false, chunk, &[]).await?;
+            }
+            followups::write(tx, &shadow.table(FOLLOWUPS.live), false, &[], erased).await?;
+        }
+        Changes::Analytics(c) => analytics::write(tx, Some(shadow), false, c).await?,
+    }
+    Ok(())
 }
 
 /// Whether the read store tries to index customer search with `pg_trgm`.
@@ -940,54 +988,50 @@ impl ReadStore for PgReadStore {
     }
 
     async fn write_shadow(&self, shadow: &Shadow, changes: Changes) -> Result<(), StorageError> {
-        let mut conn = self.maintenance.get().await?;
-        let tx = conn.transaction().await?;
-        // Chunks keep each statement's parameter arrays to a sensible size.
-        match &changes {
-            Changes::Customers(rows) => {
-                for chunk in rows.chunks(WRITE_CHUNK) {
-                    write_customers(&tx, &shadow.table(CUSTOMERS.live), false, chunk).await?;
-                }
-            }
-            Changes::Users(rows) => {
-                for chunk in rows.chunks(WRITE_CHUNK) {
-                    write_users(&tx, &shadow.table(USERS.live), false, chunk).await?;
-                }
-            }
-            Changes::Sessions(rows) => {
-                for chunk in rows.chunks(WRITE_CHUNK) {
-                    write_sessions(&tx, &shadow.table(SESSIONS.live), false, chunk).await?;
-                }
-            }
-            Changes::ApiKeys(rows) => {
-                api_keys::write(&tx, &shadow.table(API_KEYS.live), false, rows).await?;
-            }
-            Changes::Audit(rows) => {
-                for chunk in rows.chunks(WRITE_CHUNK) {
-                    audit::write(&tx, &shadow.table(AUDIT.live), false, chunk).await?;
-                }
-            }
-            Changes::Followups(rows, erased) => {
-                for chunk in rows.chunks(WRITE_CHUNK) {
-                    followups::write(&tx, &shadow.table(FOLLOWUPS.live), false, chunk, &[]).await?;
-                }
-                followups::write(&tx, &shadow.table(FOLLOWUPS.live), false, &[], erased).await?;
-            }
-            Changes::Analytics(c) => analytics::write(&tx, Some(shadow), false, c).await?,
-        }
-        tx.commit().await?;
+        // Nobody reads the shadow tables until the swap, and a failed rebuild drops them, so
+        // the rows may go in through several transactions at once: one per maintenance
+        // connection, each keeping a core of PostgreSQL busy.
+        let parts = changes.split(self.maintenance.status().max_size);
+        futures::future::try_join_all(parts.into_iter().map(|part| async move {
+            let mut conn = self.maintenance.get().await?;
+            let tx = conn.transaction().await?;
+            write_changes(&tx, shadow, &part).await?;
+            tx.commit().await?;
+            Ok::<_, StorageError>(())
+        }))
+        .await?;
         Ok(())
     }
 
     async fn index_shadow(&self, shadow: &Shadow) -> Result<(), StorageError> {
-        let conn = self.maintenance.get().await?;
+        // Each index is built by its own statement, as many at once as there are maintenance
+        // connections (PostgreSQL builds indexes of one table side by side, each on a core).
+        // Each table's list ends with its biggest index, the trigram one, which is therefore
+        // started first, so that the others are built beside it.
+        let mut statements: Vec<String> = Vec::new();
         for def in tables(shadow.kind) {
-            let name = shadow.table(def.live);
-            conn.batch_execute(&create_indexes_sql(def, &name, self.trigram.as_deref()))
-                .await?;
+            let mut own = index_statements(def, &shadow.table(def.live), self.trigram.as_deref());
+            own.reverse();
+            statements.extend(own);
+        }
+        let pool = &self.maintenance;
+        futures::stream::iter(statements.into_iter().map(|sql| async move {
+            let conn = pool.get().await?;
+            conn.batch_execute(&sql).await?;
+            Ok::<_, StorageError>(())
+        }))
+        .buffer_unordered(pool.status().max_size.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+        let conn = pool.get().await?;
+        for def in tables(shadow.kind) {
             // Fresh statistics, so the planner uses the new indexes from the first query.
-            conn.batch_execute(&format!("ANALYZE {}.{name}", def.schema))
-                .await?;
+            conn.batch_execute(&format!(
+                "ANALYZE {}.{}",
+                def.schema,
+                shadow.table(def.live)
+            ))
+            .await?;
         }
         Ok(())
     }
