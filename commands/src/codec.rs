@@ -8,12 +8,17 @@ use crate::store::{NewEvent, RecordedEvent};
 use crate::vault::{PendingKey, SubjectKey, Vault, VaultError};
 use chrono::{DateTime, Utc};
 use egec_domain::encoding::{DecodeError, DecryptedEvent, Encoded, split_payload, upcast};
+
 use egec_domain::event::{DomainEvent, Envelope, Metadata};
 use egec_domain::personal::Personal;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use uuid::Uuid;
+
+mod parsed;
+pub use parsed::ParsedEvent;
+use parsed::StoredMetadata;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -25,6 +30,18 @@ pub enum CodecError {
     Decode(#[from] DecodeError),
     #[error("event at position {position}: {problem}")]
     Corrupt { position: i64, problem: String },
+}
+
+/// What decoding does with an event's security metadata: the IP address and user agent,
+/// encrypted under the key of the month they were recorded in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityFields {
+    /// Decrypted (or marked expired), for whoever shows or audits them.
+    Decrypt,
+    /// Left encrypted and out of the envelope (`ip` and `user_agent` are `None`), for folds
+    /// that never read them: aggregates and read models. It saves two decryptions and a key
+    /// look-up per event, about a third of decoding a customer update.
+    Omit,
 }
 
 /// The data subject whose key encrypts a month's IP addresses and user agents.
@@ -218,28 +235,78 @@ impl Codec {
     /// the current schema, without decoding it into a domain type: the view compliance
     /// replay prints.
     pub async fn decrypt(&self, rec: &RecordedEvent) -> Result<DecryptedEvent, CodecError> {
-        let position = rec.global_position;
         let (facts, personal) = split_payload(&rec.payload)?;
         let subject = rec.payload.get("subject").and_then(Value::as_str);
-        let personal = match subject {
-            Some(s) => {
-                self.decrypt_map(s, rec.event_id, &personal, position)
-                    .await?
-            }
-            None if personal.is_empty() => BTreeMap::new(),
-            None => {
-                return Err(CodecError::Corrupt {
-                    position,
-                    problem: "personal fields without a subject".to_owned(),
-                });
-            }
-        };
+        let personal = self
+            .decrypt_payload(subject, rec.event_id, &personal, rec.global_position)
+            .await?;
         Ok(upcast(Encoded {
             event_type: rec.event_type.clone(),
             schema_version: rec.schema_version,
             facts,
             personal,
         })?)
+    }
+
+    /// Decrypts a payload's personal fields under its subject's keys.
+    async fn decrypt_payload(
+        &self,
+        subject: Option<&str>,
+        event_id: Uuid,
+        personal: &BTreeMap<String, String>,
+        position: i64,
+    ) -> Result<BTreeMap<String, Personal<String>>, CodecError> {
+        match subject {
+            Some(s) => self.decrypt_map(s, event_id, personal, position).await,
+            None if personal.is_empty() => Ok(BTreeMap::new()),
+            None => Err(CodecError::Corrupt {
+                position,
+                problem: "personal fields without a subject".to_owned(),
+            }),
+        }
+    }
+
+    /// Decrypts, upcasts and decodes one stored event that the caller hands over: the
+    /// payload is taken apart instead of copied. What a fold of many events uses.
+    pub async fn decode_owned(
+        &self,
+        rec: RecordedEvent,
+        security: SecurityFields,
+    ) -> Result<Envelope, CodecError> {
+        self.decode_parsed(ParsedEvent::from_recorded(rec)?, security)
+            .await
+    }
+
+    /// Decrypts, upcasts and decodes an event taken apart by [`ParsedEvent::parse`] (from
+    /// stored JSON text) or [`ParsedEvent::from_recorded`].
+    pub async fn decode_parsed(
+        &self,
+        p: ParsedEvent,
+        security: SecurityFields,
+    ) -> Result<Envelope, CodecError> {
+        let position = p.global_position;
+        let personal = self
+            .decrypt_payload(p.subject.as_deref(), p.event_id, &p.personal, position)
+            .await?;
+        let metadata = self
+            .metadata_of(p.metadata, p.event_id, position, p.recorded_at, security)
+            .await?;
+        let event = DomainEvent::decode(Encoded {
+            event_type: p.event_type,
+            schema_version: p.schema_version,
+            facts: p.facts,
+            personal,
+        })?;
+        Ok(Envelope {
+            position,
+            stream_id: p.stream_id,
+            stream_version: p.stream_version,
+            event_id: p.event_id,
+            command_id: p.command_id,
+            recorded_at: p.recorded_at,
+            metadata,
+            event,
+        })
     }
 
     /// Decodes a batch of stored events, loading the keys of all their subjects (payload
@@ -286,7 +353,7 @@ impl Codec {
     ) -> Result<Envelope, CodecError> {
         let position = rec.global_position;
         let event = DomainEvent::decode(decrypted)?;
-        let metadata = self.decode_metadata(rec).await?;
+        let metadata = self.decode_metadata(rec, SecurityFields::Decrypt).await?;
         Ok(Envelope {
             position,
             stream_id: rec.stream_id.clone(),
@@ -299,51 +366,58 @@ impl Codec {
         })
     }
 
-    async fn decode_metadata(&self, rec: &RecordedEvent) -> Result<Metadata, CodecError> {
-        let m = &rec.metadata;
+    async fn decode_metadata(
+        &self,
+        rec: &RecordedEvent,
+        security: SecurityFields,
+    ) -> Result<Metadata, CodecError> {
         let position = rec.global_position;
+        let stored = StoredMetadata::from_value(rec.metadata.clone(), position)?;
+        self.metadata_of(stored, rec.event_id, position, rec.recorded_at, security)
+            .await
+    }
+
+    /// The metadata of an event from its stored fields: ids parsed, the security fields
+    /// decrypted or left out, the time of the action defaulting to the time of recording.
+    async fn metadata_of(
+        &self,
+        m: StoredMetadata,
+        event_id: Uuid,
+        position: i64,
+        recorded_at: DateTime<Utc>,
+        security: SecurityFields,
+    ) -> Result<Metadata, CodecError> {
         let corrupt = |problem: &str| CodecError::Corrupt {
             position,
             problem: problem.to_owned(),
         };
-        let uuid_at = |k: &str| -> Result<Option<Uuid>, CodecError> {
-            match m.get(k) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Uuid::parse_str(s).map(Some).map_err(|_| corrupt(k)),
-                Some(_) => Err(corrupt(k)),
-            }
+        let uuid = |v: Option<String>, k: &str| -> Result<Option<Uuid>, CodecError> {
+            v.map(|s| Uuid::parse_str(&s).map_err(|_| corrupt(k)))
+                .transpose()
         };
-        let personal: BTreeMap<String, String> = match m.get("personal") {
-            Some(Value::Object(p)) => p
-                .iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
-                .collect(),
+        let mut personal = match (&m.retention_subject, security) {
+            (Some(s), SecurityFields::Decrypt) => {
+                self.decrypt_map(s, event_id, &m.personal, position).await?
+            }
             _ => BTreeMap::new(),
         };
-        let mut personal = match m.get("retention_subject").and_then(Value::as_str) {
-            Some(s) => {
-                self.decrypt_map(s, rec.event_id, &personal, position)
-                    .await?
-            }
-            None => BTreeMap::new(),
-        };
         let occurred_at = m
-            .get("occurred_at")
-            .and_then(Value::as_str)
+            .occurred_at
+            .as_deref()
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
             .map(|t| t.with_timezone(&Utc))
-            .unwrap_or(rec.recorded_at);
+            .unwrap_or(recorded_at);
         Ok(Metadata {
-            actor_id: uuid_at("actor_id")?.map(egec_domain::UserId::from_uuid),
-            actor_role: match m.get("actor_role").and_then(Value::as_str) {
+            actor_id: uuid(m.actor_id, "actor_id")?.map(egec_domain::UserId::from_uuid),
+            actor_role: match m.actor_role {
                 Some(r) => Some(r.parse().map_err(|_| corrupt("actor_role"))?),
                 None => None,
             },
             ip: personal.remove("ip"),
             user_agent: personal.remove("user_agent"),
-            correlation_id: uuid_at("correlation_id")?.unwrap_or(Uuid::nil()),
-            causation_id: uuid_at("causation_id")?,
-            batch_id: uuid_at("batch_id")?,
+            correlation_id: uuid(m.correlation_id, "correlation_id")?.unwrap_or(Uuid::nil()),
+            causation_id: uuid(m.causation_id, "causation_id")?,
+            batch_id: uuid(m.batch_id, "batch_id")?,
             occurred_at,
         })
     }

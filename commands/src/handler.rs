@@ -2,7 +2,7 @@
 //! appender, and on a conflict reload and decide again (safe, because deciding is pure).
 
 use crate::appender::{AppendError, Appender};
-use crate::codec::{Codec, CodecError};
+use crate::codec::{Codec, CodecError, SecurityFields};
 use crate::store::{AppendRequest, EventLog, ExpectedVersion, ReadBound, StoreError};
 use crate::vault::SubjectKey;
 use chrono::Utc;
@@ -127,14 +127,16 @@ impl CommandBus {
             .log
             .read_stream(stream_id, version + 1, ReadBound::None)
             .await?;
-        for rec in &newer {
-            let env = self.codec.decode(rec).await?;
+        let read_any = !newer.is_empty();
+        for rec in newer {
+            version = rec.stream_version;
+            // An aggregate folds events, never their security metadata.
+            let env = self.codec.decode_owned(rec, SecurityFields::Omit).await?;
             if let Some(e) = A::unwrap(env.event) {
                 state = A::evolve(state, &e);
             }
-            version = rec.stream_version;
         }
-        if !newer.is_empty() {
+        if read_any {
             self.remember(stream_id, version, state.clone());
         }
         Ok((state, version))
@@ -149,11 +151,11 @@ impl CommandBus {
         let mut state = A::State::default();
         let mut version = 0;
         for rec in self.log.read_stream(stream_id, 1, bound).await? {
-            let env = self.codec.decode(&rec).await?;
+            version = rec.stream_version;
+            let env = self.codec.decode_owned(rec, SecurityFields::Omit).await?;
             if let Some(e) = A::unwrap(env.event) {
                 state = A::evolve(state, &e);
             }
-            version = rec.stream_version;
         }
         Ok((state, version))
     }

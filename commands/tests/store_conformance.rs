@@ -611,6 +611,44 @@ async fn read_all_pages_through_the_log_in_position_order(env: Env) {
     }
 }
 
+async fn the_raw_read_answers_the_same_events_with_their_json_as_text(env: Env) {
+    let log = env.log();
+    six_events(&env).await;
+    let parsed = read_everything(log).await;
+    for (after, limit) in [(0, 1_000), (2, 3), (6, 5)] {
+        let raw = log.read_all_raw(after, limit).await.expect("read_all_raw");
+        let expected: Vec<&RecordedEvent> = parsed
+            .iter()
+            .filter(|e| e.global_position > after)
+            .take(limit)
+            .collect();
+        assert_eq!(raw.len(), expected.len(), "after {after}, limit {limit}");
+        for (r, e) in raw.iter().zip(expected) {
+            assert_eq!(
+                (
+                    r.global_position,
+                    &r.stream_id,
+                    r.stream_version,
+                    r.event_id
+                ),
+                (
+                    e.global_position,
+                    &e.stream_id,
+                    e.stream_version,
+                    e.event_id
+                )
+            );
+            assert_eq!(
+                (r.command_id, &r.event_type, r.schema_version, r.recorded_at),
+                (e.command_id, &e.event_type, e.schema_version, e.recorded_at)
+            );
+            let payload: serde_json::Value = serde_json::from_str(&r.payload).expect("JSON");
+            let metadata: serde_json::Value = serde_json::from_str(&r.metadata).expect("JSON");
+            assert_eq!((payload, metadata), (e.payload.clone(), e.metadata.clone()));
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The hash chain.
 
@@ -1323,6 +1361,7 @@ conformance!(
     read_stream_starts_at_the_requested_version,
     stream_reads_stop_at_a_version_a_position_or_a_time,
     read_all_pages_through_the_log_in_position_order,
+    the_raw_read_answers_the_same_events_with_their_json_as_text,
     an_untouched_log_verifies,
     a_modified_payload_is_caught_at_its_position,
     a_modified_metadata_field_is_caught_at_its_position,

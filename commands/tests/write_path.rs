@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use egec_commands::appender::Appender;
-use egec_commands::codec::Codec;
+use egec_commands::codec::{Codec, SecurityFields};
 use egec_commands::crypto::Key;
 use egec_commands::erase::erase_customer;
 use egec_commands::handler::{CommandBus, HandlerError};
@@ -141,6 +141,44 @@ async fn personal_fields_are_ciphertext_in_the_log_and_plaintext_when_read(e: En
         c.name.known().map(|n| n.as_str()),
         Some("Omar Khalilsecret")
     );
+}
+
+async fn a_fold_decodes_the_same_event_without_its_security_metadata(e: Env) {
+    let id = CustomerId::from_uuid(Uuid::now_v7());
+    run(&e, id, create(id)).await.unwrap();
+    let stored = e
+        .stores
+        .log
+        .read_stream(&id.stream_id(), 1, ReadBound::None)
+        .await
+        .unwrap();
+    let codec = e.bus.codec();
+    let full = codec.decode(&stored[0]).await.unwrap();
+    let owned = codec
+        .decode_owned(stored[0].clone(), SecurityFields::Decrypt)
+        .await
+        .unwrap();
+    assert_eq!(
+        owned, full,
+        "the owned decode answers what the borrowed one does"
+    );
+    assert_eq!(
+        full.metadata.user_agent,
+        Some(Personal::Known("SecretBrowser/1.0".into()))
+    );
+    let folded = codec
+        .decode_owned(stored[0].clone(), SecurityFields::Omit)
+        .await
+        .unwrap();
+    assert_eq!(folded.metadata.ip, None, "the IP address is left out");
+    assert_eq!(
+        folded.metadata.user_agent, None,
+        "the user agent is left out"
+    );
+    let mut expected = full.clone();
+    expected.metadata.ip = None;
+    expected.metadata.user_agent = None;
+    assert_eq!(folded, expected, "everything else is decoded as usual");
 }
 
 async fn after_erasure_every_field_reads_erased_and_the_key_is_never_recreated(e: Env) {
@@ -626,6 +664,7 @@ macro_rules! both {
 }
 
 both!(
+    a_fold_decodes_the_same_event_without_its_security_metadata,
     a_batch_id_is_stored_in_clear_metadata_and_read_back_only_where_given,
     personal_fields_are_ciphertext_in_the_log_and_plaintext_when_read,
     after_erasure_every_field_reads_erased_and_the_key_is_never_recreated,

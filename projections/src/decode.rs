@@ -1,12 +1,13 @@
 //! Decoding a batch of stored events for one projection.
 
+use std::future::Future;
 use std::sync::Arc;
 
-use egec_commands::codec::Codec;
-use egec_commands::store::RecordedEvent;
+use egec_commands::codec::{Codec, ParsedEvent, SecurityFields};
+use egec_commands::store::RawRecordedEvent;
 use egec_domain::event::Envelope;
 
-use crate::error::ProjectionError;
+use crate::error::{ProjectionError, StorageError};
 use crate::kind::ProjectionKind;
 
 /// Below this many events a batch is decoded inline; above, it is split over tasks so that
@@ -17,85 +18,109 @@ const PARALLEL_MIN: usize = 512;
 /// new data subject costs a round trip to the key table, and many tasks overlap those waits.
 const DECODE_TASKS: usize = 16;
 
-/// Decodes (decrypts, upcasts) the events of `records` that `kind` folds, in log order.
-/// Events of other types are skipped without being decrypted. The first event that cannot
-/// be decoded fails the batch: a projection never skips an event silently.
+/// Decodes (parses, decrypts, upcasts) the events of `records` that `kind` folds, in log
+/// order. Events of other types are skipped without being parsed. The first event that
+/// cannot be decoded fails the batch: a projection never skips an event silently.
+///
+/// No read model holds IP addresses or user agents (the security metadata kept under
+/// monthly retention keys), so they are not decrypted: the envelopes' `ip` and `user_agent`
+/// are `None`.
 pub(crate) async fn decode_for(
     codec: &Arc<Codec>,
     kind: ProjectionKind,
-    records: Vec<RecordedEvent>,
+    records: Vec<RawRecordedEvent>,
 ) -> Result<Vec<Envelope>, ProjectionError> {
-    let relevant: Vec<RecordedEvent> = records
+    let relevant: Vec<RawRecordedEvent> = records
         .into_iter()
         .filter(|r| kind.wants(&r.event_type))
         .collect();
+    let parsed = in_parallel(relevant, |chunk| async move {
+        chunk
+            .into_iter()
+            .map(|raw| {
+                let (position, event_type) = (raw.global_position, raw.event_type.clone());
+                ParsedEvent::parse(raw).map_err(|source| ProjectionError::Decode {
+                    position,
+                    event_type,
+                    source,
+                })
+            })
+            .collect::<Result<Vec<ParsedEvent>, ProjectionError>>()
+    })
+    .await?;
     // One query fetches the keys of every subject in the batch; without it each subject not
     // yet cached costs its own round trip to the key table. A failed preload is not fatal:
     // decoding then loads keys one by one, as it always could.
-    forget_expired_months(codec, &relevant);
-    let subjects = batch_subjects(&relevant);
+    forget_expired_months(codec, &parsed);
+    let subjects = batch_subjects(&parsed);
     if let Err(e) = codec.vault().preload(&subjects).await {
         tracing::warn!(error = %e, "key preload failed; decoding with per-subject loads");
     }
-    if relevant.len() < PARALLEL_MIN {
-        return decode_chunk(codec, relevant).await;
+    let codec = Arc::clone(codec);
+    in_parallel(parsed, move |chunk| {
+        let codec = Arc::clone(&codec);
+        async move { decode_chunk(&codec, chunk).await }
+    })
+    .await
+}
+
+/// Runs `work` over `items` in order: inline when they are few, else over up to
+/// [`DECODE_TASKS`] tasks, each given a run of consecutive items, and the answers joined in
+/// the items' order.
+async fn in_parallel<T, U, F, Fut>(items: Vec<T>, work: F) -> Result<Vec<U>, ProjectionError>
+where
+    T: Send + 'static,
+    U: Send + 'static,
+    F: Fn(Vec<T>) -> Fut,
+    Fut: Future<Output = Result<Vec<U>, ProjectionError>> + Send + 'static,
+{
+    if items.len() < PARALLEL_MIN {
+        return work(items).await;
     }
-    let chunk_len = relevant.len().div_ceil(DECODE_TASKS);
-    let mut rest = relevant;
-    let mut chunks = Vec::with_capacity(DECODE_TASKS);
-    while !rest.is_empty() {
-        let tail = rest.split_off(chunk_len.min(rest.len()));
-        chunks.push(std::mem::replace(&mut rest, tail));
+    let chunk_len = items.len().div_ceil(DECODE_TASKS);
+    // Each item is moved once (splitting off the front again and again would copy the rest
+    // of the batch every time).
+    let mut rest = items.into_iter();
+    let mut handles = Vec::with_capacity(DECODE_TASKS);
+    loop {
+        let chunk: Vec<T> = rest.by_ref().take(chunk_len).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        handles.push(tokio::spawn(work(chunk)));
     }
-    let handles: Vec<_> = chunks
-        .into_iter()
-        .map(|chunk| {
-            let codec = Arc::clone(codec);
-            tokio::spawn(async move { decode_chunk(&codec, chunk).await })
-        })
-        .collect();
     let mut out = Vec::new();
     for h in handles {
-        let part = h.await.map_err(|e| {
-            ProjectionError::Storage(crate::error::StorageError::Join(e.to_string()))
-        })??;
+        let part = h
+            .await
+            .map_err(|e| ProjectionError::Storage(StorageError::Join(e.to_string())))??;
         out.extend(part);
     }
     Ok(out)
 }
 
-/// The data subjects whose keys decoding `records` needs: each payload's subject and each
-/// metadata's retention subject, without repeats.
-fn batch_subjects(records: &[RecordedEvent]) -> Vec<String> {
+/// The data subjects whose keys decoding `events` needs: each payload's subject, without
+/// repeats (the metadata's retention subjects are not needed: see [`decode_for`]).
+fn batch_subjects(events: &[ParsedEvent]) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
-    records
+    events
         .iter()
-        .flat_map(|r| {
-            [
-                r.payload.get("subject").and_then(|v| v.as_str()),
-                r.metadata.get("retention_subject").and_then(|v| v.as_str()),
-            ]
-        })
-        .flatten()
+        .filter_map(ParsedEvent::subject)
         .filter(|s| seen.insert(*s))
         .map(str::to_owned)
         .collect()
 }
 
-/// Drops from the key cache the month keys that a retention run in `records` destroyed. The
+/// Drops from the key cache the month keys that a retention run in `events` destroyed. The
 /// run may have happened on another node, whose vault alone knows; without this, this
 /// node's cache would keep decrypting the month's IP addresses until the entry is evicted.
 /// The next read of those subjects asks the key table, which answers with the tombstone.
-fn forget_expired_months(codec: &Codec, records: &[RecordedEvent]) {
-    for rec in records
+fn forget_expired_months(codec: &Codec, events: &[ParsedEvent]) {
+    for event in events
         .iter()
-        .filter(|r| r.event_type == egec_domain::user::RETENTION_APPLIED)
+        .filter(|e| e.event_type() == egec_domain::user::RETENTION_APPLIED)
     {
-        let months = rec
-            .payload
-            .get("facts")
-            .and_then(|f| f.get("months"))
-            .and_then(|m| m.as_array());
+        let months = event.facts().get("months").and_then(|m| m.as_array());
         for month in months.into_iter().flatten() {
             if let Some(m) = month
                 .as_str()
@@ -109,16 +134,18 @@ fn forget_expired_months(codec: &Codec, records: &[RecordedEvent]) {
 
 async fn decode_chunk(
     codec: &Codec,
-    records: Vec<RecordedEvent>,
+    events: Vec<ParsedEvent>,
 ) -> Result<Vec<Envelope>, ProjectionError> {
-    let mut out = Vec::with_capacity(records.len());
-    for rec in records {
-        match codec.decode(&rec).await {
+    let mut out = Vec::with_capacity(events.len());
+    for event in events {
+        let position = event.position();
+        let event_type = event.event_type().to_owned();
+        match codec.decode_parsed(event, SecurityFields::Omit).await {
             Ok(env) => out.push(env),
             Err(source) => {
                 return Err(ProjectionError::Decode {
-                    position: rec.global_position,
-                    event_type: rec.event_type,
+                    position,
+                    event_type,
                     source,
                 });
             }

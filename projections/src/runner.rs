@@ -615,7 +615,11 @@ async fn run(shared: Arc<Shared>, kind: ProjectionKind, handle: WeakHandle) {
         let appended = *head_rx.borrow_and_update();
         slot.observe_head(appended);
         let from = slot.live.lock().await.applied;
-        let records = match shared.log.read_all(from, shared.options.live_batch).await {
+        let records = match shared
+            .log
+            .read_all_raw(from, shared.options.live_batch)
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(projection = kind.name(), error = %e, "cannot read the log; retrying");

@@ -41,6 +41,22 @@ pub trait EventLog: Send + Sync + 'static {
     /// Up to `limit` events with `global_position > after`, in position order.
     async fn read_all(&self, after: i64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// What [`EventLog::read_all`] reads, with payloads and metadata as stored JSON text and
+    /// without the hash chain: the read of projections and rebuilds. Backends answer it
+    /// without parsing the JSON; this default (for test doubles) serialises it again.
+    async fn read_all_raw(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<RawRecordedEvent>, StoreError> {
+        Ok(self
+            .read_all(after, limit)
+            .await?
+            .into_iter()
+            .map(RawRecordedEvent::from)
+            .collect())
+    }
+
     /// The highest committed position and the hash at it (0 and the genesis hash when empty).
     async fn head(&self) -> Result<ChainHead, StoreError>;
 

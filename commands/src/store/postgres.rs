@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use super::plan::{Plan, command_ids, new_key_subjects, now_micros, plan_batch, stream_ids};
 use super::{
-    AppendOutcome, AppendRequest, Backend, ChainHead, Conflict, EventLog, KeyTable, ReadBound,
-    RecordedEvent, StoreError, SubjectKeys, WrappedKey,
+    AppendOutcome, AppendRequest, Backend, ChainHead, Conflict, EventLog, KeyTable,
+    RawRecordedEvent, ReadBound, RecordedEvent, StoreError, SubjectKeys, WrappedKey,
 };
 
 mod blobs;
@@ -401,6 +401,38 @@ fn event_from_row(row: &Row) -> Result<RecordedEvent, StoreError> {
         recorded_at: row.try_get(9)?,
         prev_hash: row.try_get(10)?,
         hash: row.try_get(11)?,
+    })
+}
+
+/// The columns of [`RawRecordedEvent`], in its order.
+const RAW_EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, \
+     command_id, event_type, schema_version, payload, metadata, recorded_at";
+
+/// A `json` column as the text it is stored as (its binary form is that text), unparsed.
+struct JsonText(String);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for JsonText {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(JsonText(std::str::from_utf8(raw)?.to_owned()))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSON
+    }
+}
+
+fn raw_event_from_row(row: &Row) -> Result<RawRecordedEvent, StoreError> {
+    Ok(RawRecordedEvent {
+        global_position: row.try_get(0)?,
+        stream_id: row.try_get(1)?,
+        stream_version: row.try_get(2)?,
+        event_id: row.try_get(3)?,
+        command_id: row.try_get(4)?,
+        event_type: row.try_get(5)?,
+        schema_version: row.try_get(6)?,
+        payload: row.try_get::<_, JsonText>(7)?.0,
+        metadata: row.try_get::<_, JsonText>(8)?.0,
+        recorded_at: row.try_get(9)?,
     })
 }
 
@@ -846,6 +878,22 @@ impl EventLog for PgLog {
             &[&after, &limit_of(limit)],
         )
         .await
+    }
+
+    async fn read_all_raw(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<RawRecordedEvent>, StoreError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {RAW_EVENT_COLUMNS} FROM egec.events WHERE global_position > $1 \
+                 ORDER BY global_position LIMIT $2"
+            ))
+            .await?;
+        let rows = conn.query(&stmt, &[&after, &limit_of(limit)]).await?;
+        rows.iter().map(raw_event_from_row).collect()
     }
 
     async fn head(&self) -> Result<ChainHead, StoreError> {

@@ -23,8 +23,8 @@ use uuid::Uuid;
 
 use super::plan::{command_ids, new_key_subjects, now_micros, plan_batch, stream_ids};
 use super::{
-    AppendOutcome, AppendRequest, Backend, ChainHead, Conflict, EventLog, KeyTable, ReadBound,
-    RecordedEvent, StoreError, SubjectKeys, WrappedKey,
+    AppendOutcome, AppendRequest, Backend, ChainHead, Conflict, EventLog, KeyTable,
+    RawRecordedEvent, ReadBound, RecordedEvent, StoreError, SubjectKeys, WrappedKey,
 };
 
 mod blobs;
@@ -340,6 +340,25 @@ impl RawEvent {
         })
     }
 
+    /// The row with its ids and time parsed and its JSON left as text.
+    fn into_raw(self) -> Result<RawRecordedEvent, StoreError> {
+        let at = self.global_position;
+        Ok(RawRecordedEvent {
+            global_position: self.global_position,
+            stream_id: self.stream_id,
+            stream_version: self.stream_version,
+            event_id: Uuid::parse_str(&self.event_id)
+                .map_err(|e| corrupt(&format!("event_id at position {at}"), e))?,
+            command_id: Uuid::parse_str(&self.command_id)
+                .map_err(|e| corrupt(&format!("command_id at position {at}"), e))?,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            payload: self.payload,
+            metadata: self.metadata,
+            recorded_at: micros_to_time(self.recorded_at)?,
+        })
+    }
+
     fn parse(self) -> Result<RecordedEvent, StoreError> {
         let at = self.global_position;
         Ok(RecordedEvent {
@@ -601,6 +620,25 @@ impl EventLog for SqliteLog {
                 ),
                 params![after, limit],
             )
+        })
+        .await
+    }
+
+    async fn read_all_raw(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<RawRecordedEvent>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > ?1 \
+                 ORDER BY global_position LIMIT ?2"
+            ))?;
+            let rows = stmt
+                .query_map(params![after, limit], RawEvent::from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(RawEvent::into_raw).collect()
         })
         .await
     }

@@ -112,6 +112,41 @@ pub struct RecordedEvent {
     pub hash: Vec<u8>,
 }
 
+/// A stored event as a fold reads it: the payload and metadata are the JSON text they are
+/// stored as, which [`crate::codec::ParsedEvent::parse`] takes straight into the parts that
+/// decoding needs instead of into `serde_json::Value` trees (a rebuild reads a million of
+/// them). The hash-chain columns are left out: folds do not check the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRecordedEvent {
+    pub global_position: i64,
+    pub stream_id: String,
+    pub stream_version: i64,
+    pub event_id: Uuid,
+    pub command_id: Uuid,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub payload: String,
+    pub metadata: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl From<RecordedEvent> for RawRecordedEvent {
+    fn from(r: RecordedEvent) -> Self {
+        RawRecordedEvent {
+            global_position: r.global_position,
+            stream_id: r.stream_id,
+            stream_version: r.stream_version,
+            event_id: r.event_id,
+            command_id: r.command_id,
+            event_type: r.event_type,
+            schema_version: r.schema_version,
+            payload: r.payload.to_string(),
+            metadata: r.metadata.to_string(),
+            recorded_at: r.recorded_at,
+        }
+    }
+}
+
 /// Upper bound of a stream read (inclusive), for time travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadBound {
