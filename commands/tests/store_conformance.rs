@@ -616,7 +616,24 @@ async fn the_raw_read_answers_the_same_events_with_their_json_as_text(env: Env) 
     six_events(&env).await;
     let parsed = read_everything(log).await;
     for (after, limit) in [(0, 1_000), (2, 3), (6, 5)] {
-        let raw = log.read_all_raw(after, limit).await.expect("read_all_raw");
+        let raw = log
+            .read_all_raw(after, limit, true)
+            .await
+            .expect("read_all_raw");
+        let bare = log
+            .read_all_raw(after, limit, false)
+            .await
+            .expect("read_all_raw without metadata");
+        assert!(bare.iter().all(|r| r.metadata == "{}"), "metadata left out");
+        let with_bare_metadata: Vec<_> = raw
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                r.metadata = "{}".to_owned();
+                r
+            })
+            .collect();
+        assert_eq!(bare, with_bare_metadata, "the rest is read all the same");
         let expected: Vec<&RecordedEvent> = parsed
             .iter()
             .filter(|e| e.global_position > after)

@@ -91,6 +91,18 @@ impl ProjectionKind {
     }
 }
 
+impl ProjectionKind {
+    /// Whether the fold reads the events' metadata (who acted, when, in which request). Only
+    /// the audit log does; the others read the log without it, which spares a third of the
+    /// bytes of every row and its parsing. Their envelopes carry the metadata of an event
+    /// stored without any: no actor, a nil correlation id, the time of recording as the time
+    /// of the action. A fold that starts reading metadata must be named here (a test of the
+    /// fold sources holds the others to it).
+    pub fn reads_metadata(self) -> bool {
+        matches!(self, ProjectionKind::Audit)
+    }
+}
+
 impl std::fmt::Display for ProjectionKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

@@ -195,7 +195,10 @@ impl RunnerHandle {
         let mut tail = Work::empty(kind);
         let batch_size = shared.options.rebuild_batch;
         loop {
-            let records = shared.log.read_all_raw(pos, batch_size).await?;
+            let records = shared
+                .log
+                .read_all_raw(pos, batch_size, kind.reads_metadata())
+                .await?;
             let Some(last) = records.last().map(|r| r.global_position) else {
                 break;
             };
@@ -317,7 +320,10 @@ impl RunnerHandle {
                 let mut i = j;
                 loop {
                     let after = from + (i * batch_size) as i64;
-                    let batch = match log.read_all_raw(after, batch_size).await {
+                    let batch = match log
+                        .read_all_raw(after, batch_size, kind.reads_metadata())
+                        .await
+                    {
                         Ok(records) => {
                             let last = records.last().map_or(after, |r| r.global_position);
                             let len = records.len();

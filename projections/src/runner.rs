@@ -617,7 +617,7 @@ async fn run(shared: Arc<Shared>, kind: ProjectionKind, handle: WeakHandle) {
         let from = slot.live.lock().await.applied;
         let records = match shared
             .log
-            .read_all_raw(from, shared.options.live_batch)
+            .read_all_raw(from, shared.options.live_batch, kind.reads_metadata())
             .await
         {
             Ok(r) => r,

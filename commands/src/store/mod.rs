@@ -43,17 +43,25 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// What [`EventLog::read_all`] reads, with payloads and metadata as stored JSON text and
     /// without the hash chain: the read of projections and rebuilds. Backends answer it
-    /// without parsing the JSON; this default (for test doubles) serialises it again.
+    /// without parsing the JSON; this default (for test doubles) serialises it again. With
+    /// `metadata` false every event's metadata reads as `{}` (for folds that never look at it).
     async fn read_all_raw(
         &self,
         after: i64,
         limit: usize,
+        metadata: bool,
     ) -> Result<Vec<RawRecordedEvent>, StoreError> {
         Ok(self
             .read_all(after, limit)
             .await?
             .into_iter()
-            .map(RawRecordedEvent::from)
+            .map(|e| {
+                let mut raw = RawRecordedEvent::from(e);
+                if !metadata {
+                    raw.metadata = "{}".to_owned();
+                }
+                raw
+            })
             .collect())
     }
 

@@ -404,9 +404,13 @@ fn event_from_row(row: &Row) -> Result<RecordedEvent, StoreError> {
     })
 }
 
-/// The columns of [`RawRecordedEvent`], in its order.
-const RAW_EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, \
-     command_id, event_type, schema_version, payload, metadata, recorded_at";
+/// The columns of [`RawRecordedEvent`], in its order; the metadata is the tenth.
+const RAW_EVENT_COLUMNS: [&str; 2] = [
+    "global_position, stream_id, stream_version, event_id, command_id, event_type, \
+     schema_version, payload, metadata, recorded_at",
+    "global_position, stream_id, stream_version, event_id, command_id, event_type, \
+     schema_version, payload, '{}'::json, recorded_at",
+];
 
 /// A `json` column as the text it is stored as (its binary form is that text), unparsed.
 struct JsonText(String);
@@ -884,11 +888,13 @@ impl EventLog for PgLog {
         &self,
         after: i64,
         limit: usize,
+        metadata: bool,
     ) -> Result<Vec<RawRecordedEvent>, StoreError> {
         let conn = self.pool.get().await?;
+        let columns = RAW_EVENT_COLUMNS[usize::from(!metadata)];
         let stmt = conn
             .prepare_cached(&format!(
-                "SELECT {RAW_EVENT_COLUMNS} FROM egec.events WHERE global_position > $1 \
+                "SELECT {columns} FROM egec.events WHERE global_position > $1 \
                  ORDER BY global_position LIMIT $2"
             ))
             .await?;

@@ -46,6 +46,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
 const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_id, command_id, \
      event_type, schema_version, payload, metadata, recorded_at, prev_hash, hash";
 
+/// [`EVENT_COLUMNS`] with every event's metadata read as `{}`.
+const EVENT_COLUMNS_WITHOUT_METADATA: &str = "global_position, stream_id, stream_version, \
+     event_id, command_id, event_type, schema_version, payload, '{}', recorded_at, prev_hash, hash";
+
 /// The SQLite event log and key table. Cloning shares the connections.
 #[derive(Clone)]
 pub struct SqliteLog {
@@ -628,11 +632,17 @@ impl EventLog for SqliteLog {
         &self,
         after: i64,
         limit: usize,
+        metadata: bool,
     ) -> Result<Vec<RawRecordedEvent>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let columns = if metadata {
+            EVENT_COLUMNS
+        } else {
+            EVENT_COLUMNS_WITHOUT_METADATA
+        };
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > ?1 \
+                "SELECT {columns} FROM events WHERE global_position > ?1 \
                  ORDER BY global_position LIMIT ?2"
             ))?;
             let rows = stmt

@@ -912,3 +912,78 @@ fn changes_split_for_parallel_writes_keep_every_row_once_in_order() {
         matches!(followups.as_slice(), [Changes::Followups(rows, erased)] if rows.is_empty() && erased.len() == 1)
     );
 }
+
+#[test]
+fn folds_that_do_not_read_metadata_fold_alike_with_and_without_it() {
+    let id = cid(9);
+    let events = || {
+        vec![
+            customer_env(1, 1, created(id, t(1))),
+            customer_env(
+                2,
+                2,
+                updated(
+                    id,
+                    CustomerChanges {
+                        status: Some(CustomerStatus::Contacted),
+                        ..CustomerChanges::default()
+                    },
+                    t(2),
+                ),
+            ),
+        ]
+    };
+    let with_metadata = |mut e: Envelope| {
+        e.metadata = Metadata {
+            actor_id: Some(uid(1)),
+            actor_role: Some(Role::Admin),
+            ip: Some(Personal::Known("203.0.113.9".into())),
+            user_agent: Some(Personal::Known("Browser/1".into())),
+            correlation_id: Uuid::from_u128(77),
+            causation_id: Some(Uuid::from_u128(78)),
+            batch_id: Some(Uuid::from_u128(79)),
+            occurred_at: t(99),
+        };
+        e
+    };
+    let folded = |kind: ProjectionKind, envelopes: Vec<Envelope>| {
+        let mut cache = FoldCache::new(kind);
+        cache.fold(&Work::plan(kind, envelopes));
+        format!("{:?}", cache.take_changes())
+    };
+    for kind in ProjectionKind::ALL
+        .into_iter()
+        .filter(|k| !k.reads_metadata())
+    {
+        assert_eq!(
+            folded(kind, events().into_iter().map(with_metadata).collect()),
+            folded(kind, events()),
+            "{kind}"
+        );
+    }
+    // The audit log does read it, so the check above can tell.
+    assert_ne!(
+        folded(
+            ProjectionKind::Audit,
+            events().into_iter().map(with_metadata).collect()
+        ),
+        folded(ProjectionKind::Audit, events())
+    );
+}
+
+#[test]
+fn only_the_folds_named_by_reads_metadata_touch_an_envelopes_metadata() {
+    // A tripwire beside the test above: a fold that starts reading metadata must be named in
+    // `ProjectionKind::reads_metadata`, or the log is read for it without any.
+    let sources = [
+        ("fold.rs", include_str!("../fold.rs")),
+        ("fold/api_keys.rs", include_str!("api_keys.rs")),
+        ("fold/followups.rs", include_str!("followups.rs")),
+        ("fold/analytics.rs", include_str!("analytics.rs")),
+    ];
+    for (file, text) in sources {
+        assert!(!text.contains(".metadata"), "{file} reads metadata");
+    }
+    assert!(include_str!("audit.rs").contains(".metadata"));
+    assert!(ProjectionKind::Audit.reads_metadata());
+}
