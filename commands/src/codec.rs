@@ -8,7 +8,6 @@ use crate::store::{NewEvent, RecordedEvent};
 use crate::vault::{PendingKey, SubjectKey, Vault, VaultError};
 use chrono::{DateTime, Utc};
 use egec_domain::encoding::{DecodeError, DecryptedEvent, Encoded, split_payload, upcast};
-
 use egec_domain::event::{DomainEvent, Envelope, Metadata};
 use egec_domain::personal::Personal;
 use serde_json::{Map, Value, json};

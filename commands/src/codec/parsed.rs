@@ -151,20 +151,7 @@ impl ParsedEvent {
         };
         let payload = json(&raw.payload, "payload")?;
         let metadata = json(&raw.metadata, "metadata")?;
-        Self::from_recorded(RecordedEvent {
-            global_position: raw.global_position,
-            stream_id: raw.stream_id,
-            stream_version: raw.stream_version,
-            event_id: raw.event_id,
-            command_id: raw.command_id,
-            event_type: raw.event_type,
-            schema_version: raw.schema_version,
-            payload,
-            metadata,
-            recorded_at: raw.recorded_at,
-            prev_hash: Vec::new(),
-            hash: Vec::new(),
-        })
+        Self::from_recorded(raw.with_values(payload, metadata, Vec::new(), Vec::new()))
     }
 
     /// Takes a stored event's `Value`s apart, moving what they hold.

@@ -363,26 +363,18 @@ impl RawEvent {
         })
     }
 
-    fn parse(self) -> Result<RecordedEvent, StoreError> {
+    fn parse(mut self) -> Result<RecordedEvent, StoreError> {
         let at = self.global_position;
-        Ok(RecordedEvent {
-            global_position: self.global_position,
-            stream_id: self.stream_id,
-            stream_version: self.stream_version,
-            event_id: Uuid::parse_str(&self.event_id)
-                .map_err(|e| corrupt(&format!("event_id at position {at}"), e))?,
-            command_id: Uuid::parse_str(&self.command_id)
-                .map_err(|e| corrupt(&format!("command_id at position {at}"), e))?,
-            event_type: self.event_type,
-            schema_version: self.schema_version,
-            payload: serde_json::from_str(&self.payload)
-                .map_err(|e| corrupt(&format!("payload at position {at}"), e))?,
-            metadata: serde_json::from_str(&self.metadata)
-                .map_err(|e| corrupt(&format!("metadata at position {at}"), e))?,
-            recorded_at: micros_to_time(self.recorded_at)?,
-            prev_hash: self.prev_hash,
-            hash: self.hash,
-        })
+        let links = (
+            std::mem::take(&mut self.prev_hash),
+            std::mem::take(&mut self.hash),
+        );
+        let raw = self.into_raw()?;
+        let payload = serde_json::from_str(&raw.payload)
+            .map_err(|e| corrupt(&format!("payload at position {at}"), e))?;
+        let metadata = serde_json::from_str(&raw.metadata)
+            .map_err(|e| corrupt(&format!("metadata at position {at}"), e))?;
+        Ok(raw.with_values(payload, metadata, links.0, links.1))
     }
 }
 

@@ -130,6 +130,33 @@ pub struct RawRecordedEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
+impl RawRecordedEvent {
+    /// The event with its JSON parsed into `payload` and `metadata` and the given links of
+    /// the hash chain.
+    pub fn with_values(
+        self,
+        payload: Value,
+        metadata: Value,
+        prev_hash: Vec<u8>,
+        hash: Vec<u8>,
+    ) -> RecordedEvent {
+        RecordedEvent {
+            global_position: self.global_position,
+            stream_id: self.stream_id,
+            stream_version: self.stream_version,
+            event_id: self.event_id,
+            command_id: self.command_id,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            payload,
+            metadata,
+            recorded_at: self.recorded_at,
+            prev_hash,
+            hash,
+        }
+    }
+}
+
 impl From<RecordedEvent> for RawRecordedEvent {
     fn from(r: RecordedEvent) -> Self {
         RawRecordedEvent {
