@@ -8,6 +8,7 @@ use egec_commands::store::RawRecordedEvent;
 use egec_domain::event::Envelope;
 
 use crate::error::{ProjectionError, StorageError};
+use crate::fold::runs;
 use crate::kind::ProjectionKind;
 
 /// Below this many events a batch is decoded inline; above, it is split over tasks so that
@@ -77,18 +78,10 @@ where
     if items.len() < PARALLEL_MIN {
         return work(items).await;
     }
-    let chunk_len = items.len().div_ceil(DECODE_TASKS);
-    // Each item is moved once (splitting off the front again and again would copy the rest
-    // of the batch every time).
-    let mut rest = items.into_iter();
-    let mut handles = Vec::with_capacity(DECODE_TASKS);
-    loop {
-        let chunk: Vec<T> = rest.by_ref().take(chunk_len).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        handles.push(tokio::spawn(work(chunk)));
-    }
+    let handles: Vec<_> = runs(items, DECODE_TASKS)
+        .into_iter()
+        .map(|chunk| tokio::spawn(work(chunk)))
+        .collect();
     let mut out = Vec::new();
     for h in handles {
         let part = h

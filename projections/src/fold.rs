@@ -616,15 +616,10 @@ impl Changes {
     /// whole.
     pub fn split(self, parts: usize) -> Vec<Changes> {
         fn cut<R>(rows: Vec<R>, parts: usize, wrap: fn(Vec<R>) -> Changes) -> Vec<Changes> {
-            let len = rows.len().div_ceil(parts.max(1)).max(1);
-            let mut rest = rows;
-            let mut out = Vec::new();
-            while rest.len() > len {
-                let tail = rest.split_off(len);
-                out.push(wrap(std::mem::replace(&mut rest, tail)));
+            if rows.is_empty() {
+                return vec![wrap(rows)];
             }
-            out.push(wrap(rest));
-            out
+            runs(rows, parts).into_iter().map(wrap).collect()
         }
         match self {
             Changes::Customers(v) => cut(v, parts, Changes::Customers),
@@ -635,6 +630,22 @@ impl Changes {
                 vec![whole]
             }
         }
+    }
+}
+
+/// `items` cut into at most `count` runs of consecutive items of about equal length, in
+/// order; none when there are no items. Each item is moved once (splitting off the front
+/// again and again would copy the rest every time).
+pub(crate) fn runs<T>(items: Vec<T>, count: usize) -> Vec<Vec<T>> {
+    let len = items.len().div_ceil(count.max(1)).max(1);
+    let mut rest = items.into_iter();
+    let mut out = Vec::with_capacity(count);
+    loop {
+        let run: Vec<T> = rest.by_ref().take(len).collect();
+        if run.is_empty() {
+            return out;
+        }
+        out.push(run);
     }
 }
 
