@@ -173,25 +173,25 @@ fn create_table_sql(def: &TableDef, name: &str) -> String {
 /// the fixed `TableDef.indexes`.
 const SEARCH_INDEX: &str = "search_idx";
 
-/// One `CREATE INDEX` statement per secondary index of a table, the trigram index last.
+/// One `CREATE INDEX` statement per secondary index of a table, the trigram index (by far
+/// the biggest to build) first.
 fn index_statements(def: &TableDef, name: &str, trigram: Option<&str>) -> Vec<String> {
-    let mut out: Vec<String> = def
-        .indexes
-        .iter()
-        .map(|(suffix, body)| {
+    let search = match (trigram, def.live == CUSTOMERS.live) {
+        (Some(opclass), true) => Some(format!(
+            "CREATE INDEX IF NOT EXISTS {name}_{SEARCH_INDEX} ON crm.{name} \
+             USING gin (search_text {opclass});"
+        )),
+        _ => None,
+    };
+    search
+        .into_iter()
+        .chain(def.indexes.iter().map(|(suffix, body)| {
             format!(
                 "CREATE INDEX IF NOT EXISTS {name}_{suffix} ON {}.{name} {body};",
                 def.schema
             )
-        })
-        .collect();
-    if let (Some(opclass), true) = (trigram, def.live == CUSTOMERS.live) {
-        out.push(format!(
-            "CREATE INDEX IF NOT EXISTS {name}_{SEARCH_INDEX} ON crm.{name} \
-             USING gin (search_text {opclass});"
-        ));
-    }
-    out
+        }))
+        .collect()
 }
 
 fn create_indexes_sql(def: &TableDef, name: &str, trigram: Option<&str>) -> String {
@@ -1006,14 +1006,11 @@ impl ReadStore for PgReadStore {
     async fn index_shadow(&self, shadow: &Shadow) -> Result<(), StorageError> {
         // Each index is built by its own statement, as many at once as there are maintenance
         // connections (PostgreSQL builds indexes of one table side by side, each on a core).
-        // Each table's list ends with its biggest index, the trigram one, which is therefore
-        // started first, so that the others are built beside it.
-        let mut statements: Vec<String> = Vec::new();
-        for def in tables(shadow.kind) {
-            let mut own = index_statements(def, &shadow.table(def.live), self.trigram.as_deref());
-            own.reverse();
-            statements.extend(own);
-        }
+        // The trigram index comes first in its table's list, so the others are built beside it.
+        let statements: Vec<String> = tables(shadow.kind)
+            .iter()
+            .flat_map(|def| index_statements(def, &shadow.table(def.live), self.trigram.as_deref()))
+            .collect();
         let pool = &self.maintenance;
         futures::stream::iter(statements.into_iter().map(|sql| async move {
             let conn = pool.get().await?;
