@@ -11,7 +11,9 @@ use egec_commands::erase::erase_customer;
 use egec_commands::handler::{CommandBus, HandlerError};
 use egec_commands::master_key::MasterKey;
 use egec_commands::store::open::{self, Stores};
-use egec_commands::store::{AppendRequest, ExpectedVersion, NewEvent, ReadBound, SubjectKeys};
+use egec_commands::store::{
+    AppendRequest, ExpectedVersion, NewEvent, ReadBound, RecordedEvent, SubjectKeys,
+};
 use egec_commands::testing;
 use egec_commands::vault::{SubjectKey, Vault, VaultError};
 use egec_domain::CustomerId;
@@ -101,15 +103,19 @@ async fn run(
         .map(|x| x.version)
 }
 
-async fn personal_fields_are_ciphertext_in_the_log_and_plaintext_when_read(e: Env) {
-    let id = CustomerId::from_uuid(Uuid::now_v7());
-    run(&e, id, create(id)).await.unwrap();
-    let stored = e
-        .stores
+/// The customer's events as stored, still encrypted.
+async fn stored_events(e: &Env, id: CustomerId) -> Vec<RecordedEvent> {
+    e.stores
         .log
         .read_stream(&id.stream_id(), 1, ReadBound::None)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn personal_fields_are_ciphertext_in_the_log_and_plaintext_when_read(e: Env) {
+    let id = CustomerId::from_uuid(Uuid::now_v7());
+    run(&e, id, create(id)).await.unwrap();
+    let stored = stored_events(&e, id).await;
     let raw = format!("{}{}", stored[0].payload, stored[0].metadata);
     for secret in [
         "Khalilsecret",
@@ -146,12 +152,7 @@ async fn personal_fields_are_ciphertext_in_the_log_and_plaintext_when_read(e: En
 async fn a_fold_decodes_the_same_event_without_its_security_metadata(e: Env) {
     let id = CustomerId::from_uuid(Uuid::now_v7());
     run(&e, id, create(id)).await.unwrap();
-    let stored = e
-        .stores
-        .log
-        .read_stream(&id.stream_id(), 1, ReadBound::None)
-        .await
-        .unwrap();
+    let stored = stored_events(&e, id).await;
     let codec = e.bus.codec();
     let full = codec.decode(&stored[0]).await.unwrap();
     let owned = codec
@@ -603,12 +604,7 @@ async fn a_batch_id_is_stored_in_clear_metadata_and_read_back_only_where_given(e
     let without = CustomerId::from_uuid(Uuid::now_v7());
     run(&e, without, create(without)).await.unwrap();
     for (id, expected) in [(with_batch, Some(batch)), (without, None)] {
-        let stored = e
-            .stores
-            .log
-            .read_stream(&id.stream_id(), 1, ReadBound::None)
-            .await
-            .unwrap();
+        let stored = stored_events(&e, id).await;
         assert_eq!(
             stored[0].metadata.get("batch_id").is_some(),
             expected.is_some(),
