@@ -112,10 +112,13 @@ pub(crate) trait ReadStore: Send + Sync + 'static {
     /// Loads rows of the shadow tables by id (ids not found are left out).
     async fn load_shadow(&self, shadow: &Shadow, ids: Vec<Uuid>) -> Result<Rows, StorageError>;
 
-    /// Writes rows folded in memory into the shadow tables, in one transaction.
+    /// Writes rows folded in memory into the shadow tables, in one transaction. Called only
+    /// before [`ProjectionStore::index_shadow`], which builds every index (the search index
+    /// included) from the rows written here.
     async fn write_shadow(&self, shadow: &Shadow, changes: Changes) -> Result<(), StorageError>;
 
-    /// Builds the shadow tables' secondary indexes.
+    /// Builds the shadow tables' secondary indexes, the search index included. Rows applied
+    /// afterwards ([`ProjectionStore::apply_shadow`]) keep them up to date.
     async fn index_shadow(&self, shadow: &Shadow) -> Result<(), StorageError>;
 
     /// In one transaction: folds the tail into the shadow tables, puts them in place of the

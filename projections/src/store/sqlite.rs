@@ -297,9 +297,6 @@ fn create_table(
         ""
     };
     tx.execute_batch(&format!("CREATE TABLE {name} ({}){suffix}", def.columns))?;
-    if def.live == CUSTOMERS.live {
-        search::create(tx, name)?;
-    }
     if with_indexes {
         create_indexes(tx, def, name)?;
     }
@@ -309,9 +306,14 @@ fn create_table(
 /// Index names carry the name of the table they were created on. SQLite cannot rename an
 /// index, so after a swap the live table keeps its shadow-era index names; the token in every
 /// shadow name keeps them unique.
+/// A customers table's search index is one of its indexes: built here from the rows already
+/// in the table, and kept up to date by [`write_customers`] from then on.
 fn create_indexes(tx: &Transaction<'_>, def: &TableDef, name: &str) -> Result<(), StorageError> {
     for (suffix, cols) in def.indexes {
         tx.execute_batch(&format!("CREATE INDEX {name}_{suffix} ON {name} ({cols})"))?;
+    }
+    if def.live == CUSTOMERS.live {
+        search::build(tx, name)?;
     }
     Ok(())
 }
@@ -577,6 +579,16 @@ fn load_sessions(
     load_by_id(tx, SESSION_COLUMNS, table, ids, session_from_row)
 }
 
+/// Whether [`write_customers`] keeps the search index of the table in step.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SearchIndex {
+    /// The index exists: each row written replaces its entry.
+    Sync,
+    /// A rebuild's shadow table before its indexes are built: the index does not exist yet
+    /// and is built from the finished rows (see [`create_indexes`]).
+    NotYet,
+}
+
 /// Writes the changed customer rows and their assignment rows. Answers whether any row was
 /// erased by this batch.
 fn write_customers(
@@ -584,6 +596,7 @@ fn write_customers(
     table: &str,
     agents_table: &str,
     touched: &[Touched<CustomerRow>],
+    search: SearchIndex,
 ) -> Result<bool, StorageError> {
     let mut upsert = tx.prepare_cached(&format!(
         "INSERT INTO {table} ({CUSTOMER_COLUMNS}, search_text) \
@@ -633,7 +646,9 @@ fn write_customers(
             ],
             |row| row.get(0),
         )?;
-        search::sync(tx, table, rowid, &text)?;
+        if search == SearchIndex::Sync {
+            search::sync(tx, table, rowid, &text)?;
+        }
         let old: &[Uuid] = t
             .before
             .as_ref()
@@ -724,7 +739,7 @@ fn apply_work(
             let agents = table_for(CUSTOMER_AGENTS.live, shadow);
             let loaded = load_customers(tx, &table, &plan.load)?;
             let touched = fold_customers(plan, loaded);
-            write_customers(tx, &table, &agents, &touched)
+            write_customers(tx, &table, &agents, &touched, SearchIndex::Sync)
         }
         Work::Users(plan) => {
             let table = table_for(USERS.live, shadow);
@@ -958,6 +973,7 @@ impl ReadStore for SqliteReadStore {
                         &shadow.table(CUSTOMERS.live),
                         &shadow.table(CUSTOMER_AGENTS.live),
                         rows,
+                        SearchIndex::NotYet,
                     )?;
                 }
                 Changes::Users(rows) => write_users(&tx, &shadow.table(USERS.live), rows)?,
