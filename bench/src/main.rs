@@ -102,6 +102,12 @@ struct Args {
     /// no database) for this many seconds each, then exit: a short target for a profiler.
     #[arg(long)]
     codec_only: Option<f64>,
+    /// Only run the stage profile on PostgreSQL (each stage of a command alone, at 64 clients)
+    /// with windows of this many seconds, then exit: a long enough target for a profiler.
+    /// Each stage's window is announced on stderr with the wall clock, so that a system-wide
+    /// profile can be cut to it.
+    #[arg(long)]
+    profile_only: Option<f64>,
     /// Only measure the customer CSV import and export and the search over HTTP (see
     /// `transfer.rs`), on both backends unless one is skipped, then exit.
     #[arg(long)]
@@ -197,6 +203,9 @@ async fn main() -> anyhow::Result<()> {
     setup::ensure_local(&args.pg_admin_url)?;
     if args.nodes {
         return nodes_only(&args).await;
+    }
+    if let Some(seconds) = args.profile_only {
+        return profile_only(&args.pg_admin_url, seconds, args.pool_size, args.max_batch).await;
     }
     if args.transfer {
         return transfer_only(&args).await;
@@ -369,6 +378,65 @@ async fn transfer_only(args: &Args) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The `--profile-only` run: the stage profile alone on a fresh PostgreSQL database.
+async fn profile_only(
+    admin_url: &str,
+    seconds: f64,
+    pool_size: usize,
+    max_batch: usize,
+) -> anyhow::Result<()> {
+    let db = PgDatabase::create(admin_url, "profile").await?;
+    let outcome = async {
+        let dir = tempfile::tempdir()?;
+        let ws = write_side(
+            Some(&db.url),
+            dir.path(),
+            pool_size,
+            COMMAND_CACHE,
+            max_batch,
+        )
+        .await?;
+        let samples = Arc::new(Samples::new()?);
+        let batch_sizes = BatchSizes::install()?;
+        let id = CustomerId::from_uuid(Uuid::now_v7());
+        let sample = ws
+            .codec
+            .encode(
+                &id.subject(),
+                Uuid::now_v7(),
+                &DomainEvent::Customer(samples.created_event(id, 1)?),
+                &samples.metadata(1),
+            )
+            .await?;
+        let measure = Duration::from_secs_f64(seconds.clamp(1.0, 600.0));
+        let profile = profile::run(
+            &ws,
+            &samples,
+            &sample,
+            &batch_sizes,
+            CLIENTS[CLIENTS.len() - 1],
+            Duration::from_secs(1),
+            measure,
+        )
+        .await?;
+        for stage in &profile.stages {
+            println!(
+                "{:<55} {:>9.0}/s  p99 {:.2} ms",
+                stage.name, stage.per_s, stage.p99_ms
+            );
+        }
+        let b = &profile.appender_batches;
+        println!(
+            "appender-alone batches: mean {:.1}, p50 {}, max {}",
+            b.mean, b.p50, b.max
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    db.drop_now().await?;
+    outcome
 }
 
 /// The codec's CPU cost alone, with an in-memory key table.

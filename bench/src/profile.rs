@@ -24,6 +24,11 @@ use crate::dblimits::Window;
 use crate::setup::WriteSide;
 use crate::workload::Samples;
 
+const APPENDER_ALONE: &str = "appender alone (pre-encoded create, new stream)";
+const UPDATE_ALONE: &str = "update command alone (cached aggregate and key)";
+const NEW_STREAM_LOAD: &str = "load of a new stream (read_stream)";
+const NEW_SUBJECT_KEY: &str = "new subject key (Vault::for_write: load + create)";
+
 /// One stage's rate with `clients` concurrent callers.
 pub struct StageRate {
     pub name: &'static str,
@@ -44,8 +49,10 @@ pub struct Profile {
 }
 
 /// Runs `op(n)` from `clients` tasks until the window closes; calls completing inside the
-/// window count. Answers calls per second and the p99 latency in ms.
+/// window count. Answers calls per second and the p99 latency in ms. The window is announced
+/// on stderr in wall-clock time, so that a system-wide profile can be cut to one stage.
 async fn concurrent<F, Fut>(
+    stage: &str,
     clients: usize,
     warmup: Duration,
     measure: Duration,
@@ -56,6 +63,12 @@ where
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
     let window = Window::after(warmup, measure);
+    let opens = Utc::now() + warmup;
+    eprintln!(
+        "  profiling {stage}: window {} to {} UTC",
+        opens.format("%H:%M:%S%.3f"),
+        (opens + measure).format("%H:%M:%S%.3f")
+    );
     let mut tasks = Vec::with_capacity(clients);
     for c in 0..clients {
         let op = op.clone();
@@ -129,7 +142,7 @@ pub async fn run(
             batch_sizes.reset();
         }
     });
-    let (per_s, p99_ms) = concurrent(clients, warmup, measure, move |_| {
+    let (per_s, p99_ms) = concurrent(APPENDER_ALONE, clients, warmup, measure, move |_| {
         let appender = appender.clone();
         let event = Arc::clone(&event);
         async move {
@@ -150,7 +163,7 @@ pub async fn run(
     window_opens.await.context("the window timer panicked")?;
     let appender_batches = batch_sizes.stats();
     stages.push(StageRate {
-        name: "appender alone (pre-encoded create, new stream)",
+        name: APPENDER_ALONE,
         per_s,
         p99_ms,
     });
@@ -178,7 +191,7 @@ pub async fn run(
     let own = Arc::new(own);
     let bus = Arc::clone(&ws.bus);
     let samples_for_updates = Arc::clone(samples);
-    let (per_s, p99_ms) = concurrent(clients, warmup, measure, move |n| {
+    let (per_s, p99_ms) = concurrent(UPDATE_ALONE, clients, warmup, measure, move |n| {
         let bus = Arc::clone(&bus);
         let own = Arc::clone(&own);
         let samples = Arc::clone(&samples_for_updates);
@@ -200,14 +213,14 @@ pub async fn run(
     })
     .await?;
     stages.push(StageRate {
-        name: "update command alone (cached aggregate and key)",
+        name: UPDATE_ALONE,
         per_s,
         p99_ms,
     });
 
     // Loading a stream that does not exist yet: what every create does first.
     let log = ws.stores.log.clone();
-    let (per_s, p99_ms) = concurrent(clients, warmup, measure, move |_| {
+    let (per_s, p99_ms) = concurrent(NEW_STREAM_LOAD, clients, warmup, measure, move |_| {
         let log = log.clone();
         async move {
             let id = CustomerId::from_uuid(Uuid::now_v7());
@@ -217,14 +230,14 @@ pub async fn run(
     })
     .await?;
     stages.push(StageRate {
-        name: "load of a new stream (read_stream)",
+        name: NEW_STREAM_LOAD,
         per_s,
         p99_ms,
     });
 
     // A new subject's key: the vault looks it up, finds none and creates it.
     let vault = Arc::clone(ws.codec.vault());
-    let (per_s, p99_ms) = concurrent(clients, warmup, measure, move |_| {
+    let (per_s, p99_ms) = concurrent(NEW_SUBJECT_KEY, clients, warmup, measure, move |_| {
         let vault = Arc::clone(&vault);
         async move {
             let id = CustomerId::from_uuid(Uuid::now_v7());
@@ -234,7 +247,7 @@ pub async fn run(
     })
     .await?;
     stages.push(StageRate {
-        name: "new subject key (Vault::for_write: load + create)",
+        name: NEW_SUBJECT_KEY,
         per_s,
         p99_ms,
     });
