@@ -102,12 +102,21 @@ impl PgSettings {
 
     /// The session defaults sent in the start-up packet (`options`), so that they hold
     /// from a connection's first statement and a `RESET` returns to them.
+    ///
+    /// Interactive sessions run with JIT compilation off. Their statements are index probes
+    /// and short scans, which JIT cannot speed up; but on a table the planner has no
+    /// statistics for yet (a fresh database until autovacuum analyses it), its estimates
+    /// exceed `jit_above_cost` and every append's look-up of its command ids spent about
+    /// 8 ms compiling before it ran (2026-11-30).
     pub fn session_options(&self, class: QueryClass) -> Result<String, StoreError> {
         let mut options = format!(
             "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
             self.statement_timeout_of(class).as_millis(),
             self.idle_in_transaction_timeout.as_millis()
         );
+        if class == QueryClass::Interactive {
+            options.push_str(" -c jit=off");
+        }
         if let Some(role) = &self.role {
             if !is_plain_role_name(role) {
                 return Err(StoreError::Config(format!(
@@ -185,7 +194,8 @@ mod tests {
         };
         assert_eq!(
             s.session_options(QueryClass::Interactive).unwrap(),
-            "-c statement_timeout=1500 -c idle_in_transaction_session_timeout=7000 -c role=egec_app"
+            "-c statement_timeout=1500 -c idle_in_transaction_session_timeout=7000 -c jit=off \
+             -c role=egec_app"
         );
         assert_eq!(
             s.session_options(QueryClass::Maintenance).unwrap(),
