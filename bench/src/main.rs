@@ -108,6 +108,9 @@ struct Args {
     /// profile can be cut to it.
     #[arg(long)]
     profile_only: Option<f64>,
+    /// Concurrent clients of `--profile-only`.
+    #[arg(long, default_value_t = 64)]
+    profile_clients: usize,
     /// Only measure the customer CSV import and export and the search over HTTP (see
     /// `transfer.rs`), on both backends unless one is skipped, then exit.
     #[arg(long)]
@@ -205,7 +208,8 @@ async fn main() -> anyhow::Result<()> {
         return nodes_only(&args).await;
     }
     if let Some(seconds) = args.profile_only {
-        return profile_only(&args.pg_admin_url, seconds, args.pool_size, args.max_batch).await;
+        let clients = args.profile_clients.max(1);
+        return profile_only(&args, seconds, clients).await;
     }
     if args.transfer {
         return transfer_only(&args).await;
@@ -381,21 +385,16 @@ async fn transfer_only(args: &Args) -> anyhow::Result<()> {
 }
 
 /// The `--profile-only` run: the stage profile alone on a fresh PostgreSQL database.
-async fn profile_only(
-    admin_url: &str,
-    seconds: f64,
-    pool_size: usize,
-    max_batch: usize,
-) -> anyhow::Result<()> {
-    let db = PgDatabase::create(admin_url, "profile").await?;
+async fn profile_only(args: &Args, seconds: f64, clients: usize) -> anyhow::Result<()> {
+    let db = PgDatabase::create(&args.pg_admin_url, "profile").await?;
     let outcome = async {
         let dir = tempfile::tempdir()?;
         let ws = write_side(
             Some(&db.url),
             dir.path(),
-            pool_size,
+            args.pool_size.max(1),
             COMMAND_CACHE,
-            max_batch,
+            args.max_batch.max(1),
         )
         .await?;
         let samples = Arc::new(Samples::new()?);
@@ -416,7 +415,7 @@ async fn profile_only(
             &samples,
             &sample,
             &batch_sizes,
-            CLIENTS[CLIENTS.len() - 1],
+            clients,
             Duration::from_secs(1),
             measure,
         )
