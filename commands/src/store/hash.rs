@@ -21,8 +21,10 @@ pub struct HashInput<'a> {
     pub command_id: &'a uuid::Uuid,
     pub event_type: &'a str,
     pub schema_version: i32,
-    pub payload: &'a serde_json::Value,
-    pub metadata: &'a serde_json::Value,
+    /// The payload's canonical JSON text (`Value::to_string`).
+    pub payload: &'a str,
+    /// The metadata's canonical JSON text.
+    pub metadata: &'a str,
     pub recorded_at_micros: i64,
 }
 
@@ -41,8 +43,8 @@ pub fn link(prev_hash: &[u8], e: &HashInput<'_>) -> Vec<u8> {
     field(e.command_id.as_bytes());
     field(e.event_type.as_bytes());
     field(&e.schema_version.to_be_bytes());
-    field(e.payload.to_string().as_bytes());
-    field(e.metadata.to_string().as_bytes());
+    field(e.payload.as_bytes());
+    field(e.metadata.as_bytes());
     field(&e.recorded_at_micros.to_be_bytes());
     h.finalize().to_vec()
 }
@@ -59,9 +61,44 @@ pub fn recompute(prev_hash: &[u8], e: &RecordedEvent) -> Vec<u8> {
             command_id: &e.command_id,
             event_type: &e.event_type,
             schema_version: e.schema_version,
-            payload: &e.payload,
-            metadata: &e.metadata,
+            payload: &e.payload.to_string(),
+            metadata: &e.metadata.to_string(),
             recorded_at_micros: e.recorded_at.timestamp_micros(),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The canonical bytes are a contract with every log already written: a change to them
+    /// would make old logs fail verification. This pins one link.
+    #[test]
+    fn the_hash_of_a_known_event_does_not_change() {
+        let event_id = uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
+        let command_id = uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0002);
+        let payload = serde_json::json!({ "name": "enc:v1:abc", "country": "GB", "n": 3 });
+        let metadata = serde_json::json!({ "actor": null, "ip": "enc:v1:ip" });
+        let hash = link(
+            &GENESIS,
+            &HashInput {
+                global_position: 7,
+                stream_id: "customer-0190",
+                stream_version: 2,
+                event_id: &event_id,
+                command_id: &command_id,
+                event_type: "CustomerUpdated",
+                schema_version: 1,
+                payload: &payload.to_string(),
+                metadata: &metadata.to_string(),
+                recorded_at_micros: 1_764_460_800_000_000,
+            },
+        );
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "c8c57804637a11c3360c2c8bcb144de3a42c32accb2ce4e826aeaff49eaa449a"
+        );
+    }
 }

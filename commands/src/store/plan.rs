@@ -24,6 +24,11 @@ pub(crate) struct PlannedRow<'a> {
     pub stream_version: i64,
     pub command_id: Uuid,
     pub event: &'a NewEvent,
+    /// The payload's canonical JSON text: what the hash covers and what is stored. Made
+    /// once here, since serialising it is the largest part of planning a row.
+    pub payload: String,
+    /// The metadata's canonical JSON text.
+    pub metadata: String,
     pub recorded_at_micros: i64,
     pub prev_hash: Vec<u8>,
     pub hash: Vec<u8>,
@@ -127,6 +132,8 @@ pub(crate) fn plan_batch<'a>(
         for event in &req.events {
             position += 1;
             version += 1;
+            let payload = event.payload.to_string();
+            let metadata = event.metadata.to_string();
             let hash = link(
                 &prev_hash,
                 &HashInput {
@@ -137,8 +144,8 @@ pub(crate) fn plan_batch<'a>(
                     command_id: &req.command_id,
                     event_type: &event.event_type,
                     schema_version: event.schema_version,
-                    payload: &event.payload,
-                    metadata: &event.metadata,
+                    payload: &payload,
+                    metadata: &metadata,
                     recorded_at_micros,
                 },
             );
@@ -148,6 +155,8 @@ pub(crate) fn plan_batch<'a>(
                 stream_version: version,
                 command_id: req.command_id,
                 event,
+                payload,
+                metadata,
                 recorded_at_micros,
                 prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
                 hash,

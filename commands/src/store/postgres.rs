@@ -415,6 +415,28 @@ const RAW_EVENT_COLUMNS: [&str; 2] = [
 /// A `json` column as the text it is stored as (its binary form is that text), unparsed.
 struct JsonText(String);
 
+/// JSON text already serialised, sent as a `json` parameter (whose binary form is the
+/// text), so that an event's payload is serialised once for its hash and its insert.
+#[derive(Debug)]
+struct JsonRef<'a>(&'a str);
+
+impl tokio_postgres::types::ToSql for JsonRef<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSON
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
 impl<'a> tokio_postgres::types::FromSql<'a> for JsonText {
     fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
         Ok(JsonText(std::str::from_utf8(raw)?.to_owned()))
@@ -611,8 +633,8 @@ struct EventColumns<'a> {
     command_ids: Vec<Uuid>,
     event_types: Vec<&'a str>,
     schema_versions: Vec<i32>,
-    payloads: Vec<&'a serde_json::Value>,
-    metadata: Vec<&'a serde_json::Value>,
+    payloads: Vec<JsonRef<'a>>,
+    metadata: Vec<JsonRef<'a>>,
     prev_hashes: Vec<&'a [u8]>,
     hashes: Vec<&'a [u8]>,
 }
@@ -641,8 +663,8 @@ impl<'a> EventColumns<'a> {
             c.command_ids.push(row.command_id);
             c.event_types.push(row.event.event_type.as_str());
             c.schema_versions.push(row.event.schema_version);
-            c.payloads.push(&row.event.payload);
-            c.metadata.push(&row.event.metadata);
+            c.payloads.push(JsonRef(&row.payload));
+            c.metadata.push(JsonRef(&row.metadata));
             c.prev_hashes.push(row.prev_hash.as_slice());
             c.hashes.push(row.hash.as_slice());
         }
