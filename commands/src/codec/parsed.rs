@@ -248,7 +248,6 @@ mod tests {
         ];
         for payload in &payloads {
             for metadata in &metadatas {
-                let text = raw(&payload.to_string(), &metadata.to_string());
                 let values = RecordedEvent {
                     global_position: 7,
                     stream_id: "customer-1".into(),
@@ -263,6 +262,7 @@ mod tests {
                     prev_hash: Vec::new(),
                     hash: Vec::new(),
                 };
+                let text = RawRecordedEvent::from(values.clone());
                 assert_eq!(
                     summary(ParsedEvent::parse(text)),
                     summary(ParsedEvent::from_recorded(values)),
