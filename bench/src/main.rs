@@ -34,6 +34,7 @@ use clap::Parser;
 use egec_commands::codec::Codec;
 use egec_commands::crypto::Key;
 use egec_commands::master_key::MasterKey;
+use egec_commands::store::NewEvent;
 use egec_commands::vault::Vault;
 use egec_domain::CustomerId;
 use egec_domain::event::DomainEvent;
@@ -399,16 +400,7 @@ async fn profile_only(args: &Args, seconds: f64, clients: usize) -> anyhow::Resu
         .await?;
         let samples = Arc::new(Samples::new()?);
         let batch_sizes = BatchSizes::install()?;
-        let id = CustomerId::from_uuid(Uuid::now_v7());
-        let sample = ws
-            .codec
-            .encode(
-                &id.subject(),
-                Uuid::now_v7(),
-                &DomainEvent::Customer(samples.created_event(id, 1)?),
-                &samples.metadata(1),
-            )
-            .await?;
+        let sample = encoded_create(&ws, &samples).await?;
         let measure = Duration::from_secs_f64(seconds.clamp(1.0, 600.0));
         let profile = profile::run(
             &ws,
@@ -563,6 +555,21 @@ struct CommandsOutcome {
     profile: profile::Profile,
 }
 
+/// A real encoded create (five encrypted fields, encrypted IP and user agent): the event the
+/// appender-alone stage appends and the row shape of the scratch-table measurements.
+async fn encoded_create(ws: &setup::WriteSide, samples: &Samples) -> anyhow::Result<NewEvent> {
+    let id = CustomerId::from_uuid(Uuid::now_v7());
+    Ok(ws
+        .codec
+        .encode(
+            &id.subject(),
+            Uuid::now_v7(),
+            &DomainEvent::Customer(samples.created_event(id, 1)?),
+            &samples.metadata(1),
+        )
+        .await?)
+}
+
 /// The command runs at every client count, the stage profile, then the database's limits on
 /// the same database (after the write side has closed its connections, so the two never
 /// compete).
@@ -575,18 +582,7 @@ async fn commands_and_limits(
 ) -> anyhow::Result<CommandsOutcome> {
     let ws = write_side(url, dir, plan.pool_size, COMMAND_CACHE, plan.max_batch).await?;
 
-    // A real encoded create (five encrypted fields, encrypted IP and user agent) is the row
-    // shape of the scratch-table measurements.
-    let id = CustomerId::from_uuid(Uuid::now_v7());
-    let sample = ws
-        .codec
-        .encode(
-            &id.subject(),
-            Uuid::now_v7(),
-            &DomainEvent::Customer(samples.created_event(id, 1)?),
-            &samples.metadata(1),
-        )
-        .await?;
+    let sample = encoded_create(&ws, samples).await?;
     let shape = Shape::from_event(&sample);
 
     let mut runs = Vec::new();
