@@ -415,6 +415,16 @@ const RAW_EVENT_COLUMNS: [&str; 2] = [
 /// A `json` column as the text it is stored as (its binary form is that text), unparsed.
 struct JsonText(String);
 
+impl<'a> tokio_postgres::types::FromSql<'a> for JsonText {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(JsonText(std::str::from_utf8(raw)?.to_owned()))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSON
+    }
+}
+
 /// JSON text already serialised, sent as a `json` parameter (whose binary form is the
 /// text), so that an event's payload is serialised once for its hash and its insert.
 #[derive(Debug)]
@@ -435,16 +445,6 @@ impl tokio_postgres::types::ToSql for JsonRef<'_> {
     }
 
     tokio_postgres::types::to_sql_checked!();
-}
-
-impl<'a> tokio_postgres::types::FromSql<'a> for JsonText {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(JsonText(std::str::from_utf8(raw)?.to_owned()))
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::JSON
-    }
 }
 
 fn raw_event_from_row(row: &Row) -> Result<RawRecordedEvent, StoreError> {
