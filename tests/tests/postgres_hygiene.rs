@@ -86,7 +86,7 @@ async fn a_write_whose_statement_runs_out_of_time_is_answered_503_and_changes_no
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(customers_in_log(&app).await, 1);
 
-    // Operators see the timeout and both pools at /metrics.
+    // Operators see the timeout and every pool at /metrics.
     let metrics = app.get("/metrics", None).await.text().await.unwrap();
     let timeouts: f64 = metrics
         .lines()
@@ -94,7 +94,7 @@ async fn a_write_whose_statement_runs_out_of_time_is_answered_503_and_changes_no
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no timeout counter: {metrics}"));
     assert!(timeouts >= 1.0, "{metrics}");
-    for class in ["interactive", "maintenance"] {
+    for class in ["interactive", "append", "maintenance"] {
         assert!(
             metrics.contains(&format!(
                 "egec_db_pool_max_connections{{class=\"{class}\"}}"

@@ -47,6 +47,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(pg) = &state.postgres {
         for (class, pool) in [
             ("interactive", pg.pool()),
+            ("append", pg.append_pool()),
             ("maintenance", pg.maintenance_pool()),
         ] {
             let status = pool.status();

@@ -5,7 +5,7 @@
 //! on the database, so positions are dense and in commit order, and a reader that sees
 //! position `n` has already been able to see every position below it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -23,9 +23,11 @@ use super::{
 };
 
 mod blobs;
+mod log_state;
 mod pipeline;
 pub mod settings;
 
+use log_state::LogState;
 pub use pipeline::PipelineStats;
 pub use settings::{PgSettings, QueryClass};
 
@@ -45,8 +47,10 @@ const EVENT_COLUMNS: &str = "global_position, stream_id, stream_version, event_i
 /// The PostgreSQL event log and key table. Cloning shares the pools.
 #[derive(Clone)]
 pub struct PgLog {
-    /// Interactive queries: appends, reads, key look-ups (see [`settings`]).
+    /// Interactive queries: reads, key look-ups (see [`settings`]).
     pool: Pool,
+    /// Appends (see [`settings`]).
+    append: Pool,
     /// Maintenance: migrations, schema set-up, rebuilds (see [`settings`]).
     maintenance: Pool,
     /// This process's appends in flight, for the second one to plan on the first
@@ -58,6 +62,7 @@ impl std::fmt::Debug for PgLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgLog")
             .field("pool", &self.pool.status())
+            .field("append", &self.append.status())
             .field("maintenance", &self.maintenance.status())
             .finish()
     }
@@ -98,6 +103,7 @@ impl PgLog {
             settings.build_pool(manager, class)
         };
         let pool = build(QueryClass::Interactive)?;
+        let append = build(QueryClass::Append)?;
         let maintenance = build(QueryClass::Maintenance)?;
         // Fail here, with the whole chain of causes (the pool's own message stops at "error
         // performing tls handshake"), rather than on the first request.
@@ -106,6 +112,7 @@ impl PgLog {
         })?);
         let log = Self {
             pool,
+            append,
             maintenance,
             chain: Arc::default(),
         };
@@ -122,6 +129,11 @@ impl PgLog {
     /// The interactive connection pool, for read models that live in the same database.
     pub fn pool(&self) -> Pool {
         self.pool.clone()
+    }
+
+    /// The append connection pool, for its gauges at `/metrics`.
+    pub fn append_pool(&self) -> Pool {
+        self.append.clone()
     }
 
     /// The maintenance connection pool, for schema set-up and rebuilds of the read models.
@@ -486,26 +498,6 @@ impl PgLog {
 const LOCK_SUBJECTS: &str =
     "SELECT pg_advisory_xact_lock($1, hashtext(u.s)) FROM unnest($2::text[]) AS u(s)";
 
-/// The outcome of every command id of a batch that is already in the log: one probe of the
-/// command-id index per id. Written as a lateral join over the ids rather than as
-/// `command_id = ANY($1) GROUP BY command_id`: on a table without statistics (a fresh
-/// database before autovacuum analyses it) the planner expected thousands of rows from that
-/// form and ran it as a parallel bitmap scan, starting two worker processes for every batch
-/// (650 processes forked in 5 s of appends, a third of PostgreSQL's CPU; 2026-11-30). A scan
-/// of a function's rows has no parallel form, so this one is never planned that way. The
-/// inner `GROUP BY` answers no row for an id not in the log, and keeps the planner from
-/// turning the aggregates into scans of the position index.
-const PRIOR_COMMANDS: &str = "SELECT u.c, a.first, a.last, a.version \
-     FROM unnest($1::uuid[]) AS u(c) CROSS JOIN LATERAL (\
-       SELECT min(e.global_position) AS first, max(e.global_position) AS last, \
-              max(e.stream_version) AS version \
-       FROM egec.events e WHERE e.command_id = u.c GROUP BY e.command_id) AS a";
-
-/// Of the given subjects, those that already have a key or were erased.
-const TAKEN_SUBJECTS: &str = "SELECT u.s FROM unnest($1::text[]) AS u(s) \
-     WHERE EXISTS (SELECT 1 FROM egec.erased_subjects e WHERE e.subject = u.s) \
-     OR EXISTS (SELECT 1 FROM egec.subject_keys k WHERE k.subject = u.s)";
-
 /// Inserts the first keys of new subjects in one statement ([`INSERT_KEYS`], prepared by
 /// the caller: a statement still being prepared would let the statements queued behind it,
 /// COMMIT included, overtake it in the pipeline). A plain INSERT: the key check ran
@@ -551,77 +543,8 @@ impl<'a> KeyColumns<'a> {
     }
 }
 
-/// Runs [`TAKEN_SUBJECTS`] for `subjects` (no round trip when there are none). Planned afresh
-/// on every call (an unnamed statement, still one message): a plan cached while the key table
-/// was small hashes the whole table on every call and grows slower with it until autovacuum
-/// analyses the table.
-async fn taken_subjects(
-    client: &ClientWrapper,
-    subjects: &[String],
-) -> Result<Vec<Row>, tokio_postgres::Error> {
-    if subjects.is_empty() {
-        return Ok(Vec::new());
-    }
-    client
-        .query_typed(TAKEN_SUBJECTS, &[(&subjects, Type::TEXT_ARRAY)])
-        .await
-}
-
 const INSERT_KEYS: &str = "INSERT INTO egec.subject_keys (subject, key_version, kek_id, wrapped, fingerprint) \
      SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::bytea[], $5::text[])";
-
-/// The current version of each stream of a batch: one index probe per stream (a backward
-/// scan of the unique index), however long the stream.
-const STREAM_VERSIONS: &str = "SELECT s.stream_id, (SELECT max(e.stream_version) \
-     FROM egec.events e WHERE e.stream_id = s.stream_id) FROM unnest($1::text[]) AS s(stream_id)";
-
-/// What the log holds about a batch before it is planned: the outcomes of its command ids
-/// that are already appended, the current versions of its streams, and which of its new
-/// subjects already have a key or a tombstone.
-struct LogState {
-    prior: HashMap<Uuid, AppendOutcome>,
-    versions: HashMap<String, i64>,
-    taken: HashSet<String>,
-}
-
-impl LogState {
-    /// From the answers of [`PRIOR_COMMANDS`], [`STREAM_VERSIONS`] and [`TAKEN_SUBJECTS`].
-    fn from_rows(
-        prior_rows: &[Row],
-        version_rows: &[Row],
-        taken_rows: &[Row],
-    ) -> Result<Self, StoreError> {
-        let mut prior = HashMap::new();
-        for row in prior_rows {
-            let id: Uuid = row.try_get(0)?;
-            prior.insert(
-                id,
-                AppendOutcome {
-                    first_position: row.try_get(1)?,
-                    last_position: row.try_get(2)?,
-                    stream_version: row.try_get(3)?,
-                    duplicate: true,
-                },
-            );
-        }
-        let mut versions = HashMap::new();
-        for row in version_rows {
-            let version: Option<i64> = row.try_get(1)?;
-            if let Some(version) = version {
-                versions.insert(row.try_get::<_, String>(0)?, version);
-            }
-        }
-        let mut taken = HashSet::new();
-        for row in taken_rows {
-            taken.insert(row.try_get::<_, String>(0)?);
-        }
-        Ok(Self {
-            prior,
-            versions,
-            taken,
-        })
-    }
-}
 
 /// The planned rows of a batch as one array per column, the parameters of the `unnest`
 /// inserts.
@@ -689,7 +612,6 @@ async fn append_pipelined<'a>(
     let lock = tx
         .prepare_cached("SELECT position, hash FROM egec.log_head FOR UPDATE")
         .await?;
-    let version_stmt = tx.prepare_cached(STREAM_VERSIONS).await?;
     let new_subjects = new_key_subjects(batch);
     let lock_subjects = if new_subjects.is_empty() {
         None
@@ -701,30 +623,24 @@ async fn append_pipelined<'a>(
     let streams = stream_ids(batch);
     // The lock on the counter row is the serialisation point of all appenders. Every
     // statement after it runs once the lock was granted, so under READ COMMITTED each one
-    // sees every append committed before ours. The subject locks come next and the key
-    // check after them, in a statement of its own, so that it sees a `create` or
-    // `destroy` that committed while we waited for their locks.
-    // The key check is sent right behind the subject locks, not after their answer: the
-    // server runs the statements of a pipeline one after the other, and each takes its own
-    // snapshot when it starts, so the check still runs after the locks were granted.
-    let (_, head, prior_rows, version_rows, _, taken_rows) = futures::try_join!(
-        tx.batch_execute("BEGIN"),
-        tx.query_opt(&lock, &[]),
-        // Planned afresh on every call, like the key check below: a generic plan made while
-        // the log was small scans the whole table on every batch until autovacuum next
-        // analyses it (seen on a fresh database: 1,600 appends/s instead of 5,000 to 7,000).
-        async {
-            tx.query_typed(PRIOR_COMMANDS, &[(&ids, Type::UUID_ARRAY)])
-                .await
-        },
-        async { tx.query(&version_stmt, &[&streams]).await },
+    // sees every append committed before ours. The subject locks come next and the look-up
+    // after them, in a statement of its own, so that its key check sees a `create` or
+    // `destroy` that committed while we waited for their locks. The look-up is sent right
+    // behind the locks, not after their answers: the server runs the statements of a
+    // pipeline one after the other, and each takes its own snapshot when it starts.
+    let (_, head, _, state) = futures::try_join!(
+        async { tx.batch_execute("BEGIN").await.map_err(StoreError::from) },
+        async { tx.query_opt(&lock, &[]).await.map_err(StoreError::from) },
         async {
             match &lock_subjects {
                 None => Ok(Vec::new()),
-                Some(lock_subjects) => tx.query(lock_subjects, &[&LOCK_CLASS, &new_subjects]).await,
+                Some(lock_subjects) => tx
+                    .query(lock_subjects, &[&LOCK_CLASS, &new_subjects])
+                    .await
+                    .map_err(StoreError::from),
             }
         },
-        taken_subjects(tx, &new_subjects),
+        LogState::read(tx, &ids, &streams, &new_subjects),
     )?;
     let head = head.ok_or_else(|| StoreError::Corrupt("egec.log_head row is missing".into()))?;
     let head = ChainHead {
@@ -735,7 +651,7 @@ async fn append_pipelined<'a>(
         prior,
         versions,
         taken,
-    } = LogState::from_rows(&prior_rows, &version_rows, &taken_rows)?;
+    } = state;
 
     let recorded_at = now_micros();
     let plan = plan_batch(batch, head, &prior, versions, &taken, recorded_at);
@@ -823,7 +739,7 @@ impl EventLog for PgLog {
         let mut planning = Some(self.chain.start().await);
         let overlay = self.chain.overlay();
         let mut registered = None;
-        let conn = self.pool.get().await?;
+        let conn = self.append.get().await?;
         let result = async {
             if !overlay.is_empty() && self.chain.plan_ahead() {
                 let attempt = pipeline::append_speculative(&conn, &batch, &overlay, |plan| {

@@ -34,10 +34,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
-use super::{
-    EventColumns, KeyColumns, LOCK_CLASS, LOCK_SUBJECTS, LogState, PRIOR_COMMANDS, STREAM_VERSIONS,
-    taken_subjects,
-};
+use super::{EventColumns, KeyColumns, LOCK_CLASS, LOCK_SUBJECTS, LogState};
 use crate::store::plan::{Plan, command_ids, new_key_subjects, now_micros, plan_batch, stream_ids};
 use crate::store::{AppendOutcome, AppendRequest, ChainHead, Conflict, StoreError};
 
@@ -275,18 +272,9 @@ pub(super) async fn append_speculative<'a>(
     let ids = command_ids(batch);
     let streams = stream_ids(batch);
     let subjects = new_key_subjects(batch);
-    let versions = conn.prepare_cached(STREAM_VERSIONS).await?;
-    // Read without any lock, in one round trip: the predecessor holds the counter row, so
-    // nobody else's append can commit before it, and its own rows come from the overlay.
-    let (prior_rows, version_rows, taken_rows) = futures::try_join!(
-        async {
-            conn.query_typed(PRIOR_COMMANDS, &[(&ids, Type::UUID_ARRAY)])
-                .await
-        },
-        async { conn.query(&versions, &[&streams]).await },
-        taken_subjects(conn, &subjects),
-    )?;
-    let mut state = LogState::from_rows(&prior_rows, &version_rows, &taken_rows)?;
+    // Read without any lock: the predecessor holds the counter row, so nobody else's
+    // append can commit before it, and its own rows come from the overlay.
+    let mut state = LogState::read(conn, &ids, &streams, &subjects).await?;
     let Some(head) = overlay.apply(&mut state) else {
         return Ok(Speculation::NothingToWrite);
     };
