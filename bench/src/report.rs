@@ -68,6 +68,15 @@ impl BackendReport {
             errors: Vec::new(),
         }
     }
+
+    /// Takes in what another phase of the same backend measured.
+    pub fn absorb(&mut self, phase: BackendReport) {
+        self.commands.extend(phase.commands);
+        self.db_batch500_rows_per_s = self.db_batch500_rows_per_s.or(phase.db_batch500_rows_per_s);
+        self.rebuild = self.rebuild.take().or(phase.rebuild);
+        self.profile = self.profile.take().or(phase.profile);
+        self.errors.extend(phase.errors);
+    }
 }
 
 fn verdict(pass: bool) -> &'static str {
