@@ -6,7 +6,6 @@
 //! position `n` has already been able to see every position below it.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -18,18 +17,21 @@ use uuid::Uuid;
 
 use super::plan::{Plan, command_ids, new_key_subjects, now_micros, plan_batch, stream_ids};
 use super::{
-    AppendOutcome, AppendRequest, Backend, ChainHead, Conflict, EventLog, KeyTable,
-    RawRecordedEvent, ReadBound, RecordedEvent, StoreError, SubjectKeys, WrappedKey,
+    AppendOutcome, AppendRequest, Backend, ChainHead, Conflict, EventLog, RawRecordedEvent,
+    ReadBound, RecordedEvent, StoreError, WrappedKey,
 };
 
 mod blobs;
+mod keys;
 mod log_state;
 mod pipeline;
 pub mod settings;
+mod tls;
 
 use log_state::LogState;
 pub use pipeline::PipelineStats;
 pub use settings::{PgSettings, QueryClass};
+pub use tls::TlsChoice;
 
 mod embedded {
     refinery::embed_migrations!("../migrations/postgres");
@@ -245,92 +247,6 @@ async fn up_to_date(conn: &Object) -> Result<bool, StoreError> {
         .all(|m| applied.get(&i64::from(m.version())) == Some(&m.checksum().to_string())))
 }
 
-/// How to secure the connection, decided from the URL's `sslmode`.
-///
-/// tokio-postgres knows only `disable`, `prefer` and `require`, so `verify-ca` and
-/// `verify-full` are taken out of the URL here and replaced by `require`. Every mode that
-/// asks for TLS verifies the server certificate and its host name with rustls against the
-/// Mozilla roots (webpki-roots), or against the PEM file named by `sslrootcert` if given:
-/// this is stricter than libpq's `require` and `verify-ca`, on purpose, since an unverified
-/// TLS connection protects against nothing but a passive eavesdropper.
-pub enum TlsChoice {
-    /// No TLS (`sslmode` absent, `disable`, `allow` or `prefer`).
-    None,
-    /// TLS with this client configuration.
-    Rustls(Box<rustls::ClientConfig>),
-}
-
-impl TlsChoice {
-    /// Splits the TLS options off a connection string (URL or `key=value` form) and returns
-    /// the string tokio-postgres will accept together with the TLS choice.
-    pub fn from_url(url: &str) -> Result<(String, TlsChoice), StoreError> {
-        let (rest, opts) = take_tls_options(url)?;
-        let choice = match opts.mode.as_deref() {
-            None | Some("disable" | "allow" | "prefer") => TlsChoice::None,
-            Some("require" | "verify-ca" | "verify-full") => {
-                TlsChoice::Rustls(Box::new(rustls_config(opts.root_cert)?))
-            }
-            Some(other) => {
-                return Err(StoreError::Config(format!(
-                    "unsupported sslmode `{other}` (use disable, prefer, require, verify-ca or \
-                     verify-full)"
-                )));
-            }
-        };
-        Ok((rest, choice))
-    }
-}
-
-#[derive(Debug, Default, PartialEq, Eq)]
-struct TlsOptions {
-    mode: Option<String>,
-    root_cert: Option<PathBuf>,
-}
-
-/// Removes `sslmode` and `sslrootcert` from the connection string and puts back an `sslmode`
-/// tokio-postgres understands.
-fn take_tls_options(url: &str) -> Result<(String, TlsOptions), StoreError> {
-    let mut opts = TlsOptions::default();
-    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
-    let (base, params, sep): (&str, Vec<&str>, &str) = if is_url {
-        match url.split_once('?') {
-            Some((base, query)) => (base, query.split('&').collect(), "&"),
-            None => (url, Vec::new(), "&"),
-        }
-    } else {
-        ("", url.split_whitespace().collect(), " ")
-    };
-    let mut kept: Vec<String> = Vec::new();
-    for param in params {
-        match param.split_once('=') {
-            Some(("sslmode", v)) => opts.mode = Some(percent_decode(v)?),
-            Some(("sslrootcert", v)) => opts.root_cert = Some(PathBuf::from(percent_decode(v)?)),
-            _ if param.is_empty() => {}
-            _ => kept.push(param.to_owned()),
-        }
-    }
-    let pg_mode = match opts.mode.as_deref() {
-        None => None,
-        Some("disable") => Some("disable"),
-        // With no TLS connector, `prefer` and `allow` can only ever connect in clear text.
-        Some("allow" | "prefer") => Some("disable"),
-        Some(_) => Some("require"),
-    };
-    if let Some(mode) = pg_mode {
-        kept.push(format!("sslmode={mode}"));
-    }
-    let rest = if is_url {
-        if kept.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", kept.join(sep))
-        }
-    } else {
-        kept.join(sep)
-    };
-    Ok((rest, opts))
-}
-
 /// An error and its causes, one after the other. Connection errors carry no secrets (the
 /// password is never part of them), so this is safe to log.
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -345,58 +261,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-fn percent_decode(s: &str) -> Result<String, StoreError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| StoreError::Config("bad percent-encoding in the URL".into()))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| StoreError::Config("URL parameter is not UTF-8".into()))
-}
-
-fn rustls_config(root_cert: Option<PathBuf>) -> Result<rustls::ClientConfig, StoreError> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-
-    let mut roots = rustls::RootCertStore::empty();
-    match root_cert {
-        // Like libpq: a named root file replaces the default trust store.
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(&path)
-                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| {
-                    StoreError::Config(format!("cannot read sslrootcert {}: {e}", path.display()))
-                })?;
-            let (added, _ignored) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(StoreError::Config(format!(
-                    "sslrootcert {} holds no usable certificate",
-                    path.display()
-                )));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Config(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
 }
 
 fn event_from_row(row: &Row) -> Result<RecordedEvent, StoreError> {
@@ -491,7 +355,7 @@ impl PgLog {
     }
 }
 
-/// Takes the per-subject advisory lock (see [`LOCK_SUBJECT`]) of every subject whose first
+/// Takes the per-subject advisory lock (see `LOCK_SUBJECT` in `keys.rs`) of every subject whose first
 /// key the batch creates, so that the key check that follows cannot race `create` or
 /// `destroy`. Only the appender holding the counter row takes several of these locks at once,
 /// and `create` and `destroy` each take one, so there is no lock-order cycle.
@@ -878,302 +742,5 @@ impl EventLog for PgLog {
 
     fn backend(&self) -> Backend {
         Backend::Postgres
-    }
-}
-
-fn key_from_row(row: &Row, offset: usize) -> Result<WrappedKey, StoreError> {
-    Ok(WrappedKey {
-        key_version: row.try_get(offset)?,
-        kek_id: row.try_get(offset + 1)?,
-        wrapped: row.try_get(offset + 2)?,
-        fingerprint: row.try_get(offset + 3)?,
-    })
-}
-
-/// Reads tombstone and keys in one statement, hence from one snapshot: a concurrent erasure
-/// is seen either entirely or not at all. Sent unprepared, so planned on every call: the key
-/// table starts empty, and a generic plan cached then scans the whole table on every look-up
-/// until autovacuum next analyses it.
-const LOAD_SUBJECT: &str = "SELECT EXISTS (SELECT 1 FROM egec.erased_subjects WHERE subject = $1), \
-     k.key_version, k.kek_id, k.wrapped, k.fingerprint \
-     FROM (SELECT 1) AS one LEFT JOIN egec.subject_keys k ON k.subject = $1 \
-     ORDER BY k.key_version";
-
-/// [`LOAD_SUBJECT`] for many subjects at once: one row per key, or one all-NULL key row for a
-/// subject without keys, ordered so that each subject's keys come oldest first.
-const LOAD_SUBJECTS: &str = "SELECT u.s, \
-     EXISTS (SELECT 1 FROM egec.erased_subjects e WHERE e.subject = u.s), \
-     k.key_version, k.kek_id, k.wrapped, k.fingerprint \
-     FROM (SELECT DISTINCT s FROM unnest($1::text[]) AS x(s)) AS u \
-     LEFT JOIN egec.subject_keys k ON k.subject = u.s \
-     ORDER BY u.s, k.key_version";
-
-fn subject_keys_from_rows(rows: &[Row]) -> Result<SubjectKeys, StoreError> {
-    let Some(first) = rows.first() else {
-        return Ok(SubjectKeys::None);
-    };
-    if first.try_get::<_, bool>(0)? {
-        return Ok(SubjectKeys::Erased);
-    }
-    let mut keys = Vec::with_capacity(rows.len());
-    for row in rows {
-        // The left join yields one all-NULL key row when the subject has no key.
-        if row.try_get::<_, Option<i32>>(1)?.is_some() {
-            keys.push(key_from_row(row, 1)?);
-        }
-    }
-    Ok(if keys.is_empty() {
-        SubjectKeys::None
-    } else {
-        SubjectKeys::Active(keys)
-    })
-}
-
-/// Serialises `create` and `destroy` of one subject. Without it, a create could check for
-/// the tombstone before a concurrent destroy commits and insert its key after the destroy
-/// deleted the others, leaving a live key beside a tombstone. A hash collision between two
-/// subjects only makes them wait for each other.
-const LOCK_SUBJECT: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
-
-#[async_trait]
-impl KeyTable for PgLog {
-    async fn load(&self, subject: &str) -> Result<SubjectKeys, StoreError> {
-        let conn = self.pool.get().await?;
-        // Planned per call (see [`LOAD_SUBJECT`]).
-        let rows = conn
-            .query_typed(LOAD_SUBJECT, &[(&subject, Type::TEXT)])
-            .await?;
-        subject_keys_from_rows(&rows)
-    }
-
-    async fn load_many(
-        &self,
-        subjects: &[String],
-    ) -> Result<HashMap<String, SubjectKeys>, StoreError> {
-        if subjects.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let conn = self.pool.get().await?;
-        // Planned per call (see [`LOAD_SUBJECT`]).
-        let rows = conn
-            .query_typed(LOAD_SUBJECTS, &[(&subjects, Type::TEXT_ARRAY)])
-            .await?;
-        let mut out: HashMap<String, SubjectKeys> = HashMap::with_capacity(subjects.len());
-        for row in &rows {
-            let subject: String = row.try_get(0)?;
-            let entry = out.entry(subject).or_insert(SubjectKeys::None);
-            if row.try_get::<_, bool>(1)? {
-                *entry = SubjectKeys::Erased;
-                continue;
-            }
-            // The left join yields one all-NULL key row when the subject has no key.
-            if row.try_get::<_, Option<i32>>(2)?.is_some() {
-                let key = key_from_row(row, 2)?;
-                match entry {
-                    SubjectKeys::Active(keys) => keys.push(key),
-                    SubjectKeys::None => *entry = SubjectKeys::Active(vec![key]),
-                    SubjectKeys::Erased => {}
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    async fn create(&self, subject: &str, key: WrappedKey) -> Result<SubjectKeys, StoreError> {
-        let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        let lock = tx.prepare_cached(LOCK_SUBJECT).await?;
-        let erased_stmt = tx
-            .prepare_cached("SELECT 1 FROM egec.erased_subjects WHERE subject = $1")
-            .await?;
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO egec.subject_keys (subject, key_version, kek_id, wrapped, \
-                 fingerprint) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (subject, key_version) DO NOTHING",
-            )
-            .await?;
-        // The tombstone check must run after the lock was granted, in a statement of its own,
-        // so that it sees a destroy that committed while we waited.
-        let (_, erased) = futures::try_join!(
-            async { tx.execute(&lock, &[&LOCK_CLASS, &subject]).await },
-            async { tx.query_opt(&erased_stmt, &[&subject]).await },
-        )?;
-        if erased.is_some() {
-            tx.commit().await?;
-            return Ok(SubjectKeys::Erased);
-        }
-        let (_, rows) = futures::try_join!(
-            async {
-                tx.execute(
-                    &insert,
-                    &[
-                        &subject,
-                        &key.key_version,
-                        &key.kek_id,
-                        &key.wrapped,
-                        &key.fingerprint,
-                    ],
-                )
-                .await
-            },
-            async {
-                tx.query_typed(LOAD_SUBJECT, &[(&subject, Type::TEXT)])
-                    .await
-            },
-        )?;
-        let keys = subject_keys_from_rows(&rows)?;
-        tx.commit().await?;
-        Ok(keys)
-    }
-
-    async fn destroy(&self, subject: &str) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        // The same per-subject lock as `create` and as an append that creates the subject's
-        // first key: whichever comes second sees what the first one committed, so a key is
-        // never left beside a tombstone.
-        let lock = tx.prepare_cached(LOCK_SUBJECT).await?;
-        let delete = tx
-            .prepare_cached(
-                "DELETE FROM egec.subject_keys WHERE subject = $1 RETURNING fingerprint",
-            )
-            .await?;
-        let tombstone = tx
-            .prepare_cached(
-                "INSERT INTO egec.erased_subjects (subject) VALUES ($1) \
-                 ON CONFLICT (subject) DO NOTHING",
-            )
-            .await?;
-        let (_, rows, _) = futures::try_join!(
-            async { tx.execute(&lock, &[&LOCK_CLASS, &subject]).await },
-            async { tx.query(&delete, &[&subject]).await },
-            async { tx.execute(&tombstone, &[&subject]).await },
-        )?;
-        let fingerprints = rows
-            .iter()
-            .map(|row| row.try_get::<_, String>(0))
-            .collect::<Result<Vec<_>, _>>()?;
-        tx.commit().await?;
-        Ok(fingerprints)
-    }
-
-    async fn all_keys(&self) -> Result<Vec<(String, WrappedKey)>, StoreError> {
-        let conn = self.pool.get().await?;
-        let stmt = conn
-            .prepare_cached(
-                "SELECT subject, key_version, kek_id, wrapped, fingerprint \
-                 FROM egec.subject_keys ORDER BY subject, key_version",
-            )
-            .await?;
-        let rows = conn.query(&stmt, &[]).await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get(0)?, key_from_row(row, 1)?)))
-            .collect()
-    }
-
-    async fn live_subjects(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let conn = self.pool.get().await?;
-        // `starts_with` rather than LIKE: a prefix holding `%` or `_` must match literally.
-        let stmt = conn
-            .prepare_cached(
-                "SELECT DISTINCT subject FROM egec.subject_keys \
-                 WHERE starts_with(subject, $1) ORDER BY subject",
-            )
-            .await?;
-        let rows = conn.query(&stmt, &[&prefix]).await?;
-        rows.iter()
-            .map(|row| Ok(row.try_get::<_, String>(0)?))
-            .collect()
-    }
-
-    async fn rewrap(&self, subject: &str, key: WrappedKey) -> Result<(), StoreError> {
-        let conn = self.pool.get().await?;
-        let update = conn
-            .prepare_cached(
-                "UPDATE egec.subject_keys SET kek_id = $3, wrapped = $4 \
-                 WHERE subject = $1 AND key_version = $2 AND fingerprint = $5",
-            )
-            .await?;
-        let updated = conn
-            .execute(
-                &update,
-                &[
-                    &subject,
-                    &key.key_version,
-                    &key.kek_id,
-                    &key.wrapped,
-                    &key.fingerprint,
-                ],
-            )
-            .await?;
-        if updated == 0 {
-            // Either the subject was erased since the caller listed its key (nothing left to
-            // rewrap), or the fingerprint differs, which would mean new key material.
-            let stored = conn
-                .query_opt(
-                    "SELECT 1 FROM egec.subject_keys WHERE subject = $1 AND key_version = $2",
-                    &[&subject, &key.key_version],
-                )
-                .await?;
-            if stored.is_some() {
-                return Err(StoreError::Corrupt(format!(
-                    "rewrap of key version {} would change the key material",
-                    key.key_version
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn verify_full_becomes_require_and_turns_tls_on() {
-        let (rest, opts) = take_tls_options(
-            "postgres://u@db.example.com/egec?sslmode=verify-full&application_name=x",
-        )
-        .expect("parses");
-        assert_eq!(
-            rest,
-            "postgres://u@db.example.com/egec?application_name=x&sslmode=require"
-        );
-        assert_eq!(opts.mode.as_deref(), Some("verify-full"));
-        let (_, choice) = TlsChoice::from_url("postgres://u@h/egec?sslmode=verify-ca").expect("ok");
-        assert!(matches!(choice, TlsChoice::Rustls(_)));
-    }
-
-    #[test]
-    fn no_sslmode_means_no_tls_and_an_untouched_url() {
-        let (rest, choice) = TlsChoice::from_url("postgres://u@h:5432/egec").expect("ok");
-        assert_eq!(rest, "postgres://u@h:5432/egec");
-        assert!(matches!(choice, TlsChoice::None));
-    }
-
-    #[test]
-    fn key_value_connection_strings_are_understood() {
-        let (rest, opts) =
-            take_tls_options("host=h user=u sslmode=verify-full sslrootcert=/tmp/ca.pem")
-                .expect("parses");
-        assert_eq!(rest, "host=h user=u sslmode=require");
-        assert_eq!(opts.root_cert, Some(PathBuf::from("/tmp/ca.pem")));
-    }
-
-    #[test]
-    fn an_unknown_sslmode_is_refused() {
-        assert!(TlsChoice::from_url("postgres://u@h/egec?sslmode=sometimes").is_err());
-    }
-
-    #[test]
-    fn a_missing_root_certificate_file_is_a_configuration_error() {
-        let err = TlsChoice::from_url(
-            "postgres://u@h/egec?sslmode=verify-full&sslrootcert=%2Fnonexistent%2Fca.pem",
-        )
-        .err()
-        .expect("must fail");
-        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     }
 }
