@@ -258,10 +258,10 @@ async fn main() -> anyhow::Result<()> {
     let mut sqlite_report = (!args.skip_sqlite).then(|| BackendReport::new("sqlite"));
     for phase in phases.into_iter().filter(|p| p.commands || p.rebuild) {
         if let Some(report) = &mut pg_report {
-            report.absorb(postgres(&args.pg_admin_url, phase, &samples, &batch_sizes).await);
+            report.merge(postgres(&args.pg_admin_url, phase, &samples, &batch_sizes).await);
         }
         if let Some(report) = &mut sqlite_report {
-            report.absorb(sqlite(phase, &samples, &batch_sizes).await);
+            report.merge(sqlite(phase, &samples, &batch_sizes).await);
         }
     }
     let reports: Vec<BackendReport> = pg_report.into_iter().chain(sqlite_report).collect();

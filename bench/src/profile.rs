@@ -24,11 +24,6 @@ use crate::dblimits::Window;
 use crate::setup::WriteSide;
 use crate::workload::Samples;
 
-const APPENDER_ALONE: &str = "appender alone (pre-encoded create, new stream)";
-const UPDATE_ALONE: &str = "update command alone (cached aggregate and key)";
-const NEW_STREAM_LOAD: &str = "load of a new stream (read_stream)";
-const NEW_SUBJECT_KEY: &str = "new subject key (Vault::for_write: load + create)";
-
 /// One stage's rate with `clients` concurrent callers.
 pub struct StageRate {
     pub name: &'static str,
@@ -49,15 +44,16 @@ pub struct Profile {
 }
 
 /// Runs `op(n)` from `clients` tasks until the window closes; calls completing inside the
-/// window count. Answers calls per second and the p99 latency in ms. The window is announced
-/// on stderr in wall-clock time, so that a system-wide profile can be cut to one stage.
+/// window count. Answers the stage's calls per second and p99 latency. The window is
+/// announced on stderr in wall-clock time, so that a system-wide profile can be cut to one
+/// stage.
 async fn concurrent<F, Fut>(
-    stage: &str,
+    stage: &'static str,
     clients: usize,
     warmup: Duration,
     measure: Duration,
     op: F,
-) -> anyhow::Result<(f64, f64)>
+) -> anyhow::Result<StageRate>
 where
     F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
@@ -94,10 +90,11 @@ where
         all.add(t.await.context("a profile task panicked")??)?;
     }
     let secs = (window.end - window.start).as_secs_f64();
-    Ok((
-        all.len() as f64 / secs,
-        all.value_at_quantile(0.99) as f64 / 1000.0,
-    ))
+    Ok(StageRate {
+        name: stage,
+        per_s: all.len() as f64 / secs,
+        p99_ms: all.value_at_quantile(0.99) as f64 / 1000.0,
+    })
 }
 
 /// Average wall time of `op` over about `budget`, in µs (one task: CPU cost).
@@ -142,31 +139,33 @@ pub async fn run(
             batch_sizes.reset();
         }
     });
-    let (per_s, p99_ms) = concurrent(APPENDER_ALONE, clients, warmup, measure, move |_| {
-        let appender = appender.clone();
-        let event = Arc::clone(&event);
-        async move {
-            let id = CustomerId::from_uuid(Uuid::now_v7());
-            appender
-                .append(AppendRequest {
-                    new_keys: vec![],
-                    stream_id: id.stream_id(),
-                    expected: ExpectedVersion::Exact(0),
-                    command_id: Uuid::now_v7(),
-                    events: vec![fresh_event(&event)],
-                })
-                .await?;
-            anyhow::Ok(())
-        }
-    })
+    let rate = concurrent(
+        "appender alone (pre-encoded create, new stream)",
+        clients,
+        warmup,
+        measure,
+        move |_| {
+            let appender = appender.clone();
+            let event = Arc::clone(&event);
+            async move {
+                let id = CustomerId::from_uuid(Uuid::now_v7());
+                appender
+                    .append(AppendRequest {
+                        new_keys: vec![],
+                        stream_id: id.stream_id(),
+                        expected: ExpectedVersion::Exact(0),
+                        command_id: Uuid::now_v7(),
+                        events: vec![fresh_event(&event)],
+                    })
+                    .await?;
+                anyhow::Ok(())
+            }
+        },
+    )
     .await?;
     window_opens.await.context("the window timer panicked")?;
     let appender_batches = batch_sizes.stats();
-    stages.push(StageRate {
-        name: APPENDER_ALONE,
-        per_s,
-        p99_ms,
-    });
+    stages.push(rate);
 
     // Whole update commands: the same path as a create minus the new subject key (the
     // aggregate and the key are cached), so the gap to the command runs is the key's cost.
@@ -191,66 +190,72 @@ pub async fn run(
     let own = Arc::new(own);
     let bus = Arc::clone(&ws.bus);
     let samples_for_updates = Arc::clone(samples);
-    let (per_s, p99_ms) = concurrent(UPDATE_ALONE, clients, warmup, measure, move |n| {
-        let bus = Arc::clone(&bus);
-        let own = Arc::clone(&own);
-        let samples = Arc::clone(&samples_for_updates);
-        async move {
-            let client = (n >> 32) as usize;
-            let id = own[client * OWN + (n as usize % OWN)];
-            let update = CustomerCommand::Update(Samples::update(n)?);
-            bus.execute::<CustomerAggregate>(
-                &id.stream_id(),
-                &id.subject(),
-                None,
-                Uuid::now_v7(),
-                &samples.metadata(n),
-                update,
-            )
-            .await?;
-            anyhow::Ok(())
-        }
-    })
+    let rate = concurrent(
+        "update command alone (cached aggregate and key)",
+        clients,
+        warmup,
+        measure,
+        move |n| {
+            let bus = Arc::clone(&bus);
+            let own = Arc::clone(&own);
+            let samples = Arc::clone(&samples_for_updates);
+            async move {
+                let client = (n >> 32) as usize;
+                let id = own[client * OWN + (n as usize % OWN)];
+                let update = CustomerCommand::Update(Samples::update(n)?);
+                bus.execute::<CustomerAggregate>(
+                    &id.stream_id(),
+                    &id.subject(),
+                    None,
+                    Uuid::now_v7(),
+                    &samples.metadata(n),
+                    update,
+                )
+                .await?;
+                anyhow::Ok(())
+            }
+        },
+    )
     .await?;
-    stages.push(StageRate {
-        name: UPDATE_ALONE,
-        per_s,
-        p99_ms,
-    });
+    stages.push(rate);
 
     // Loading a stream that does not exist yet: what every create does first.
     let log = ws.stores.log.clone();
-    let (per_s, p99_ms) = concurrent(NEW_STREAM_LOAD, clients, warmup, measure, move |_| {
-        let log = log.clone();
-        async move {
-            let id = CustomerId::from_uuid(Uuid::now_v7());
-            log.read_stream(&id.stream_id(), 1, ReadBound::None).await?;
-            anyhow::Ok(())
-        }
-    })
+    let rate = concurrent(
+        "load of a new stream (read_stream)",
+        clients,
+        warmup,
+        measure,
+        move |_| {
+            let log = log.clone();
+            async move {
+                let id = CustomerId::from_uuid(Uuid::now_v7());
+                log.read_stream(&id.stream_id(), 1, ReadBound::None).await?;
+                anyhow::Ok(())
+            }
+        },
+    )
     .await?;
-    stages.push(StageRate {
-        name: NEW_STREAM_LOAD,
-        per_s,
-        p99_ms,
-    });
+    stages.push(rate);
 
     // A new subject's key: the vault looks it up, finds none and creates it.
     let vault = Arc::clone(ws.codec.vault());
-    let (per_s, p99_ms) = concurrent(NEW_SUBJECT_KEY, clients, warmup, measure, move |_| {
-        let vault = Arc::clone(&vault);
-        async move {
-            let id = CustomerId::from_uuid(Uuid::now_v7());
-            vault.for_write(&id.subject()).await?;
-            anyhow::Ok(())
-        }
-    })
+    let rate = concurrent(
+        "new subject key (Vault::for_write: load + create)",
+        clients,
+        warmup,
+        measure,
+        move |_| {
+            let vault = Arc::clone(&vault);
+            async move {
+                let id = CustomerId::from_uuid(Uuid::now_v7());
+                vault.for_write(&id.subject()).await?;
+                anyhow::Ok(())
+            }
+        },
+    )
     .await?;
-    stages.push(StageRate {
-        name: NEW_SUBJECT_KEY,
-        per_s,
-        p99_ms,
-    });
+    stages.push(rate);
 
     let (encode_us, decode_us) =
         codec_costs(&ws.codec, samples, Duration::from_millis(500)).await?;

@@ -70,7 +70,7 @@ impl BackendReport {
     }
 
     /// Takes in what another phase of the same backend measured.
-    pub fn absorb(&mut self, phase: BackendReport) {
+    pub fn merge(&mut self, phase: BackendReport) {
         self.commands.extend(phase.commands);
         self.db_batch500_rows_per_s = self.db_batch500_rows_per_s.or(phase.db_batch500_rows_per_s);
         self.rebuild = self.rebuild.take().or(phase.rebuild);

@@ -306,6 +306,7 @@ fn create_table(
 /// Index names carry the name of the table they were created on. SQLite cannot rename an
 /// index, so after a swap the live table keeps its shadow-era index names; the token in every
 /// shadow name keeps them unique.
+///
 /// A customers table's search index is one of its indexes: built here from the rows already
 /// in the table, and kept up to date by [`write_customers`] from then on.
 fn create_indexes(tx: &Transaction<'_>, def: &TableDef, name: &str) -> Result<(), StorageError> {

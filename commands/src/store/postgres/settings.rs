@@ -123,23 +123,24 @@ impl PgSettings {
     /// look-up afresh on four executions in five (a third of the append's own planning
     /// time), and a plan it does cache is kept until the table is next analysed: one made
     /// while the log was tiny would scan the whole log on every batch from then on (seen on a
-    /// fresh database on 2026-11-29: 1,600 appends/s instead of 5,000). With sequential and bitmap scans off,
-    /// every look-up is planned as the index probe it is meant to be, whatever the
-    /// statistics say; a table with no usable index would still be scanned, so nothing
-    /// becomes impossible to plan.
+    /// fresh database on 2026-11-29: 1,600 appends/s instead of 5,000). With sequential and
+    /// bitmap scans off, every look-up is planned as the index probe it is meant to be,
+    /// whatever the statistics say; a table with no usable index would still be scanned, so
+    /// nothing becomes impossible to plan.
     pub fn session_options(&self, class: QueryClass) -> Result<String, StoreError> {
         let mut options = format!(
             "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
             self.statement_timeout_of(class).as_millis(),
             self.idle_in_transaction_timeout.as_millis()
         );
-        match class {
-            QueryClass::Interactive => options.push_str(" -c jit=off"),
-            QueryClass::Append => options.push_str(
-                " -c jit=off -c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
+        if class != QueryClass::Maintenance {
+            options.push_str(" -c jit=off");
+        }
+        if class == QueryClass::Append {
+            options.push_str(
+                " -c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
                  -c enable_bitmapscan=off",
-            ),
-            QueryClass::Maintenance => {}
+            );
         }
         if let Some(role) = &self.role {
             if !is_plain_role_name(role) {
