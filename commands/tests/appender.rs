@@ -235,3 +235,130 @@ async fn the_appender_closes_when_its_task_is_gone() {
     let answer = appender.append(request("a", ExpectedVersion::Any)).await;
     assert!(matches!(answer, Err(AppendError::Closed)), "{answer:?}");
 }
+
+/// A log that keeps two batches in flight (like PostgreSQL's) and holds each batch until the
+/// test releases it, oldest first.
+#[derive(Default)]
+struct GatedLog {
+    sizes: Mutex<Vec<usize>>,
+    gates: Mutex<std::collections::VecDeque<oneshot::Sender<()>>>,
+    position: Mutex<i64>,
+}
+
+impl GatedLog {
+    fn release_oldest(&self) {
+        let gate = self.gates.lock().pop_front().expect("a batch in flight");
+        gate.send(()).expect("the batch still waits");
+    }
+}
+
+#[async_trait]
+impl EventLog for GatedLog {
+    async fn append_batch(
+        &self,
+        batch: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<AppendOutcome, Conflict>>, StoreError> {
+        let (gate, released) = oneshot::channel();
+        self.sizes.lock().push(batch.len());
+        self.gates.lock().push_back(gate);
+        let _ = released.await;
+        let mut position = self.position.lock();
+        Ok(batch
+            .iter()
+            .map(|_| {
+                *position += 1;
+                Ok(AppendOutcome {
+                    first_position: *position,
+                    last_position: *position,
+                    stream_version: 1,
+                    duplicate: false,
+                })
+            })
+            .collect())
+    }
+
+    async fn read_stream(
+        &self,
+        _stream_id: &str,
+        _from_version: i64,
+        _bound: ReadBound,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn read_all(&self, _after: i64, _limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn head(&self) -> Result<ChainHead, StoreError> {
+        Ok(ChainHead {
+            position: 0,
+            hash: vec![0; 32],
+        })
+    }
+
+    async fn stream_version(&self, _stream_id: &str) -> Result<i64, StoreError> {
+        Ok(0)
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    fn pipeline_depth(&self) -> usize {
+        2
+    }
+}
+
+/// Lets every task that can run on this single-threaded runtime run until it waits.
+async fn settle() {
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Starts `clients` callers that each append `rounds` requests one after another.
+fn start_clients(appender: &Appender, clients: usize, rounds: usize) {
+    for _ in 0..clients {
+        let appender = appender.clone();
+        tokio::spawn(async move {
+            for _ in 0..rounds {
+                appender
+                    .append(request("s", ExpectedVersion::Any))
+                    .await
+                    .expect("append");
+            }
+        });
+    }
+}
+
+/// On one thread the order of events is fixed, so this pins the batch sizes exactly. With
+/// batch A (3 callers) and batch B (2 callers) in flight and one caller queued, A finishes:
+/// the batch formed next must take A's callers' next requests as well as the queued one,
+/// rather than leave them to wait for a batch of their own.
+#[tokio::test(flavor = "current_thread")]
+async fn the_batch_formed_behind_one_in_flight_takes_the_requests_of_the_callers_just_answered() {
+    let log = Arc::new(GatedLog::default());
+    let appender = Appender::spawn(log.clone(), 64);
+    settle().await;
+    start_clients(&appender, 3, 2);
+    settle().await;
+    start_clients(&appender, 2, 1);
+    settle().await;
+    start_clients(&appender, 1, 1);
+    settle().await;
+    assert_eq!(*log.sizes.lock(), vec![3, 2], "A and B are in flight");
+
+    log.release_oldest();
+    settle().await;
+    assert_eq!(
+        *log.sizes.lock(),
+        vec![3, 2, 4],
+        "the queued request and the three just answered callers' next ones"
+    );
+
+    log.release_oldest();
+    log.release_oldest();
+    settle().await;
+    assert!(log.gates.lock().is_empty(), "nothing is left waiting");
+}
