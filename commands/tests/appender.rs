@@ -1,6 +1,7 @@
 //! The group-commit appender, against a scripted log (batching, error fan-out) and against the
 //! real SQLite log (head notifications).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,12 +19,16 @@ use tokio::sync::{Notify, oneshot};
 use uuid::Uuid;
 
 /// A log that records the size of every batch, holds the first batch until released, and
-/// either appends everything (one event per request, any version) or fails.
+/// either appends everything (one event per request, any version) or fails. As a pipelined
+/// log (see [`ScriptedLog::pipelined`]) it keeps two batches in flight, like PostgreSQL's, and
+/// holds every batch until the test releases it, oldest first.
 struct ScriptedLog {
     sizes: Mutex<Vec<usize>>,
     position: Mutex<i64>,
     started: Notify,
     gate: Mutex<Option<oneshot::Receiver<()>>>,
+    /// Pipelined only: the gate of every batch still held, oldest first.
+    held: Option<Mutex<VecDeque<oneshot::Sender<()>>>>,
     fail: bool,
 }
 
@@ -35,9 +40,34 @@ impl ScriptedLog {
             position: Mutex::new(0),
             started: Notify::new(),
             gate: Mutex::new(Some(gate)),
+            held: None,
             fail,
         });
         (log, release)
+    }
+
+    fn pipelined() -> Arc<Self> {
+        Arc::new(Self {
+            sizes: Mutex::new(Vec::new()),
+            position: Mutex::new(0),
+            started: Notify::new(),
+            gate: Mutex::new(None),
+            held: Some(Mutex::new(VecDeque::new())),
+            fail: false,
+        })
+    }
+
+    fn held(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.lock().len())
+    }
+
+    fn release_oldest(&self) {
+        let gate = self
+            .held
+            .as_ref()
+            .and_then(|h| h.lock().pop_front())
+            .expect("a batch in flight");
+        gate.send(()).expect("the batch still waits");
     }
 }
 
@@ -49,7 +79,14 @@ impl EventLog for ScriptedLog {
     ) -> Result<Vec<Result<AppendOutcome, Conflict>>, StoreError> {
         self.sizes.lock().push(batch.len());
         self.started.notify_one();
-        let gate = self.gate.lock().take();
+        let gate = match &self.held {
+            Some(held) => {
+                let (release, gate) = oneshot::channel();
+                held.lock().push_back(release);
+                Some(gate)
+            }
+            None => self.gate.lock().take(),
+        };
         if let Some(gate) = gate {
             let _ = gate.await;
         }
@@ -97,6 +134,10 @@ impl EventLog for ScriptedLog {
 
     fn backend(&self) -> Backend {
         Backend::Sqlite
+    }
+
+    fn pipeline_depth(&self) -> usize {
+        if self.held.is_some() { 2 } else { 1 }
     }
 }
 
@@ -236,80 +277,6 @@ async fn the_appender_closes_when_its_task_is_gone() {
     assert!(matches!(answer, Err(AppendError::Closed)), "{answer:?}");
 }
 
-/// A log that keeps two batches in flight (like PostgreSQL's) and holds each batch until the
-/// test releases it, oldest first.
-#[derive(Default)]
-struct GatedLog {
-    sizes: Mutex<Vec<usize>>,
-    gates: Mutex<std::collections::VecDeque<oneshot::Sender<()>>>,
-    position: Mutex<i64>,
-}
-
-impl GatedLog {
-    fn release_oldest(&self) {
-        let gate = self.gates.lock().pop_front().expect("a batch in flight");
-        gate.send(()).expect("the batch still waits");
-    }
-}
-
-#[async_trait]
-impl EventLog for GatedLog {
-    async fn append_batch(
-        &self,
-        batch: Vec<AppendRequest>,
-    ) -> Result<Vec<Result<AppendOutcome, Conflict>>, StoreError> {
-        let (gate, released) = oneshot::channel();
-        self.sizes.lock().push(batch.len());
-        self.gates.lock().push_back(gate);
-        let _ = released.await;
-        let mut position = self.position.lock();
-        Ok(batch
-            .iter()
-            .map(|_| {
-                *position += 1;
-                Ok(AppendOutcome {
-                    first_position: *position,
-                    last_position: *position,
-                    stream_version: 1,
-                    duplicate: false,
-                })
-            })
-            .collect())
-    }
-
-    async fn read_stream(
-        &self,
-        _stream_id: &str,
-        _from_version: i64,
-        _bound: ReadBound,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        Ok(Vec::new())
-    }
-
-    async fn read_all(&self, _after: i64, _limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        Ok(Vec::new())
-    }
-
-    async fn head(&self) -> Result<ChainHead, StoreError> {
-        Ok(ChainHead {
-            position: 0,
-            hash: vec![0; 32],
-        })
-    }
-
-    async fn stream_version(&self, _stream_id: &str) -> Result<i64, StoreError> {
-        Ok(0)
-    }
-
-    fn backend(&self) -> Backend {
-        Backend::Postgres
-    }
-
-    fn pipeline_depth(&self) -> usize {
-        2
-    }
-}
-
 /// Lets every task that can run on this single-threaded runtime run until it waits.
 async fn settle() {
     for _ in 0..100 {
@@ -338,7 +305,7 @@ fn start_clients(appender: &Appender, clients: usize, rounds: usize) {
 /// rather than leave them to wait for a batch of their own.
 #[tokio::test(flavor = "current_thread")]
 async fn the_batch_formed_behind_one_in_flight_takes_the_requests_of_the_callers_just_answered() {
-    let log = Arc::new(GatedLog::default());
+    let log = ScriptedLog::pipelined();
     let appender = Appender::spawn(log.clone(), 64);
     settle().await;
     start_clients(&appender, 3, 2);
@@ -360,5 +327,5 @@ async fn the_batch_formed_behind_one_in_flight_takes_the_requests_of_the_callers
     log.release_oldest();
     log.release_oldest();
     settle().await;
-    assert!(log.gates.lock().is_empty(), "nothing is left waiting");
+    assert_eq!(log.held(), 0, "nothing is left waiting");
 }
