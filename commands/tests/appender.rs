@@ -18,55 +18,60 @@ use serde_json::json;
 use tokio::sync::{Notify, oneshot};
 use uuid::Uuid;
 
-/// A log that records the size of every batch, holds the first batch until released, and
-/// either appends everything (one event per request, any version) or fails. As a pipelined
-/// log (see [`ScriptedLog::pipelined`]) it keeps two batches in flight, like PostgreSQL's, and
-/// holds every batch until the test releases it, oldest first.
+/// Which batches a [`ScriptedLog`] holds until the test releases them.
+enum Hold {
+    /// The first batch only, one at a time like SQLite's appends.
+    First(Mutex<Option<oneshot::Receiver<()>>>),
+    /// Every batch, two in flight like PostgreSQL's; the gates of the batches still held,
+    /// oldest first.
+    Every(Mutex<VecDeque<oneshot::Sender<()>>>),
+}
+
+/// A log that records the size of every batch, holds batches as [`Hold`] says, and either
+/// appends everything (one event per request, any version) or fails.
 struct ScriptedLog {
     sizes: Mutex<Vec<usize>>,
     position: Mutex<i64>,
     started: Notify,
-    gate: Mutex<Option<oneshot::Receiver<()>>>,
-    /// Pipelined only: the gate of every batch still held, oldest first.
-    held: Option<Mutex<VecDeque<oneshot::Sender<()>>>>,
+    hold: Hold,
     fail: bool,
 }
 
 impl ScriptedLog {
-    fn new(fail: bool) -> (Arc<Self>, oneshot::Sender<()>) {
-        let (release, gate) = oneshot::channel();
-        let log = Arc::new(Self {
-            sizes: Mutex::new(Vec::new()),
-            position: Mutex::new(0),
-            started: Notify::new(),
-            gate: Mutex::new(Some(gate)),
-            held: None,
-            fail,
-        });
-        (log, release)
-    }
-
-    fn pipelined() -> Arc<Self> {
+    fn with(hold: Hold, fail: bool) -> Arc<Self> {
         Arc::new(Self {
             sizes: Mutex::new(Vec::new()),
             position: Mutex::new(0),
             started: Notify::new(),
-            gate: Mutex::new(None),
-            held: Some(Mutex::new(VecDeque::new())),
-            fail: false,
+            hold,
+            fail,
         })
     }
 
+    fn new(fail: bool) -> (Arc<Self>, oneshot::Sender<()>) {
+        let (release, gate) = oneshot::channel();
+        (
+            Self::with(Hold::First(Mutex::new(Some(gate))), fail),
+            release,
+        )
+    }
+
+    fn pipelined() -> Arc<Self> {
+        Self::with(Hold::Every(Mutex::new(VecDeque::new())), false)
+    }
+
     fn held(&self) -> usize {
-        self.held.as_ref().map_or(0, |h| h.lock().len())
+        match &self.hold {
+            Hold::First(gate) => usize::from(gate.lock().is_some()),
+            Hold::Every(gates) => gates.lock().len(),
+        }
     }
 
     fn release_oldest(&self) {
-        let gate = self
-            .held
-            .as_ref()
-            .and_then(|h| h.lock().pop_front())
-            .expect("a batch in flight");
+        let Hold::Every(gates) = &self.hold else {
+            panic!("only a pipelined log holds every batch");
+        };
+        let gate = gates.lock().pop_front().expect("a batch in flight");
         gate.send(()).expect("the batch still waits");
     }
 }
@@ -79,13 +84,13 @@ impl EventLog for ScriptedLog {
     ) -> Result<Vec<Result<AppendOutcome, Conflict>>, StoreError> {
         self.sizes.lock().push(batch.len());
         self.started.notify_one();
-        let gate = match &self.held {
-            Some(held) => {
+        let gate = match &self.hold {
+            Hold::First(gate) => gate.lock().take(),
+            Hold::Every(gates) => {
                 let (release, gate) = oneshot::channel();
-                held.lock().push_back(release);
+                gates.lock().push_back(release);
                 Some(gate)
             }
-            None => self.gate.lock().take(),
         };
         if let Some(gate) = gate {
             let _ = gate.await;
@@ -137,7 +142,10 @@ impl EventLog for ScriptedLog {
     }
 
     fn pipeline_depth(&self) -> usize {
-        if self.held.is_some() { 2 } else { 1 }
+        match self.hold {
+            Hold::First(_) => 1,
+            Hold::Every(_) => 2,
+        }
     }
 }
 
