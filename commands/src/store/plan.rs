@@ -41,6 +41,8 @@ pub(crate) struct Plan<'a> {
     /// First keys of new subjects, to insert in the same transaction as the rows.
     pub keys: Vec<(&'a str, &'a WrappedKey)>,
     pub new_head: ChainHead,
+    /// When the batch is recorded, the same for all its rows.
+    pub recorded_at: DateTime<Utc>,
 }
 
 /// The current time truncated to whole microseconds, the precision both backends store: the
@@ -181,6 +183,7 @@ pub(crate) fn plan_batch<'a>(
             position,
             hash: prev_hash,
         },
+        recorded_at,
     }
 }
 

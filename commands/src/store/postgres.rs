@@ -21,6 +21,7 @@ use super::{
     ReadBound, RecordedEvent, StoreError, WrappedKey,
 };
 
+mod assumed;
 mod blobs;
 mod keys;
 mod log_state;
@@ -593,6 +594,25 @@ async fn append_pipelined<'a>(
     Ok(plan.answers)
 }
 
+/// Once planned, a batch is in flight: its delta is registered for the next batch to plan on,
+/// the right to plan is handed on, and the head it will leave is noted. Answers what the batch
+/// signals once it holds the counter row.
+fn in_flight<'c>(
+    chain: &'c pipeline::Chain,
+    batch: &[AppendRequest],
+    plan: &Plan<'_>,
+    new_head: &mut Option<ChainHead>,
+    registered: &mut Option<pipeline::Registered<'c>>,
+    planning: &mut Option<tokio::sync::MutexGuard<'c, ()>>,
+) -> pipeline::LockSignal {
+    *new_head = Some(plan.new_head.clone());
+    let r = chain.register(pipeline::Delta::of(batch, plan));
+    let signal = r.signal();
+    *registered = Some(r);
+    *planning = None;
+    signal
+}
+
 #[async_trait]
 impl EventLog for PgLog {
     async fn append_batch(
@@ -603,34 +623,80 @@ impl EventLog for PgLog {
         let mut planning = Some(self.chain.start().await);
         let overlay = self.chain.overlay();
         let mut registered = None;
+        let mut new_head = None;
         let conn = self.append.get().await?;
         let result = async {
-            if !overlay.is_empty() && self.chain.plan_ahead() {
-                let attempt = pipeline::append_speculative(&conn, &batch, &overlay, |plan| {
-                    registered = Some(self.chain.register(pipeline::Delta::of(&batch, plan)));
-                    planning = None;
-                })
+            if self.chain.plan_ahead() {
+                // First without reading the log, if the requests say enough (see `assumed`);
+                // then, behind a batch in flight, reading it without the lock (see
+                // `pipeline`).
+                let mut attempt = assumed::append_assumed(
+                    &conn,
+                    &batch,
+                    &overlay,
+                    self.chain.committed_head(),
+                    |stream| self.chain.known_version(stream),
+                    |plan| {
+                        in_flight(
+                            &self.chain,
+                            &batch,
+                            plan,
+                            &mut new_head,
+                            &mut registered,
+                            &mut planning,
+                        )
+                    },
+                )
                 .await?;
-                match attempt {
-                    pipeline::Speculation::Committed(answers) => {
-                        self.chain.count(true);
-                        return Ok(answers);
-                    }
-                    // The log was not where the batches in flight said: append the ordinary
-                    // way. A later batch that planned on this one's delta fails its guard too.
-                    pipeline::Speculation::Moved => self.chain.count(false),
-                    pipeline::Speculation::NothingToWrite => {}
+                if matches!(attempt, pipeline::Speculation::NotTried) && !overlay.is_empty() {
+                    attempt = pipeline::append_speculative(&conn, &batch, &overlay, |plan| {
+                        in_flight(
+                            &self.chain,
+                            &batch,
+                            plan,
+                            &mut new_head,
+                            &mut registered,
+                            &mut planning,
+                        )
+                    })
+                    .await?;
                 }
-                registered = None;
+                self.chain.count(&attempt);
+                match attempt {
+                    pipeline::Speculation::Committed(answers) => return Ok(answers),
+                    // Nothing was written: append the ordinary way. A later batch that
+                    // planned on this one's delta fails its guard too.
+                    pipeline::Speculation::Moved | pipeline::Speculation::Refused => {
+                        new_head = None;
+                        registered = None;
+                        // Planned again, and in flight, like any batch: a batch planned while
+                        // this one was unaccounted for would plan on a head it leaves behind.
+                        planning = Some(self.chain.start().await);
+                    }
+                    pipeline::Speculation::NotTried => {}
+                }
             }
             append_pipelined(&conn, &batch, |plan| {
-                if planning.take().is_some() {
-                    registered = Some(self.chain.register(pipeline::Delta::of(&batch, plan)));
-                }
+                // The ordinary way plans after it took the counter row.
+                in_flight(
+                    &self.chain,
+                    &batch,
+                    plan,
+                    &mut new_head,
+                    &mut registered,
+                    &mut planning,
+                )
+                .locked();
             })
             .await
         }
         .await;
+        // Before the delta is dropped, so that a batch planned next sees this one's head and
+        // versions either in flight or as committed, never in neither.
+        if let (Ok(answers), Some(head)) = (&result, &new_head) {
+            self.chain.committed(head);
+            self.chain.answered(&batch, answers);
+        }
         drop(registered);
         match result {
             Ok(answers) => Ok(answers),

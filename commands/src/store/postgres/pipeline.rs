@@ -6,7 +6,9 @@
 //! appenders. Most of that need not be: while batch A is committing, this process already
 //! knows what A will leave behind if it commits (its [`Delta`]), so batch B can read the log
 //! without the lock, lay A's delta over what it read, and plan on the head A will leave.
-//! B then sends its whole write phase in one pipeline:
+//! B then sends its whole write phase in one pipeline, once A holds the counter row (so that
+//! B's request for the row cannot reach the server first and find the head where A has not
+//! yet moved it):
 //!
 //! 1. `SELECT … FROM egec.log_head FOR UPDATE`, which waits for A's commit;
 //! 2. the advisory locks of the subjects whose first key B stores (after the counter row, the
@@ -24,16 +26,23 @@
 //! the time would make that a wasted round trip nearly every time. Every append still takes
 //! the counter row before it writes, so positions stay dense and in commit order; planning
 //! ahead only moves B's reads and planning out of the serial section.
+//!
+//! A batch whose requests say where their streams are needs no read at all: it is planned on
+//! those versions and written by the same guarded statement, which then also checks them
+//! (see [`super::assumed`]). That is tried first, for every batch, also when none is in
+//! flight; the read without the lock is for batches it cannot plan.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use deadpool_postgres::ClientWrapper;
+use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
+use super::assumed::Assumptions;
 use super::{EventColumns, KeyColumns, LOCK_CLASS, LOCK_SUBJECTS, LogState};
 use crate::store::plan::{Plan, command_ids, new_key_subjects, now_micros, plan_batch, stream_ids};
 use crate::store::{AppendOutcome, AppendRequest, ChainHead, Conflict, StoreError};
@@ -76,16 +85,37 @@ impl Delta {
 
 /// The deltas of this process's batches in flight, oldest first, as a later batch saw them
 /// before reading the log.
-pub(super) struct Overlay(Vec<Arc<Delta>>);
+#[derive(Default)]
+pub(super) struct Overlay {
+    deltas: Vec<Arc<Delta>>,
+    /// Turns true once the newest of them holds the counter row.
+    predecessor: Option<watch::Receiver<bool>>,
+}
 
 impl Overlay {
     pub(super) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.deltas.is_empty()
+    }
+
+    /// Waits until the newest batch in flight holds the counter row (or has ended).
+    async fn predecessor_locked(&self) {
+        if let Some(mut locked) = self.predecessor.clone() {
+            // An error means the batch is gone, which is as good.
+            let _ = locked.wait_for(|l| *l).await;
+        }
+    }
+
+    /// The version the batches in flight leave `stream` at, if one of them writes it.
+    pub(super) fn version_of(&self, stream: &str) -> Option<i64> {
+        self.deltas
+            .iter()
+            .rev()
+            .find_map(|delta| delta.versions.get(stream).copied())
     }
 
     /// Lays the deltas over what was read, oldest first, and answers the head they leave.
-    fn apply(&self, state: &mut LogState) -> Option<ChainHead> {
-        for delta in &self.0 {
+    pub(super) fn apply(&self, state: &mut LogState) -> Option<ChainHead> {
+        for delta in &self.deltas {
             for (stream, version) in &delta.versions {
                 state.versions.insert(stream.clone(), *version);
             }
@@ -100,7 +130,7 @@ impl Overlay {
             }
             state.taken.extend(delta.subjects.iter().cloned());
         }
-        self.0.last().map(|d| d.head.clone())
+        self.deltas.last().map(|d| d.head.clone())
     }
 }
 
@@ -116,20 +146,55 @@ pub(super) struct Chain {
     /// Held from a batch's start until its delta is registered, so that each batch reads the
     /// log after its predecessor planned and lays exactly the predecessors' deltas over it.
     planning: tokio::sync::Mutex<()>,
-    inflight: parking_lot::Mutex<VecDeque<(u64, Arc<Delta>)>>,
+    inflight: parking_lot::Mutex<VecDeque<InFlight>>,
     tickets: AtomicU64,
     committed: AtomicU64,
     retried: AtomicU64,
     /// Batches still to append the ordinary way (see [`PAUSE_AFTER_MOVED`]).
     paused: AtomicU32,
+    /// The head of the chain after this process's latest committed append: what a batch
+    /// with no predecessor in flight plans on (see [`super::assumed`]). Only ever moves
+    /// forward; stale once another process appends, which the guarded write detects.
+    committed_head: parking_lot::Mutex<Option<ChainHead>>,
+    /// The version this process's answers last put each stream at (a lower bound of the
+    /// stream's version: streams only grow), so that a request decided on an older version
+    /// is answered as a conflict in the plan rather than making the guarded write fail.
+    /// Forgotten whole at [`KNOWN_STREAMS`] entries.
+    known: parking_lot::Mutex<HashMap<String, i64>>,
 }
 
-/// How the batches planned on a predecessor in flight ended, since the log was opened.
+/// How many streams' versions [`Chain`] remembers before it forgets them all. A forgotten
+/// stream costs nothing but a possibly refused batch.
+const KNOWN_STREAMS: usize = 65_536;
+
+/// A batch of this process that is planned and not yet finished.
+struct InFlight {
+    ticket: u64,
+    delta: Arc<Delta>,
+    /// Turns true once the batch holds the counter row (or has ended).
+    locked: Arc<watch::Sender<bool>>,
+}
+
+/// Tells the batch planned next that this one holds the counter row. A batch planned on a
+/// predecessor's delta sends nothing before then: its request for the row could otherwise
+/// reach the server first, find the head where the predecessor has not yet moved it, and be
+/// sent round again for nothing.
+pub(super) struct LockSignal(Arc<watch::Sender<bool>>);
+
+impl LockSignal {
+    pub(super) fn locked(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// How the batches planned without the ordinary locked read (on a predecessor in flight, or
+/// on their own requests) ended, since the log was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PipelineStats {
-    /// Written by the guarded statement, behind the predecessor.
+    /// Written by the guarded statement.
     pub committed: u64,
-    /// Found the log elsewhere than planned and were appended the ordinary way.
+    /// Found the log elsewhere than planned, wrote nothing, and were appended the ordinary
+    /// way.
     pub retried: u64,
 }
 
@@ -138,14 +203,16 @@ impl Chain {
         self.planning.lock().await
     }
 
-    pub(super) fn count(&self, committed: bool) {
-        let (counter, outcome) = if committed {
-            (&self.committed, "committed")
-        } else {
-            (&self.retried, "retried")
+    /// Counts how a batch planned ahead ended. Only a log moved by another append pauses
+    /// planning ahead: a refused assumption is about the batch's own requests.
+    pub(super) fn count(&self, ended: &Speculation) {
+        let (counter, outcome) = match ended {
+            Speculation::Committed(_) => (&self.committed, "committed"),
+            Speculation::Moved | Speculation::Refused => (&self.retried, "retried"),
+            Speculation::NotTried => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if !committed {
+        if matches!(ended, Speculation::Moved) {
             self.paused.store(PAUSE_AFTER_MOVED, Ordering::Relaxed);
         }
         metrics::counter!("egec_append_pipelined_total", "outcome" => outcome).increment(1);
@@ -159,6 +226,47 @@ impl Chain {
             .is_err()
     }
 
+    /// Records the head an append of this process committed.
+    pub(super) fn committed(&self, head: &ChainHead) {
+        let mut latest = self.committed_head.lock();
+        if latest.as_ref().is_none_or(|l| l.position < head.position) {
+            *latest = Some(head.clone());
+        }
+    }
+
+    /// Records the versions the answers of a committed batch put its streams at.
+    pub(super) fn answered(
+        &self,
+        batch: &[AppendRequest],
+        answers: &[Result<AppendOutcome, Conflict>],
+    ) {
+        let mut known = self.known.lock();
+        if known.len() >= KNOWN_STREAMS {
+            known.clear();
+        }
+        for (req, answer) in batch.iter().zip(answers) {
+            let version = match answer {
+                Ok(outcome) if !outcome.duplicate && !req.events.is_empty() => {
+                    outcome.stream_version
+                }
+                // A conflict reports the version the stream was at when the batch committed.
+                Err(conflict) => conflict.actual,
+                Ok(_) => continue,
+            };
+            let entry = known.entry(req.stream_id.clone()).or_insert(version);
+            *entry = (*entry).max(version);
+        }
+    }
+
+    /// The version this process last saw `stream` at, if it remembers one.
+    pub(super) fn known_version(&self, stream: &str) -> Option<i64> {
+        self.known.lock().get(stream).copied()
+    }
+
+    pub(super) fn committed_head(&self) -> Option<ChainHead> {
+        self.committed_head.lock().clone()
+    }
+
     pub(super) fn stats(&self) -> PipelineStats {
         PipelineStats {
             committed: self.committed.load(Ordering::Relaxed),
@@ -166,24 +274,37 @@ impl Chain {
         }
     }
 
+    /// The deltas of the batches in flight. A batch's answer can reach its task after its
+    /// successor's, so a delta may still be registered when a later batch has committed and
+    /// recorded its head: such a delta is left out, since the committed head and versions
+    /// are newer than what it says.
     pub(super) fn overlay(&self) -> Overlay {
-        Overlay(
-            self.inflight
-                .lock()
-                .iter()
-                .map(|(_, d)| Arc::clone(d))
-                .collect(),
-        )
+        let committed = self.committed_head.lock().as_ref().map(|h| h.position);
+        let inflight = self.inflight.lock();
+        let live: Vec<&InFlight> = inflight
+            .iter()
+            .filter(|f| committed.is_none_or(|c| f.delta.head.position > c))
+            .collect();
+        Overlay {
+            deltas: live.iter().map(|f| Arc::clone(&f.delta)).collect(),
+            predecessor: live.last().map(|f| f.locked.subscribe()),
+        }
     }
 
     /// Registers a planned batch; its delta is dropped with the returned guard, however the
     /// batch ends.
     pub(super) fn register(&self, delta: Delta) -> Registered<'_> {
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
-        self.inflight.lock().push_back((ticket, Arc::new(delta)));
+        let locked = Arc::new(watch::channel(false).0);
+        self.inflight.lock().push_back(InFlight {
+            ticket,
+            delta: Arc::new(delta),
+            locked: Arc::clone(&locked),
+        });
         Registered {
             chain: self,
             ticket,
+            locked,
         }
     }
 }
@@ -191,6 +312,14 @@ impl Chain {
 pub(super) struct Registered<'a> {
     chain: &'a Chain,
     ticket: u64,
+    locked: Arc<watch::Sender<bool>>,
+}
+
+impl Registered<'_> {
+    /// What the batch signals once it holds the counter row.
+    pub(super) fn signal(&self) -> LockSignal {
+        LockSignal(Arc::clone(&self.locked))
+    }
 }
 
 impl Drop for Registered<'_> {
@@ -198,7 +327,9 @@ impl Drop for Registered<'_> {
         self.chain
             .inflight
             .lock()
-            .retain(|(ticket, _)| *ticket != self.ticket);
+            .retain(|f| f.ticket != self.ticket);
+        // However it ended, it no longer stands in its successor's way.
+        self.locked.send_replace(true);
     }
 }
 
@@ -206,10 +337,29 @@ impl Drop for Registered<'_> {
 /// it must stay cheap under any plan, whatever the tables' statistics were when it was
 /// planned: the tombstone check reads a table that only erasures fill, and a subject that got
 /// its first key meanwhile is caught by the key table's primary key (the insert fails, the
-/// transaction rolls back, see [`append_speculative`]) rather than by a look-up.
+/// transaction rolls back, see [`write_guarded`]) rather than by a look-up.
+///
+/// The last three conditions check what a batch planned without reading the log assumed
+/// (see [`super::assumed`]): no command id of its rows is in the log (`$22`); each stream
+/// holds at least the version the batch planned on (`$23`, `$24`; streams planned at version
+/// 0 are not listed); and a stream the batch writes nothing to holds no more (`$25`, `$26`:
+/// the version after it must not exist; for a stream it writes, its first row's insert
+/// fails on the unique index instead). Each is a probe of one index per entry, written so
+/// that no plan can hash a whole table; a batch planned on a look-up passes them empty.
+///
+/// It answers how many events it inserted and whether the head was the one planned on, which
+/// tells a log moved by another append from a refused assumption.
 const GUARDED_WRITE: &str = "WITH ok AS (\
        SELECT 1 FROM egec.log_head WHERE position = $13 AND hash = $14 \
-       AND NOT EXISTS (SELECT 1 FROM egec.erased_subjects e WHERE e.subject = ANY($15))), \
+       AND NOT EXISTS (SELECT 1 FROM egec.erased_subjects e WHERE e.subject = ANY($15)) \
+       AND NOT EXISTS (SELECT 1 FROM unnest($22::uuid[]) AS n(c) CROSS JOIN LATERAL (\
+         SELECT 1 FROM egec.events e WHERE e.command_id = n.c LIMIT 1) AS seen) \
+       AND NOT EXISTS (SELECT 1 FROM unnest($23::text[], $24::int8[]) AS b(s, v) \
+         WHERE NOT EXISTS (SELECT 1 FROM egec.events e \
+           WHERE e.stream_id = b.s AND e.stream_version = b.v)) \
+       AND NOT EXISTS (SELECT 1 FROM unnest($25::text[], $26::int8[]) AS f(s, v) \
+         CROSS JOIN LATERAL (SELECT 1 FROM egec.events e \
+           WHERE e.stream_id = f.s AND e.stream_version = f.v LIMIT 1) AS further)), \
      new_keys AS (INSERT INTO egec.subject_keys (subject, key_version, kek_id, wrapped, \
        fingerprint) SELECT * FROM unnest($15::text[], $16::int4[], $17::text[], \
        $18::bytea[], $19::text[]) WHERE EXISTS (SELECT 1 FROM ok)), \
@@ -222,10 +372,11 @@ const GUARDED_WRITE: &str = "WITH ok AS (\
        $2::text[], $3::bigint[], $4::uuid[], $5::uuid[], $6::text[], $7::int4[], \
        $8::json[], $9::json[], $11::bytea[], $12::bytea[]) AS u(p, s, v, e, c, t, sv, pl, \
        md, ph, h) WHERE EXISTS (SELECT 1 FROM ok) RETURNING 1) \
-     SELECT count(*) FROM appended";
+     SELECT (SELECT count(*) FROM appended), \
+       EXISTS (SELECT 1 FROM egec.log_head WHERE position = $13 AND hash = $14)";
 
 /// The parameter types of [`GUARDED_WRITE`], in order.
-const GUARDED_TYPES: [Type; 21] = [
+const GUARDED_TYPES: [Type; 26] = [
     Type::INT8_ARRAY,
     Type::TEXT_ARRAY,
     Type::INT8_ARRAY,
@@ -247,17 +398,27 @@ const GUARDED_TYPES: [Type; 21] = [
     Type::TEXT_ARRAY,
     Type::INT8,
     Type::BYTEA,
+    Type::UUID_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::INT8_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::INT8_ARRAY,
 ];
 
-/// How a batch planned on its predecessors ended.
+/// How a batch planned on its predecessors, or on its own requests, ended.
 pub(super) enum Speculation {
     /// Appended; the answers of its requests.
     Committed(Vec<Result<AppendOutcome, Conflict>>),
-    /// The log was not where the predecessors said: nothing was written.
+    /// The log was not where the batch was planned on: another append came between, so
+    /// nothing was written.
     Moved,
-    /// The batch has no events to insert (only duplicates, conflicts or empty requests), so
-    /// nothing was tried.
-    NothingToWrite,
+    /// The head was where the batch was planned on, but something else it took for granted
+    /// was not so (a stream further on, a repeated command, a subject's key stored or
+    /// erased meanwhile): nothing was written.
+    Refused,
+    /// Nothing was tried: the batch has no events to insert (only duplicates, conflicts or
+    /// empty requests), or it cannot be planned this way.
+    NotTried,
 }
 
 /// Appends `batch` on the head that the batches in `overlay` leave. Unless it answers
@@ -267,7 +428,7 @@ pub(super) async fn append_speculative<'a>(
     conn: &ClientWrapper,
     batch: &'a [AppendRequest],
     overlay: &Overlay,
-    planned: impl FnOnce(&Plan<'a>),
+    planned: impl FnOnce(&Plan<'a>) -> LockSignal,
 ) -> Result<Speculation, StoreError> {
     let ids = command_ids(batch);
     let streams = stream_ids(batch);
@@ -276,7 +437,7 @@ pub(super) async fn append_speculative<'a>(
     // append can commit before it, and its own rows come from the overlay.
     let mut state = LogState::read(conn, &ids, &streams, &subjects).await?;
     let Some(head) = overlay.apply(&mut state) else {
-        return Ok(Speculation::NothingToWrite);
+        return Ok(Speculation::NotTried);
     };
     let recorded_at = now_micros();
     let plan = plan_batch(
@@ -288,10 +449,24 @@ pub(super) async fn append_speculative<'a>(
         recorded_at,
     );
     if plan.rows.is_empty() {
-        return Ok(Speculation::NothingToWrite);
+        return Ok(Speculation::NotTried);
     }
-    planned(&plan);
+    let signal = planned(&plan);
+    write_guarded(conn, plan, &head, &Assumptions::default(), overlay, &signal).await
+}
 
+/// Writes a planned batch in one pipeline (step 3 of the module comment) if the log is still
+/// at `head` and every one of `assumed` holds; otherwise writes nothing. Sends nothing until
+/// the newest batch of `overlay` holds the counter row, and tells `signal` once this batch
+/// holds it.
+pub(super) async fn write_guarded(
+    conn: &ClientWrapper,
+    plan: Plan<'_>,
+    head: &ChainHead,
+    assumed: &Assumptions<'_>,
+    overlay: &Overlay,
+    signal: &LockSignal,
+) -> Result<Speculation, StoreError> {
     let lock_head = conn
         .prepare_cached("SELECT 1 FROM egec.log_head FOR UPDATE")
         .await?;
@@ -302,7 +477,8 @@ pub(super) async fn append_speculative<'a>(
         Some(conn.prepare_cached(LOCK_SUBJECTS).await?)
     };
     let c = EventColumns::of(&plan);
-    let params: [&(dyn ToSql + Sync); 21] = [
+    let recorded_at = plan.recorded_at;
+    let params: [&(dyn ToSql + Sync); 26] = [
         &c.positions,
         &c.stream_ids,
         &c.stream_versions,
@@ -324,16 +500,26 @@ pub(super) async fn append_speculative<'a>(
         &k.fingerprints,
         &plan.new_head.position,
         &plan.new_head.hash,
+        &assumed.new_commands,
+        &assumed.streams,
+        &assumed.versions,
+        &assumed.unwritten,
+        &assumed.next_versions,
     ];
     let guarded = conn
         .prepare_typed_cached(GUARDED_WRITE, &GUARDED_TYPES)
         .await?;
+    overlay.predecessor_locked().await;
     // Every statement is answered before any answer is looked at, so the connection is
     // idle again whatever happened. Should a statement fail, PostgreSQL turns the COMMIT
     // behind it into a rollback.
     let (begun, locked, subjects_locked, written, committed) = futures::join!(
         conn.batch_execute("BEGIN"),
-        conn.query(&lock_head, &[]),
+        async {
+            let locked = conn.query(&lock_head, &[]).await;
+            signal.locked();
+            locked
+        },
         async {
             match &lock_subjects {
                 None => Ok(Vec::new()),
@@ -348,21 +534,25 @@ pub(super) async fn append_speculative<'a>(
     subjects_locked?;
     let appended = match written {
         Ok(rows) => rows,
-        // One of the new subjects got its first key elsewhere after this batch read the key
-        // table: the insert failed and the transaction was rolled back.
+        // A row collided with one already in the log: one of the new subjects got its first
+        // key elsewhere after the batch was planned, or (for a batch planned on its own
+        // requests) a stream is further on than a request said. The transaction was rolled
+        // back.
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             committed?;
-            return Ok(Speculation::Moved);
+            return Ok(Speculation::Refused);
         }
         Err(e) => return Err(e.into()),
     };
     committed?;
-    let appended: i64 = match appended.first() {
-        Some(row) => row.try_get(0)?,
-        None => 0,
+    let (appended, head_kept): (i64, bool) = match appended.first() {
+        Some(row) => (row.try_get(0)?, row.try_get(1)?),
+        None => (0, false),
     };
     if usize::try_from(appended).ok() == Some(plan.rows.len()) {
         Ok(Speculation::Committed(plan.answers))
+    } else if appended == 0 && head_kept {
+        Ok(Speculation::Refused)
     } else if appended == 0 {
         Ok(Speculation::Moved)
     } else {
@@ -376,17 +566,154 @@ pub(super) async fn append_speculative<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::postgres::{PgLog, PgSettings, QueryClass};
+
+    /// The parameter types of [`GUARDED_WRITE`] as SQL, for `PREPARE`.
+    const SQL_TYPES: &str = "int8[], text[], int8[], uuid[], uuid[], text[], int4[], json[], \
+        json[], timestamptz, bytea[], bytea[], int8, bytea, text[], int4[], text[], bytea[], \
+        text[], int8, bytea, uuid[], text[], int8[], text[], int8[]";
+    const ARGS: &str = "('{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', now(), '{}', \
+        '{}', 0, '\\x00', '{}', '{}', '{}', '{}', '{}', 1, '\\x01', \
+        '{0192f0c8-0000-7000-8000-000000000001}', '{customer-7}', '{3}', '{customer-8}', '{2}')";
+
+    /// Like the look-up, the guarded write is planned once per append session, usually while
+    /// the log is small, and its checks of a batch's assumptions must stay index probes.
+    #[tokio::test]
+    async fn the_guarded_write_planned_on_empty_tables_still_probes_the_indexes_once_they_are_large()
+     {
+        let (url, _guard) = crate::testing::fresh_postgres().await;
+        PgLog::connect(&url, 1)
+            .await
+            .expect("migrate the fresh database");
+        let mut config: tokio_postgres::Config = url.parse().expect("test URL");
+        PgSettings::default()
+            .configure(&mut config, QueryClass::Append)
+            .expect("append session options");
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+
+        client
+            .batch_execute(&format!(
+                "PREPARE guarded({SQL_TYPES}) AS {GUARDED_WRITE}; \
+                 EXPLAIN EXECUTE guarded{ARGS}"
+            ))
+            .await
+            .expect("plan the guarded write on empty tables");
+        client
+            .batch_execute(
+                "INSERT INTO egec.events SELECT g, 'customer-' || g, 1, gen_random_uuid(), \
+                   gen_random_uuid(), 'CustomerCreated', 1, '{}', '{}', now(), '\\x00', '\\x00' \
+                 FROM generate_series(1, 20000) g; \
+                 INSERT INTO egec.erased_subjects (subject) \
+                 SELECT 'erased-' || g FROM generate_series(1, 20000) g",
+            )
+            .await
+            .expect("grow the tables");
+        let plan = client
+            .query(&format!("EXPLAIN EXECUTE guarded{ARGS}"), &[])
+            .await
+            .expect("explain the cached plan")
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n");
+
+        // The counter table has one row, so a scan of it is all there is to do.
+        for whole_table in [
+            "Seq Scan on events",
+            "Seq Scan on erased_subjects",
+            "Bitmap",
+            "hashed SubPlan",
+            "Hash",
+        ] {
+            assert!(!plan.contains(whole_table), "{whole_table} in\n{plan}");
+        }
+        for probe in [
+            "using events_command_id",
+            "using events_stream_version_key",
+            "using erased_subjects_pkey",
+        ] {
+            assert!(plan.contains(probe), "no index scan {probe} in\n{plan}");
+        }
+    }
+
+    fn delta(position: i64, stream: &str, version: i64) -> Delta {
+        Delta {
+            head: ChainHead {
+                position,
+                hash: vec![1; 32],
+            },
+            versions: HashMap::from([(stream.to_owned(), version)]),
+            commands: HashMap::new(),
+            subjects: HashSet::new(),
+        }
+    }
+
+    #[test]
+    fn a_delta_whose_batch_a_later_commit_overtook_is_left_out_of_the_overlay() {
+        let chain = Chain::default();
+        let first = chain.register(delta(10, "customer-1", 3));
+        let second = chain.register(delta(20, "customer-1", 4));
+        let overlay = chain.overlay();
+        assert_eq!(overlay.version_of("customer-1"), Some(4));
+        assert!(overlay.predecessor.is_some());
+
+        // The second batch's answer reached its task first: it committed and is gone, while
+        // the first, committed before it, is still registered.
+        chain.committed(&ChainHead {
+            position: 20,
+            hash: vec![1; 32],
+        });
+        drop(second);
+        let overlay = chain.overlay();
+        assert!(
+            overlay.is_empty(),
+            "the first delta is older than the committed head"
+        );
+        assert_eq!(overlay.version_of("customer-1"), None);
+        assert!(overlay.predecessor.is_none());
+        drop(first);
+    }
+
+    #[tokio::test]
+    async fn a_batch_waits_until_its_predecessor_holds_the_counter_row_or_is_gone() {
+        let chain = Chain::default();
+        let first = chain.register(delta(10, "customer-1", 3));
+        let overlay = chain.overlay();
+        let waiting = overlay.predecessor_locked();
+        tokio::pin!(waiting);
+        assert!(
+            futures::poll!(waiting.as_mut()).is_pending(),
+            "the predecessor has not locked yet"
+        );
+        first.signal().locked();
+        waiting.await;
+
+        let second = chain.register(delta(20, "customer-1", 4));
+        let overlay = chain.overlay();
+        drop(second);
+        overlay.predecessor_locked().await;
+        drop(first);
+    }
 
     #[test]
     fn after_the_log_moved_the_next_batches_are_appended_the_ordinary_way() {
         let chain = Chain::default();
         assert!(chain.plan_ahead());
-        chain.count(true);
+        chain.count(&Speculation::Committed(Vec::new()));
         assert!(
             chain.plan_ahead(),
             "a success does not pause planning ahead"
         );
-        chain.count(false);
+        chain.count(&Speculation::Refused);
+        assert!(
+            chain.plan_ahead(),
+            "a refused assumption does not pause planning ahead"
+        );
+        chain.count(&Speculation::Moved);
         for _ in 0..PAUSE_AFTER_MOVED {
             assert!(!chain.plan_ahead());
         }
@@ -398,7 +725,7 @@ mod tests {
             chain.stats(),
             PipelineStats {
                 committed: 1,
-                retried: 1
+                retried: 2
             }
         );
     }
