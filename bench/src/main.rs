@@ -610,6 +610,7 @@ async fn commands_and_limits(
             warmup: plan.warmup,
             measure: plan.measure,
         };
+        let before = ws.stores.postgres.as_ref().map(|pg| pg.pipeline_stats());
         let result = workload::run(&ws.bus, samples, batch_sizes, cfg).await?;
         eprintln!(
             "  {clients} clients: {:.0} commands/s, p99 {:.2} ms, mean batch {:.1}",
@@ -617,6 +618,17 @@ async fn commands_and_limits(
             result.p99_ms(),
             result.batches.mean
         );
+        if let (Some(pg), Some(before)) = (&ws.stores.postgres, before) {
+            // Warm-up included: how many batches were written by the guarded statement
+            // without the ordinary locked look-up, and how many had to go round again.
+            let after = pg.pipeline_stats();
+            eprintln!(
+                "  {clients} clients: {} batches planned without the locked look-up, {} of \
+                 them sent round again",
+                after.committed + after.retried - before.committed - before.retried,
+                after.retried - before.retried
+            );
+        }
         runs.push(result);
     }
     let profile = profile::run(
