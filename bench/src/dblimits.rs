@@ -124,6 +124,17 @@ pub async fn pg_prepare(url: &str) -> anyhow::Result<()> {
         )
         .await
         .context("cannot create the scratch tables")?;
+    // The command runs before the limits wrote tens of thousands of events: vacuum and
+    // checkpoint now, so that neither autovacuum nor a checkpoint falls into a limit's window
+    // and lowers the figure the commands are compared with.
+    client
+        .batch_execute("VACUUM (ANALYZE) egec.events")
+        .await
+        .context("cannot vacuum the log before the limits")?;
+    client
+        .batch_execute("CHECKPOINT")
+        .await
+        .context("cannot checkpoint before the limits")?;
     Ok(())
 }
 
