@@ -23,6 +23,8 @@ use super::{
 
 mod assumed;
 mod blobs;
+#[cfg(test)]
+mod cached_plan;
 mod keys;
 mod log_state;
 mod pipeline;

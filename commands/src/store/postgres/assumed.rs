@@ -185,6 +185,25 @@ mod tests {
         AppendRequest::new(stream, expected, Uuid::now_v7(), events)
     }
 
+    /// Plans `batch` the way [`append_assumed`] does; answers the plan and the version it
+    /// planned each stream on.
+    fn planned(
+        batch: &[AppendRequest],
+        known: impl Fn(&str) -> Option<i64>,
+    ) -> (Plan<'_>, HashMap<String, i64>) {
+        let state = state_of(batch, &Overlay::default(), known).expect("every request says");
+        let planned_on = state.versions.clone();
+        let plan = plan_batch(
+            batch,
+            head(),
+            &state.prior,
+            state.versions,
+            &state.taken,
+            Utc::now(),
+        );
+        (plan, planned_on)
+    }
+
     fn head() -> ChainHead {
         ChainHead {
             position: 100,
@@ -228,16 +247,7 @@ mod tests {
             request("customer-b", ExpectedVersion::Exact(4), 2),
             request("customer-b", ExpectedVersion::Exact(6), 1),
         ];
-        let state = state_of(&batch, &Overlay::default(), |_| None).expect("every request says");
-        let planned_on = state.versions.clone();
-        let plan = plan_batch(
-            &batch,
-            head(),
-            &state.prior,
-            state.versions,
-            &state.taken,
-            Utc::now(),
-        );
+        let (plan, planned_on) = planned(&batch, |_| None);
         assert!(plan.answers.iter().all(Result::is_ok));
         let assumed = Assumptions::of(&plan, &planned_on);
         assert_eq!(
@@ -258,16 +268,7 @@ mod tests {
             request("customer-b", ExpectedVersion::Exact(4), 1),
             request("customer-b", ExpectedVersion::Exact(4), 1),
         ];
-        let state = state_of(&batch, &Overlay::default(), |_| None).expect("every request says");
-        let planned_on = state.versions.clone();
-        let plan = plan_batch(
-            &batch,
-            head(),
-            &state.prior,
-            state.versions,
-            &state.taken,
-            Utc::now(),
-        );
+        let (plan, planned_on) = planned(&batch, |_| None);
         assert!(plan.answers[0].is_ok());
         let conflict = plan.answers[1].as_ref().expect_err("the stream moved to 5");
         assert_eq!((conflict.expected, conflict.actual), (4, 5));
@@ -284,16 +285,7 @@ mod tests {
             request("customer-b", ExpectedVersion::Exact(1), 1),
         ];
         let known = |stream: &str| (stream == "customer-a").then_some(3);
-        let state = state_of(&batch, &Overlay::default(), known).expect("every request says");
-        let planned_on = state.versions.clone();
-        let plan = plan_batch(
-            &batch,
-            head(),
-            &state.prior,
-            state.versions,
-            &state.taken,
-            Utc::now(),
-        );
+        let (plan, planned_on) = planned(&batch, known);
         let conflict = plan.answers[0].as_ref().expect_err("customer-a is at 3");
         assert_eq!((conflict.expected, conflict.actual), (2, 3));
         assert!(plan.answers[1].is_ok());

@@ -112,10 +112,7 @@ impl LogState {
 
 #[cfg(test)]
 mod tests {
-    use tokio_postgres::NoTls;
-
     use super::LOOK_UP;
-    use crate::store::postgres::{PgLog, PgSettings, QueryClass};
 
     /// The arguments of one look-up: a command id, a stream and a new subject.
     const ARGS: &str = "('{0192f0c8-0000-7000-8000-000000000001}', '{customer-7}', '{customer-8}')";
@@ -124,43 +121,11 @@ mod tests {
     /// plan it keeps must probe the indexes however large the tables grow afterwards.
     #[tokio::test]
     async fn the_look_up_planned_on_empty_tables_still_probes_the_indexes_once_they_are_large() {
-        let (url, _guard) = crate::testing::fresh_postgres().await;
-        PgLog::connect(&url, 1)
-            .await
-            .expect("migrate the fresh database");
-        let mut config: tokio_postgres::Config = url.parse().expect("test URL");
-        PgSettings::default()
-            .configure(&mut config, QueryClass::Append)
-            .expect("append session options");
-        let (client, connection) = config.connect(NoTls).await.expect("connect");
-        tokio::spawn(connection);
-
-        client
-            .batch_execute(&format!(
-                "PREPARE look_up(uuid[], text[], text[]) AS {LOOK_UP}; EXECUTE look_up{ARGS}"
-            ))
-            .await
-            .expect("plan the look-up on empty tables");
-        client
-            .batch_execute(
-                "INSERT INTO egec.events SELECT g, 'customer-' || g, 1, gen_random_uuid(), \
-                   gen_random_uuid(), 'CustomerCreated', 1, '{}', '{}', now(), '\\x00', '\\x00' \
-                 FROM generate_series(1, 20000) g; \
-                 INSERT INTO egec.subject_keys (subject, key_version, kek_id, wrapped, fingerprint) \
-                 SELECT 'customer-' || g, 1, 'k', '\\x00', 'f' FROM generate_series(1, 20000) g; \
-                 INSERT INTO egec.erased_subjects (subject) \
-                 SELECT 'erased-' || g FROM generate_series(1, 20000) g",
-            )
-            .await
-            .expect("grow the tables");
-        let plan = client
-            .query(&format!("EXPLAIN EXECUTE look_up{ARGS}"), &[])
-            .await
-            .expect("explain the cached plan")
-            .iter()
-            .map(|row| row.get::<_, String>(0))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let plan = super::super::cached_plan::after_growth(
+            &format!("PREPARE look_up(uuid[], text[], text[]) AS {LOOK_UP}; EXECUTE look_up{ARGS}"),
+            &format!("EXPLAIN EXECUTE look_up{ARGS}"),
+        )
+        .await;
 
         for whole_table in ["Seq Scan", "Bitmap", "hashed SubPlan", "Hash"] {
             assert!(!plan.contains(whole_table), "{whole_table} in\n{plan}");

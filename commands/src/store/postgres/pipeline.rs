@@ -566,7 +566,6 @@ pub(super) async fn write_guarded(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::postgres::{PgLog, PgSettings, QueryClass};
 
     /// The parameter types of [`GUARDED_WRITE`] as SQL, for `PREPARE`.
     const SQL_TYPES: &str = "int8[], text[], int8[], uuid[], uuid[], text[], int4[], json[], \
@@ -581,45 +580,13 @@ mod tests {
     #[tokio::test]
     async fn the_guarded_write_planned_on_empty_tables_still_probes_the_indexes_once_they_are_large()
      {
-        let (url, _guard) = crate::testing::fresh_postgres().await;
-        PgLog::connect(&url, 1)
-            .await
-            .expect("migrate the fresh database");
-        let mut config: tokio_postgres::Config = url.parse().expect("test URL");
-        PgSettings::default()
-            .configure(&mut config, QueryClass::Append)
-            .expect("append session options");
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(connection);
-
-        client
-            .batch_execute(&format!(
-                "PREPARE guarded({SQL_TYPES}) AS {GUARDED_WRITE}; \
-                 EXPLAIN EXECUTE guarded{ARGS}"
-            ))
-            .await
-            .expect("plan the guarded write on empty tables");
-        client
-            .batch_execute(
-                "INSERT INTO egec.events SELECT g, 'customer-' || g, 1, gen_random_uuid(), \
-                   gen_random_uuid(), 'CustomerCreated', 1, '{}', '{}', now(), '\\x00', '\\x00' \
-                 FROM generate_series(1, 20000) g; \
-                 INSERT INTO egec.erased_subjects (subject) \
-                 SELECT 'erased-' || g FROM generate_series(1, 20000) g",
-            )
-            .await
-            .expect("grow the tables");
-        let plan = client
-            .query(&format!("EXPLAIN EXECUTE guarded{ARGS}"), &[])
-            .await
-            .expect("explain the cached plan")
-            .iter()
-            .map(|row| row.get::<_, String>(0))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let plan = super::super::cached_plan::after_growth(
+            &format!(
+                "PREPARE guarded({SQL_TYPES}) AS {GUARDED_WRITE}; EXPLAIN EXECUTE guarded{ARGS}"
+            ),
+            &format!("EXPLAIN EXECUTE guarded{ARGS}"),
+        )
+        .await;
 
         // The counter table has one row, so a scan of it is all there is to do.
         for whole_table in [
