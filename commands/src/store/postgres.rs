@@ -596,23 +596,34 @@ async fn append_pipelined<'a>(
     Ok(plan.answers)
 }
 
-/// Once planned, a batch is in flight: its delta is registered for the next batch to plan on,
-/// the right to plan is handed on, and the head it will leave is noted. Answers what the batch
-/// signals once it holds the counter row.
-fn in_flight<'c>(
-    chain: &'c pipeline::Chain,
-    batch: &[AppendRequest],
-    plan: &Plan<'_>,
-    new_head: &mut Option<ChainHead>,
-    registered: &mut Option<pipeline::Registered<'c>>,
-    planning: &mut Option<tokio::sync::MutexGuard<'c, ()>>,
-) -> pipeline::LockSignal {
-    *new_head = Some(plan.new_head.clone());
-    let r = chain.register(pipeline::Delta::of(batch, plan));
-    let signal = r.signal();
-    *registered = Some(r);
-    *planning = None;
-    signal
+/// Where one batch of [`PgLog::append_batch`] stands in this process's chain of appends.
+struct Flight<'c> {
+    /// The right to plan, held from the batch's start until it is planned, so that the next
+    /// batch reads the log after it.
+    planning: Option<tokio::sync::MutexGuard<'c, ()>>,
+    /// The batch's delta, registered once it is planned, for the next batch to plan on.
+    registered: Option<pipeline::Registered<'c>>,
+    /// The head the batch leaves if it commits.
+    new_head: Option<ChainHead>,
+}
+
+impl<'c> Flight<'c> {
+    /// Once planned, a batch is in flight: its delta is registered, the right to plan is handed
+    /// on, and the head it will leave is noted. Answers what the batch signals once it holds
+    /// the counter row.
+    fn planned(
+        &mut self,
+        chain: &'c pipeline::Chain,
+        batch: &[AppendRequest],
+        plan: &Plan<'_>,
+    ) -> pipeline::LockSignal {
+        self.new_head = Some(plan.new_head.clone());
+        let r = chain.register(pipeline::Delta::of(batch, plan));
+        let signal = r.signal();
+        self.registered = Some(r);
+        self.planning = None;
+        signal
+    }
 }
 
 #[async_trait]
@@ -621,11 +632,12 @@ impl EventLog for PgLog {
         &self,
         batch: Vec<AppendRequest>,
     ) -> Result<Vec<Result<AppendOutcome, Conflict>>, StoreError> {
-        // Held until this batch is planned, so the next one reads the log after it.
-        let mut planning = Some(self.chain.start().await);
+        let mut flight = Flight {
+            planning: Some(self.chain.start().await),
+            registered: None,
+            new_head: None,
+        };
         let overlay = self.chain.overlay();
-        let mut registered = None;
-        let mut new_head = None;
         let conn = self.append.get().await?;
         let result = async {
             if self.chain.plan_ahead() {
@@ -638,28 +650,12 @@ impl EventLog for PgLog {
                     &overlay,
                     self.chain.committed_head(),
                     |stream| self.chain.known_version(stream),
-                    |plan| {
-                        in_flight(
-                            &self.chain,
-                            &batch,
-                            plan,
-                            &mut new_head,
-                            &mut registered,
-                            &mut planning,
-                        )
-                    },
+                    |plan| flight.planned(&self.chain, &batch, plan),
                 )
                 .await?;
                 if matches!(attempt, pipeline::Speculation::NotTried) && !overlay.is_empty() {
                     attempt = pipeline::append_speculative(&conn, &batch, &overlay, |plan| {
-                        in_flight(
-                            &self.chain,
-                            &batch,
-                            plan,
-                            &mut new_head,
-                            &mut registered,
-                            &mut planning,
-                        )
+                        flight.planned(&self.chain, &batch, plan)
                     })
                     .await?;
                 }
@@ -669,37 +665,29 @@ impl EventLog for PgLog {
                     // Nothing was written: append the ordinary way. A later batch that
                     // planned on this one's delta fails its guard too.
                     pipeline::Speculation::Moved | pipeline::Speculation::Refused => {
-                        new_head = None;
-                        registered = None;
+                        flight.new_head = None;
+                        flight.registered = None;
                         // Planned again, and in flight, like any batch: a batch planned while
                         // this one was unaccounted for would plan on a head it leaves behind.
-                        planning = Some(self.chain.start().await);
+                        flight.planning = Some(self.chain.start().await);
                     }
                     pipeline::Speculation::NotTried => {}
                 }
             }
             append_pipelined(&conn, &batch, |plan| {
                 // The ordinary way plans after it took the counter row.
-                in_flight(
-                    &self.chain,
-                    &batch,
-                    plan,
-                    &mut new_head,
-                    &mut registered,
-                    &mut planning,
-                )
-                .locked();
+                flight.planned(&self.chain, &batch, plan).locked();
             })
             .await
         }
         .await;
         // Before the delta is dropped, so that a batch planned next sees this one's head and
         // versions either in flight or as committed, never in neither.
-        if let (Ok(answers), Some(head)) = (&result, &new_head) {
+        if let (Ok(answers), Some(head)) = (&result, &flight.new_head) {
             self.chain.committed(head);
             self.chain.answered(&batch, answers);
         }
-        drop(registered);
+        drop(flight);
         match result {
             Ok(answers) => Ok(answers),
             Err(e) => {
