@@ -601,23 +601,20 @@ struct Flight<'c> {
     /// The right to plan, held from the batch's start until it is planned, so that the next
     /// batch reads the log after it.
     planning: Option<tokio::sync::MutexGuard<'c, ()>>,
-    /// The batch's delta, registered once it is planned, for the next batch to plan on.
+    /// The batch's delta (with the head it leaves if it commits), registered once it is
+    /// planned, for the next batch to plan on.
     registered: Option<pipeline::Registered<'c>>,
-    /// The head the batch leaves if it commits.
-    new_head: Option<ChainHead>,
 }
 
 impl<'c> Flight<'c> {
-    /// Once planned, a batch is in flight: its delta is registered, the right to plan is handed
-    /// on, and the head it will leave is noted. Answers what the batch signals once it holds
-    /// the counter row.
+    /// Once planned, a batch is in flight: its delta is registered and the right to plan is
+    /// handed on. Answers what the batch signals once it holds the counter row.
     fn planned(
         &mut self,
         chain: &'c pipeline::Chain,
         batch: &[AppendRequest],
         plan: &Plan<'_>,
     ) -> pipeline::LockSignal {
-        self.new_head = Some(plan.new_head.clone());
         let r = chain.register(pipeline::Delta::of(batch, plan));
         let signal = r.signal();
         self.registered = Some(r);
@@ -635,7 +632,6 @@ impl EventLog for PgLog {
         let mut flight = Flight {
             planning: Some(self.chain.start().await),
             registered: None,
-            new_head: None,
         };
         let overlay = self.chain.overlay();
         let conn = self.append.get().await?;
@@ -665,7 +661,6 @@ impl EventLog for PgLog {
                     // Nothing was written: append the ordinary way. A later batch that
                     // planned on this one's delta fails its guard too.
                     pipeline::Speculation::Moved | pipeline::Speculation::Refused => {
-                        flight.new_head = None;
                         flight.registered = None;
                         // Planned again, and in flight, like any batch: a batch planned while
                         // this one was unaccounted for would plan on a head it leaves behind.
@@ -683,9 +678,8 @@ impl EventLog for PgLog {
         .await;
         // Before the delta is dropped, so that a batch planned next sees this one's head and
         // versions either in flight or as committed, never in neither.
-        if let (Ok(answers), Some(head)) = (&result, &flight.new_head) {
-            self.chain.committed(head);
-            self.chain.answered(&batch, answers);
+        if let (Ok(answers), Some(registered)) = (&result, &flight.registered) {
+            self.chain.committed(registered.head(), &batch, answers);
         }
         drop(flight);
         match result {

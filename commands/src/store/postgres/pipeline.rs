@@ -226,20 +226,20 @@ impl Chain {
             .is_err()
     }
 
-    /// Records the head an append of this process committed.
-    pub(super) fn committed(&self, head: &ChainHead) {
-        let mut latest = self.committed_head.lock();
-        if latest.as_ref().is_none_or(|l| l.position < head.position) {
-            *latest = Some(head.clone());
-        }
-    }
-
-    /// Records the versions the answers of a committed batch put its streams at.
-    pub(super) fn answered(
+    /// Records what a committed batch of this process left: the head it moved the chain to
+    /// (see [`Registered::head`]) and the versions its answers put its streams at.
+    pub(super) fn committed(
         &self,
+        head: &ChainHead,
         batch: &[AppendRequest],
         answers: &[Result<AppendOutcome, Conflict>],
     ) {
+        {
+            let mut latest = self.committed_head.lock();
+            if latest.as_ref().is_none_or(|l| l.position < head.position) {
+                *latest = Some(head.clone());
+            }
+        }
         let mut known = self.known.lock();
         if known.len() >= KNOWN_STREAMS {
             known.clear();
@@ -296,14 +296,16 @@ impl Chain {
     pub(super) fn register(&self, delta: Delta) -> Registered<'_> {
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         let locked = Arc::new(watch::channel(false).0);
+        let delta = Arc::new(delta);
         self.inflight.lock().push_back(InFlight {
             ticket,
-            delta: Arc::new(delta),
+            delta: Arc::clone(&delta),
             locked: Arc::clone(&locked),
         });
         Registered {
             chain: self,
             ticket,
+            delta,
             locked,
         }
     }
@@ -312,10 +314,16 @@ impl Chain {
 pub(super) struct Registered<'a> {
     chain: &'a Chain,
     ticket: u64,
+    delta: Arc<Delta>,
     locked: Arc<watch::Sender<bool>>,
 }
 
 impl Registered<'_> {
+    /// The head the batch leaves if it commits.
+    pub(super) fn head(&self) -> &ChainHead {
+        &self.delta.head
+    }
+
     /// What the batch signals once it holds the counter row.
     pub(super) fn signal(&self) -> LockSignal {
         LockSignal(Arc::clone(&self.locked))
@@ -630,10 +638,7 @@ mod tests {
 
         // The second batch's answer reached its task first: it committed and is gone, while
         // the first, committed before it, is still registered.
-        chain.committed(&ChainHead {
-            position: 20,
-            hash: vec![1; 32],
-        });
+        chain.committed(second.head(), &[], &[]);
         drop(second);
         let overlay = chain.overlay();
         assert!(
