@@ -38,8 +38,8 @@ use deadpool_postgres::ClientWrapper;
 use uuid::Uuid;
 
 use super::log_state::LogState;
-use super::pipeline::{LockSignal, Overlay, Speculation, write_guarded};
-use crate::store::plan::{Plan, now_micros, plan_batch};
+use super::pipeline::{LockSignal, Overlay, Speculation, plan_and_write};
+use crate::store::plan::Plan;
 use crate::store::{AppendRequest, ChainHead, ExpectedVersion, StoreError};
 
 /// Appends `batch` planned on what its requests say, on the head the batches in `overlay`
@@ -62,20 +62,10 @@ pub(super) async fn append_assumed<'a>(
     let Some(head) = overlay.apply(&mut state).or(committed_head) else {
         return Ok(Speculation::NotTried);
     };
-    let plan = plan_batch(
-        batch,
-        head.clone(),
-        &state.prior,
-        state.versions,
-        &state.taken,
-        now_micros(),
-    );
-    if plan.rows.is_empty() {
-        return Ok(Speculation::NotTried);
-    }
-    let signal = planned(&plan);
-    let assumed = Assumptions::of(&plan, &planned_on);
-    write_guarded(conn, plan, &head, &assumed, overlay, &signal).await
+    plan_and_write(conn, batch, state, head, overlay, planned, |plan| {
+        Assumptions::of(plan, &planned_on)
+    })
+    .await
 }
 
 /// What the log must hold for a batch planned on its requests, as the guarded write's

@@ -447,27 +447,45 @@ pub(super) async fn append_speculative<'a>(
     let Some(head) = overlay.apply(&mut state) else {
         return Ok(Speculation::NotTried);
     };
-    let recorded_at = now_micros();
+    // What the batch read needs no checking beyond the head.
+    plan_and_write(conn, batch, state, head, overlay, planned, |_| {
+        Assumptions::default()
+    })
+    .await
+}
+
+/// Plans `batch` on `state` and `head` and, if it has rows to insert, registers it through
+/// `planned` and writes it guarded by what `assumed` says the plan took for granted.
+pub(super) async fn plan_and_write<'a, 'b>(
+    conn: &ClientWrapper,
+    batch: &'a [AppendRequest],
+    state: LogState,
+    head: ChainHead,
+    overlay: &Overlay,
+    planned: impl FnOnce(&Plan<'a>) -> LockSignal,
+    assumed: impl FnOnce(&Plan<'a>) -> Assumptions<'b>,
+) -> Result<Speculation, StoreError> {
     let plan = plan_batch(
         batch,
         head.clone(),
         &state.prior,
         state.versions,
         &state.taken,
-        recorded_at,
+        now_micros(),
     );
     if plan.rows.is_empty() {
         return Ok(Speculation::NotTried);
     }
     let signal = planned(&plan);
-    write_guarded(conn, plan, &head, &Assumptions::default(), overlay, &signal).await
+    let assumed = assumed(&plan);
+    write_guarded(conn, plan, &head, &assumed, overlay, &signal).await
 }
 
 /// Writes a planned batch in one pipeline (step 3 of the module comment) if the log is still
 /// at `head` and every one of `assumed` holds; otherwise writes nothing. Sends nothing until
 /// the newest batch of `overlay` holds the counter row, and tells `signal` once this batch
 /// holds it.
-pub(super) async fn write_guarded(
+async fn write_guarded(
     conn: &ClientWrapper,
     plan: Plan<'_>,
     head: &ChainHead,
