@@ -677,13 +677,24 @@ mod tests {
             "the predecessor has not locked yet"
         );
         first.signal().locked();
-        waiting.await;
+        assert!(
+            futures::poll!(waiting.as_mut()).is_ready(),
+            "the predecessor's signal ends the wait"
+        );
 
         let second = chain.register(delta(20, "customer-1", 4));
         let overlay = chain.overlay();
+        let waiting = overlay.predecessor_locked();
+        tokio::pin!(waiting);
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        // Its write may still hold the signal when the batch ends: the end itself must count.
+        let signal = second.signal();
         drop(second);
-        overlay.predecessor_locked().await;
-        drop(first);
+        assert!(
+            futures::poll!(waiting.as_mut()).is_ready(),
+            "a predecessor that ended without locking no longer stands in the way"
+        );
+        drop((signal, first));
     }
 
     #[test]
