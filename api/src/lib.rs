@@ -11,6 +11,7 @@ pub mod customer_csv;
 pub mod denial;
 pub mod error;
 pub mod http_metrics;
+pub mod huge_pages;
 pub mod json;
 pub mod keys;
 pub mod logging;

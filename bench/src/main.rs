@@ -166,6 +166,8 @@ struct Plan {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // As the server does, so that measured figures are the server's.
+    egec_api::huge_pages::disable_transparent_huge_pages();
     let args = Args::parse();
     // Off unless RUST_LOG asks: e.g. `RUST_LOG=egec_projections=debug` shows how long each
     // phase of the blue/green rebuild takes. Written to stderr, beside the progress lines.
