@@ -20,6 +20,7 @@ mod rate_limits;
 mod rebuild;
 mod report;
 mod rng;
+mod rounds;
 mod setup;
 mod transfer;
 mod workload;
@@ -44,8 +45,9 @@ use crate::batch_sizes::BatchSizes;
 use crate::dblimits::Shape;
 use crate::rebuild::MemKeys;
 use crate::report::{BackendReport, CommandRow, RebuildRow};
+use crate::rounds::Round;
 use crate::setup::{PgDatabase, write_side};
-use crate::workload::{RunConfig, Samples};
+use crate::workload::{RunConfig, RunResult, Samples};
 
 /// The maintenance database the benchmark databases are created from.
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -93,6 +95,11 @@ struct Args {
     /// gives each and their median.
     #[arg(long, default_value_t = 1)]
     rebuild_runs: usize,
+    /// Paired rounds of the command runs, each followed at once by the database's single-row
+    /// limit; the report shows the round with the median ratio and lists them all (see
+    /// `rounds.rs`).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Events to seed for the rebuild (default 1,000,000; 100,000 with --quick).
     #[arg(long)]
     events: Option<u64>,
@@ -161,6 +168,7 @@ struct Plan {
     max_batch: usize,
     rebuild: bool,
     rebuild_runs: usize,
+    rounds: usize,
     commands: bool,
 }
 
@@ -229,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
         max_batch: args.max_batch.max(1),
         rebuild: !args.skip_rebuild,
         rebuild_runs: args.rebuild_runs.max(1),
+        rounds: args.rounds.max(1),
         commands: !args.skip_commands,
     };
     let batch_sizes = BatchSizes::install()?;
@@ -590,9 +599,12 @@ async fn encoded_create(ws: &setup::WriteSide, samples: &Samples) -> anyhow::Res
         .await?)
 }
 
-/// The command runs at every client count, the stage profile, then the database's limits on
-/// the same database (after the write side has closed its connections, so the two never
-/// compete).
+/// The paired rounds (see [`rounds`]): in each, the command runs at every client count, then
+/// the database's single-row limit at the same concurrencies. Then the stage profile, and the
+/// 500-row transactions once the write side has closed its connections.
+///
+/// The write side stays open through the rounds, idle while the database's limits are
+/// measured: its appender waits on its queue and its pool's connections on their sockets.
 async fn commands_and_limits(
     url: Option<&str>,
     dir: &Path,
@@ -604,35 +616,83 @@ async fn commands_and_limits(
 
     let sample = encoded_create(&ws, samples).await?;
     let shape = Shape::from_event(&sample);
-
-    let mut runs = Vec::new();
-    for clients in CLIENTS {
-        let cfg = RunConfig {
-            clients,
-            warmup: plan.warmup,
-            measure: plan.measure,
-        };
-        let before = ws.stores.postgres.as_ref().map(|pg| pg.pipeline_stats());
-        let result = workload::run(&ws.bus, samples, batch_sizes, cfg).await?;
-        eprintln!(
-            "  {clients} clients: {:.0} commands/s, p99 {:.2} ms, mean batch {:.1}",
-            result.per_second(),
-            result.p99_ms(),
-            result.batches.mean
-        );
-        if let (Some(pg), Some(before)) = (&ws.stores.postgres, before) {
-            // Warm-up included: how many batches were written by the guarded statement
-            // without the ordinary locked look-up, and how many had to go round again.
-            let after = pg.pipeline_stats();
-            eprintln!(
-                "  {clients} clients: {} batches planned without the locked look-up, {} of \
-                 them sent round again",
-                after.committed + after.retried - before.committed - before.retried,
-                after.retried - before.retried
-            );
-        }
-        runs.push(result);
+    if let Some(url) = url {
+        dblimits::pg_prepare(url).await?;
     }
+    let single_counter = Arc::new(AtomicI64::new(1));
+
+    // Per client count, each round's run and the single-row rate measured after it.
+    let mut measured: Vec<Vec<(RunResult, f64)>> = CLIENTS.iter().map(|_| Vec::new()).collect();
+    let mut sqlite_batch = None;
+    for round in 1..=plan.rounds {
+        let mut runs = Vec::new();
+        for clients in CLIENTS {
+            let cfg = RunConfig {
+                clients,
+                warmup: plan.warmup,
+                measure: plan.measure,
+            };
+            let before = ws.stores.postgres.as_ref().map(|pg| pg.pipeline_stats());
+            let result = workload::run(&ws.bus, samples, batch_sizes, cfg).await?;
+            eprintln!(
+                "  round {round}, {clients} clients: {:.0} commands/s, p99 {:.2} ms, mean batch \
+                 {:.1}",
+                result.per_second(),
+                result.p99_ms(),
+                result.batches.mean
+            );
+            if let (Some(pg), Some(before)) = (&ws.stores.postgres, before) {
+                // Warm-up included: how many batches were written by the guarded statement
+                // without the ordinary locked look-up, and how many had to go round again.
+                let after = pg.pipeline_stats();
+                eprintln!(
+                    "  round {round}, {clients} clients: {} batches planned without the locked \
+                     look-up, {} of them sent round again",
+                    after.committed + after.retried - before.committed - before.retried,
+                    after.retried - before.retried
+                );
+            }
+            runs.push(result);
+        }
+        let singles = match url {
+            Some(url) => {
+                dblimits::pg_settle(url).await?;
+                let mut singles = Vec::new();
+                for clients in CLIENTS {
+                    let single = dblimits::pg_single_inserts(
+                        url,
+                        clients,
+                        &shape,
+                        &single_counter,
+                        plan.warmup,
+                        plan.measure,
+                    )
+                    .await?;
+                    eprintln!(
+                        "  round {round}, {clients} connections: {single:.0} single-row INSERT/s"
+                    );
+                    singles.push(single);
+                }
+                singles
+            }
+            None => {
+                let (single, batch) = dblimits::sqlite_limits(
+                    &dir.join(format!("scratch-{round}.db")),
+                    &shape,
+                    plan.warmup,
+                    plan.measure,
+                )
+                .await?;
+                eprintln!("  round {round}, one writer: {single:.0} single-row INSERT/s");
+                sqlite_batch = Some(batch);
+                CLIENTS.map(|_| single).to_vec()
+            }
+        };
+        for ((slot, run), single) in measured.iter_mut().zip(runs).zip(singles) {
+            slot.push((run, single));
+        }
+    }
+
     let profile = profile::run(
         &ws,
         samples,
@@ -649,46 +709,38 @@ async fn commands_and_limits(
     }
     drop(ws);
     // The appender task and the pool close once their last handle is gone; give them a
-    // moment so the limit measurements below start on an idle database.
+    // moment so the measurement below starts on an idle database.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let mut rows = Vec::new();
-    let batch = match url {
-        Some(url) => {
-            dblimits::pg_prepare(url).await?;
-            let single_counter = Arc::new(AtomicI64::new(1));
-            for run in runs {
-                let single = dblimits::pg_single_inserts(
-                    url,
-                    run.clients,
-                    &shape,
-                    &single_counter,
-                    plan.warmup,
-                    plan.measure,
-                )
-                .await?;
-                eprintln!(
-                    "  {} connections: {single:.0} single-row INSERT/s",
-                    run.clients
-                );
-                rows.push(CommandRow::new(run, single, shape.json_bytes()));
-            }
+    let batch = match (url, sqlite_batch) {
+        (Some(url), _) => {
             let batch_counter = Arc::new(AtomicI64::new(1));
             dblimits::pg_batch_inserts(url, &shape, &batch_counter, plan.warmup, plan.measure)
                 .await?
         }
-        None => {
-            let (single, batch) =
-                dblimits::sqlite_limits(&dir.join("scratch.db"), &shape, plan.warmup, plan.measure)
-                    .await?;
-            eprintln!("  one writer: {single:.0} single-row INSERT/s");
-            for run in runs {
-                rows.push(CommandRow::new(run, single, shape.json_bytes()));
-            }
-            batch
-        }
+        (None, Some(batch)) => batch,
+        (None, None) => anyhow::bail!("no round measured the database's limits"),
     };
     eprintln!("  500-row transactions: {batch:.0} rows/s");
+
+    let mut rows = Vec::new();
+    for runs in measured {
+        let pairs: Vec<Round> = runs
+            .iter()
+            .map(|(run, single)| Round {
+                commands_per_s: run.per_second(),
+                p99_ms: run.p99_ms(),
+                single_insert_per_s: *single,
+            })
+            .collect();
+        let Some(median) = rounds::median_index(&pairs) else {
+            continue;
+        };
+        let Some((run, single)) = runs.into_iter().nth(median) else {
+            continue;
+        };
+        rows.push(CommandRow::new(run, single, shape.json_bytes(), pairs));
+    }
     Ok(CommandsOutcome {
         rows,
         batch500: batch,

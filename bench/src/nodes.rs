@@ -276,6 +276,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<NodesReport> {
         eprintln!("nodes: the database's own limits ...");
         let shape = stored_shape(&db.url).await?;
         dblimits::pg_prepare(&db.url).await?;
+        dblimits::pg_settle(&db.url).await?;
         let single = dblimits::pg_single_inserts(
             &db.url,
             opts.clients,

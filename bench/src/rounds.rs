@@ -1,0 +1,88 @@
+//! Paired rounds: every command run is followed at once by the database's single-row INSERT
+//! limit at the same concurrency, and the throughput ratio is taken within each pair.
+//!
+//! The machines this runs on are shared virtual machines whose speed drifts within minutes:
+//! in session 13 the same binary measured 6,357 to 13,000 single-row INSERTs/s in one hour,
+//! and its command rate moved with it. A command rate and a database limit measured minutes
+//! apart then compare two different machines, and a ratio of 1.2 or 1.5 for one build said
+//! more about the neighbours than about the code. Within one pair both are measured seconds
+//! apart. The report keeps every pair and shows the round whose ratio is the median, so that
+//! neither a lucky nor an unlucky round decides the target.
+
+/// One command run and the database limit measured right after it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Round {
+    pub commands_per_s: f64,
+    pub p99_ms: f64,
+    pub single_insert_per_s: f64,
+}
+
+impl Round {
+    /// Commands per second over single-row INSERTs per second of the same round.
+    pub fn ratio(&self) -> f64 {
+        if self.single_insert_per_s > 0.0 {
+            self.commands_per_s / self.single_insert_per_s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The index of the round with the median ratio: the middle one, or the lower of the two
+/// middle ones for an even count, so that the chosen round is one that was measured rather
+/// than an average of two. `None` for no rounds.
+pub fn median_index(rounds: &[Round]) -> Option<usize> {
+    if rounds.is_empty() {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..rounds.len()).collect();
+    order.sort_by(|&a, &b| rounds[a].ratio().total_cmp(&rounds[b].ratio()));
+    Some(order[(rounds.len() - 1) / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(commands: f64, single: f64) -> Round {
+        Round {
+            commands_per_s: commands,
+            p99_ms: 1.0,
+            single_insert_per_s: single,
+        }
+    }
+
+    #[test]
+    fn the_median_round_is_chosen_by_its_ratio_not_by_its_command_rate() {
+        // Ratios 1.5, 1.0, 2.0: the fastest command run (20,000/s) has the middle ratio
+        // only because its database limit was also the highest.
+        let rounds = [
+            round(15_000.0, 10_000.0),
+            round(8_000.0, 8_000.0),
+            round(20_000.0, 10_000.0),
+        ];
+        assert_eq!(median_index(&rounds), Some(0));
+    }
+
+    #[test]
+    fn with_an_even_count_the_lower_middle_round_is_chosen() {
+        let rounds = [
+            round(30.0, 10.0),
+            round(10.0, 10.0),
+            round(40.0, 10.0),
+            round(20.0, 10.0),
+        ];
+        assert_eq!(median_index(&rounds), Some(3));
+    }
+
+    #[test]
+    fn a_single_round_is_its_own_median_and_no_rounds_have_none() {
+        assert_eq!(median_index(&[round(1.0, 2.0)]), Some(0));
+        assert_eq!(median_index(&[]), None);
+    }
+
+    #[test]
+    fn a_round_without_a_database_limit_has_a_ratio_of_zero_rather_than_infinity() {
+        assert_eq!(round(100.0, 0.0).ratio(), 0.0);
+    }
+}
