@@ -112,6 +112,9 @@ impl LogState {
 
 #[cfg(test)]
 mod tests {
+    use super::super::cached_plan::{
+        STARTS, after_growth, assert_every_index_scan_has_a_condition,
+    };
     use super::LOOK_UP;
 
     /// The arguments of one look-up: a command id, a stream and a new subject.
@@ -120,23 +123,42 @@ mod tests {
     /// An append session plans the look-up once, usually while the log is still small; the
     /// plan it keeps must probe the indexes however large the tables grow afterwards.
     #[tokio::test]
-    async fn the_look_up_planned_on_empty_tables_still_probes_the_indexes_once_they_are_large() {
-        let plan = super::super::cached_plan::after_growth(
-            &format!("PREPARE look_up(uuid[], text[], text[]) AS {LOOK_UP}; EXECUTE look_up{ARGS}"),
-            &format!("EXPLAIN EXECUTE look_up{ARGS}"),
-        )
-        .await;
+    async fn the_look_up_planned_on_empty_or_tiny_tables_still_probes_the_indexes_once_they_are_large()
+     {
+        for start in STARTS {
+            let plan = after_growth(
+                start,
+                &format!(
+                    "PREPARE look_up(uuid[], text[], text[]) AS {LOOK_UP}; EXECUTE look_up{ARGS}"
+                ),
+                &format!("EXPLAIN EXECUTE look_up{ARGS}"),
+            )
+            .await;
 
-        for whole_table in ["Seq Scan", "Bitmap", "hashed SubPlan", "Hash"] {
-            assert!(!plan.contains(whole_table), "{whole_table} in\n{plan}");
-        }
-        for probe in [
-            "using events_command_id",
-            "using events_stream_version_key",
-            "using erased_subjects_pkey",
-            "using subject_keys_pkey",
-        ] {
-            assert!(plan.contains(probe), "no index scan {probe} in\n{plan}");
+            for whole_table in [
+                "Seq Scan",
+                "Bitmap",
+                "hashed SubPlan",
+                "Hash",
+                "Materialize",
+            ] {
+                assert!(
+                    !plan.contains(whole_table),
+                    "{start:?}: {whole_table} in\n{plan}"
+                );
+            }
+            for probe in [
+                "using events_command_id",
+                "using events_stream_version_key",
+                "using erased_subjects_pkey",
+                "using subject_keys_pkey",
+            ] {
+                assert!(
+                    plan.contains(probe),
+                    "{start:?}: no index scan {probe} in\n{plan}"
+                );
+            }
+            assert_every_index_scan_has_a_condition(&plan);
         }
     }
 }
