@@ -131,10 +131,10 @@ pub async fn pg_prepare(url: &str) -> anyhow::Result<()> {
 ///
 /// The command runs before a limit wrote tens of thousands of events: vacuum and checkpoint
 /// now, so that neither autovacuum nor a checkpoint falls into the limit's window and lowers
-/// the figure the commands are compared with. Never call it before the first command run:
-/// statistics gathered on a nearly empty log make PostgreSQL plan the first executions of
-/// the write side's statements as whole-table scans, and as the log grows within the run
-/// the commands slowed to a tenth (session 13).
+/// the figure the commands are compared with. It is not called before the first command
+/// run, since a real log is not analysed while it holds a single event. Session 13 found that
+/// doing so made the guarded write's plan scan the whole stream index (fixed in the
+/// statement since; `cached_plan::Start` in the commands crate).
 pub async fn pg_settle(url: &str) -> anyhow::Result<()> {
     let client = pg_connect(url).await?;
     client
