@@ -33,10 +33,24 @@ const ONE_ROW_ANALYSED: &str = "\
     INSERT INTO egec.erased_subjects (subject) VALUES ('erased-one'); \
     ANALYZE egec.events, egec.subject_keys, egec.erased_subjects";
 
-/// Fails unless every index scan in `plan` (the text of an `EXPLAIN`) has an index
-/// condition: a scan without one reads the whole index, which is a scan of the whole table
-/// in another order, whatever its node is called.
-pub(super) fn assert_every_index_scan_has_a_condition(plan: &str) {
+/// Plan nodes that read or hash a whole table or index, which no plan test accepts.
+const WHOLE_TABLE_NODES: [&str; 4] = ["Bitmap", "hashed SubPlan", "Hash", "Materialize"];
+
+/// Fails unless `plan` (the text of an `EXPLAIN`, made from `start`) contains none of
+/// [`WHOLE_TABLE_NODES`] and none of `whole_table` (the statement's own forbidden scans), uses
+/// every index in `probes`, and gives every index scan an index condition: a scan without one
+/// reads the whole index, which is a scan of the whole table in another order, whatever its
+/// node is called.
+pub(super) fn assert_probes_only(start: Start, plan: &str, whole_table: &[&str], probes: &[&str]) {
+    for node in WHOLE_TABLE_NODES.iter().chain(whole_table) {
+        assert!(!plan.contains(node), "{start:?}: {node} in\n{plan}");
+    }
+    for probe in probes {
+        assert!(
+            plan.contains(&format!("using {probe}")),
+            "{start:?}: no index scan using {probe} in\n{plan}"
+        );
+    }
     let lines: Vec<&str> = plan.lines().collect();
     for (i, line) in lines.iter().enumerate() {
         if !line.contains("Index Scan using") && !line.contains("Index Only Scan using") {
@@ -47,7 +61,7 @@ pub(super) fn assert_every_index_scan_has_a_condition(plan: &str) {
             .is_some_and(|next| next.trim_start().starts_with("Index Cond:"));
         assert!(
             condition,
-            "an index scan without a condition:\n{line}\nin\n{plan}"
+            "{start:?}: an index scan without a condition:\n{line}\nin\n{plan}"
         );
     }
 }
