@@ -45,7 +45,6 @@ use crate::batch_sizes::BatchSizes;
 use crate::dblimits::Shape;
 use crate::rebuild::MemKeys;
 use crate::report::{BackendReport, CommandRow, RebuildRow};
-use crate::rounds::Round;
 use crate::setup::{PgDatabase, write_side};
 use crate::workload::{RunConfig, RunResult, Samples};
 
@@ -627,67 +626,11 @@ async fn commands_and_limits(
     for round in 1..=plan.rounds {
         let mut runs = Vec::new();
         for clients in CLIENTS {
-            let cfg = RunConfig {
-                clients,
-                warmup: plan.warmup,
-                measure: plan.measure,
-            };
-            let before = ws.stores.postgres.as_ref().map(|pg| pg.pipeline_stats());
-            let result = workload::run(&ws.bus, samples, batch_sizes, cfg).await?;
-            eprintln!(
-                "  round {round}, {clients} clients: {:.0} commands/s, p99 {:.2} ms, mean batch \
-                 {:.1}",
-                result.per_second(),
-                result.p99_ms(),
-                result.batches.mean
-            );
-            if let (Some(pg), Some(before)) = (&ws.stores.postgres, before) {
-                // Warm-up included: how many batches were written by the guarded statement
-                // without the ordinary locked look-up, and how many had to go round again.
-                let after = pg.pipeline_stats();
-                eprintln!(
-                    "  round {round}, {clients} clients: {} batches planned without the locked \
-                     look-up, {} of them sent round again",
-                    after.committed + after.retried - before.committed - before.retried,
-                    after.retried - before.retried
-                );
-            }
-            runs.push(result);
+            runs.push(command_run(&ws, samples, batch_sizes, plan, clients, round).await?);
         }
-        let singles = match url {
-            Some(url) => {
-                dblimits::pg_settle(url).await?;
-                let mut singles = Vec::new();
-                for clients in CLIENTS {
-                    let single = dblimits::pg_single_inserts(
-                        url,
-                        clients,
-                        &shape,
-                        &single_counter,
-                        plan.warmup,
-                        plan.measure,
-                    )
-                    .await?;
-                    eprintln!(
-                        "  round {round}, {clients} connections: {single:.0} single-row INSERT/s"
-                    );
-                    singles.push(single);
-                }
-                singles
-            }
-            None => {
-                let (single, batch) = dblimits::sqlite_limits(
-                    &dir.join(format!("scratch-{round}.db")),
-                    &shape,
-                    plan.warmup,
-                    plan.measure,
-                )
-                .await?;
-                eprintln!("  round {round}, one writer: {single:.0} single-row INSERT/s");
-                sqlite_batch = Some(batch);
-                CLIENTS.map(|_| single).to_vec()
-            }
-        };
+        let (singles, batch) =
+            single_row_limits(url, dir, &shape, &single_counter, plan, round).await?;
+        sqlite_batch = batch.or(sqlite_batch);
         for ((slot, run), single) in measured.iter_mut().zip(runs).zip(singles) {
             slot.push((run, single));
         }
@@ -723,29 +666,86 @@ async fn commands_and_limits(
     };
     eprintln!("  500-row transactions: {batch:.0} rows/s");
 
-    let mut rows = Vec::new();
-    for runs in measured {
-        let pairs: Vec<Round> = runs
-            .iter()
-            .map(|(run, single)| Round {
-                commands_per_s: run.per_second(),
-                p99_ms: run.p99_ms(),
-                single_insert_per_s: *single,
-            })
-            .collect();
-        let Some(median) = rounds::median_index(&pairs) else {
-            continue;
-        };
-        let Some((run, single)) = runs.into_iter().nth(median) else {
-            continue;
-        };
-        rows.push(CommandRow::new(run, single, shape.json_bytes(), pairs));
-    }
+    let rows = measured
+        .into_iter()
+        .filter_map(rounds::median_of)
+        .map(|(run, single, pairs)| CommandRow::new(run, single, shape.json_bytes(), pairs))
+        .collect();
     Ok(CommandsOutcome {
         rows,
         batch500: batch,
         profile,
     })
+}
+
+/// One command run of a round at `clients` concurrent clients, reported on stderr as it ends.
+async fn command_run(
+    ws: &setup::WriteSide,
+    samples: &Arc<Samples>,
+    batch_sizes: &BatchSizes,
+    plan: Plan,
+    clients: usize,
+    round: usize,
+) -> anyhow::Result<RunResult> {
+    let cfg = RunConfig {
+        clients,
+        warmup: plan.warmup,
+        measure: plan.measure,
+    };
+    let before = ws.stores.postgres.as_ref().map(|pg| pg.pipeline_stats());
+    let result = workload::run(&ws.bus, samples, batch_sizes, cfg).await?;
+    eprintln!(
+        "  round {round}, {clients} clients: {:.0} commands/s, p99 {:.2} ms, mean batch {:.1}",
+        result.per_second(),
+        result.p99_ms(),
+        result.batches.mean
+    );
+    if let (Some(pg), Some(before)) = (&ws.stores.postgres, before) {
+        // Warm-up included: how many batches were written by the guarded statement without
+        // the ordinary locked look-up, and how many had to go round again.
+        let after = pg.pipeline_stats();
+        eprintln!(
+            "  round {round}, {clients} clients: {} batches planned without the locked look-up, \
+             {} of them sent round again",
+            after.committed + after.retried - before.committed - before.retried,
+            after.retried - before.retried
+        );
+    }
+    Ok(result)
+}
+
+/// The database's single-row limit of one round, at each client count: PostgreSQL from as
+/// many connections as clients (after a vacuum and checkpoint), SQLite from its one writer,
+/// whose measurement also gives the 500-row rate (the second value).
+async fn single_row_limits(
+    url: Option<&str>,
+    dir: &Path,
+    shape: &Shape,
+    counter: &Arc<AtomicI64>,
+    plan: Plan,
+    round: usize,
+) -> anyhow::Result<(Vec<f64>, Option<f64>)> {
+    let Some(url) = url else {
+        let (single, batch) = dblimits::sqlite_limits(
+            &dir.join(format!("scratch-{round}.db")),
+            shape,
+            plan.warmup,
+            plan.measure,
+        )
+        .await?;
+        eprintln!("  round {round}, one writer: {single:.0} single-row INSERT/s");
+        return Ok((CLIENTS.map(|_| single).to_vec(), Some(batch)));
+    };
+    dblimits::pg_settle(url).await?;
+    let mut singles = Vec::new();
+    for clients in CLIENTS {
+        let single =
+            dblimits::pg_single_inserts(url, clients, shape, counter, plan.warmup, plan.measure)
+                .await?;
+        eprintln!("  round {round}, {clients} connections: {single:.0} single-row INSERT/s");
+        singles.push(single);
+    }
+    Ok((singles, None))
 }
 
 /// Seeds a fresh log and times the rebuild passes over it.

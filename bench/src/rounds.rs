@@ -9,6 +9,9 @@
 //! apart. The report keeps every pair and shows the round whose ratio is the median, so that
 //! neither a lucky nor an unlucky round decides the target.
 
+use crate::report;
+use crate::workload::RunResult;
+
 /// One command run and the database limit measured right after it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Round {
@@ -20,12 +23,25 @@ pub struct Round {
 impl Round {
     /// Commands per second over single-row INSERTs per second of the same round.
     pub fn ratio(&self) -> f64 {
-        if self.single_insert_per_s > 0.0 {
-            self.commands_per_s / self.single_insert_per_s
-        } else {
-            0.0
-        }
+        report::ratio(self.commands_per_s, self.single_insert_per_s)
     }
+}
+
+/// Every round of one client count as its run and the single-row rate measured after it:
+/// answers the round with the median ratio, with the pairs of all of them. `None` for no
+/// rounds.
+pub fn median_of(runs: Vec<(RunResult, f64)>) -> Option<(RunResult, f64, Vec<Round>)> {
+    let pairs: Vec<Round> = runs
+        .iter()
+        .map(|(run, single)| Round {
+            commands_per_s: run.per_second(),
+            p99_ms: run.p99_ms(),
+            single_insert_per_s: *single,
+        })
+        .collect();
+    let median = median_index(&pairs)?;
+    let (run, single) = runs.into_iter().nth(median)?;
+    Some((run, single, pairs))
 }
 
 /// The index of the round with the median ratio: the middle one, or the lower of the two

@@ -66,11 +66,13 @@ pub(super) fn assert_probes_only(start: Start, plan: &str, whole_table: &[&str],
     }
 }
 
-/// Runs `prepare` (which must `PREPARE` the statement and execute or explain it once, so that
-/// its plan is made on the tables as `start` leaves them) in a fresh append session, grows
-/// the events, key and tombstone tables to 20,000 rows each, and answers the text of
-/// `explain` (an `EXPLAIN EXECUTE` of the prepared statement).
-pub(super) async fn after_growth(start: Start, prepare: &str, explain: &str) -> String {
+/// Prepares `statement` (parameter types `types`, PostgreSQL's names such as `_int8` for
+/// `int8[]`) in a fresh append session and explains it once with `args`, so that its plan is
+/// made on the tables as `start` leaves them; then grows the events, key and tombstone
+/// tables to 20,000 rows each and answers the text of `EXPLAIN EXECUTE` with `args`: the plan
+/// the session kept.
+pub(super) async fn after_growth(start: Start, types: &str, statement: &str, args: &str) -> String {
+    let explain = format!("EXPLAIN EXECUTE planned{args}");
     let (url, _guard) = crate::testing::fresh_postgres().await;
     PgLog::connect(&url, 1)
         .await
@@ -89,9 +91,11 @@ pub(super) async fn after_growth(start: Start, prepare: &str, explain: &str) -> 
             .expect("one analysed row in each table");
     }
     client
-        .batch_execute(prepare)
+        .batch_execute(&format!(
+            "PREPARE planned({types}) AS {statement}; {explain}"
+        ))
         .await
-        .expect("plan the statement on empty tables");
+        .expect("plan the statement on the starting tables");
     client
         .batch_execute(
             "INSERT INTO egec.events SELECT g, 'customer-' || g, 1, gen_random_uuid(), \
@@ -105,7 +109,7 @@ pub(super) async fn after_growth(start: Start, prepare: &str, explain: &str) -> 
         .await
         .expect("grow the tables");
     client
-        .query(explain, &[])
+        .query(&explain, &[])
         .await
         .expect("explain the cached plan")
         .iter()

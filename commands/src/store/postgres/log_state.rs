@@ -124,14 +124,7 @@ mod tests {
     async fn the_look_up_planned_on_empty_or_tiny_tables_still_probes_the_indexes_once_they_are_large()
      {
         for start in STARTS {
-            let plan = after_growth(
-                start,
-                &format!(
-                    "PREPARE look_up(uuid[], text[], text[]) AS {LOOK_UP}; EXECUTE look_up{ARGS}"
-                ),
-                &format!("EXPLAIN EXECUTE look_up{ARGS}"),
-            )
-            .await;
+            let plan = after_growth(start, "uuid[], text[], text[]", LOOK_UP, ARGS).await;
 
             assert_probes_only(
                 start,

@@ -612,14 +612,7 @@ mod tests {
         // statement is prepared with exactly the types the append session gives it.
         let types = GUARDED_TYPES.map(|t| t.name().to_owned()).join(", ");
         for start in STARTS {
-            let plan = after_growth(
-                start,
-                &format!(
-                    "PREPARE guarded({types}) AS {GUARDED_WRITE}; EXPLAIN EXECUTE guarded{ARGS}"
-                ),
-                &format!("EXPLAIN EXECUTE guarded{ARGS}"),
-            )
-            .await;
+            let plan = after_growth(start, &types, GUARDED_WRITE, ARGS).await;
 
             // The counter table has one row, so a scan of it is all there is to do.
             assert_probes_only(
