@@ -171,7 +171,45 @@ fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// The database name in a PostgreSQL URL (empty when it names none), to tell the backends of
+/// the benchmark's database from the rest.
+pub fn database_of(url: &str) -> String {
+    url.parse::<tokio_postgres::Config>()
+        .ok()
+        .and_then(|config| config.get_dbname().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 impl CpuUse {
+    /// The machine's CPU time per operation, in microseconds, at `per_s` operations a second:
+    /// everything the machine was busy with in the window (this benchmark, PostgreSQL, the
+    /// kernel, a neighbour's work) charged to the operations. Zero without operations.
+    pub fn us_per_op(&self, per_s: f64) -> f64 {
+        if per_s > 0.0 {
+            self.machine_busy * self.cores as f64 * 1e6 / per_s
+        } else {
+            0.0
+        }
+    }
+
+    /// Every PostgreSQL process, in cores: the benchmark's backends and the background
+    /// processes (WAL writer, checkpointer) that work for them.
+    pub fn postgres(&self) -> f64 {
+        self.pg_ours + self.pg_other
+    }
+
+    /// One line for stderr: how busy the machine was and what one operation cost it.
+    pub fn per_op_line(&self, per_s: f64, operation: &str) -> String {
+        format!(
+            "CPU {:.0} % of {} cores (benchmark process {:.2}, PostgreSQL {:.2} cores): {:.0} µs {operation}",
+            self.machine_busy * 100.0,
+            self.cores,
+            self.load_generator,
+            self.postgres(),
+            self.us_per_op(per_s)
+        )
+    }
+
     pub fn json(&self) -> Value {
         json!({
             "cores": self.cores,

@@ -18,6 +18,8 @@ use serde_json::Value;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
+use crate::cpu::{CpuUse, Snapshot, database_of};
+
 /// Rows per transaction in the batch measurement.
 pub const BATCH_ROWS: usize = 500;
 
@@ -148,7 +150,8 @@ pub async fn pg_settle(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Single-row autocommit INSERTs from `clients` connections at once; rows per second.
+/// Single-row autocommit INSERTs from `clients` connections at once: rows per second, and
+/// where the machine's CPU went in the window.
 pub async fn pg_single_inserts(
     url: &str,
     clients: usize,
@@ -156,7 +159,7 @@ pub async fn pg_single_inserts(
     counter: &Arc<AtomicI64>,
     warmup: Duration,
     measure: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, CpuUse)> {
     let mut conns = Vec::with_capacity(clients);
     for _ in 0..clients {
         conns.push(pg_connect(url).await?);
@@ -197,11 +200,15 @@ pub async fn pg_single_inserts(
             anyhow::Ok(done)
         }));
     }
+    tokio::time::sleep_until(window.start.into()).await;
+    let cpu = Snapshot::take(&database_of(url), &[]);
+    tokio::time::sleep_until(window.end.into()).await;
+    let cpu = cpu.since();
     let mut rows = 0;
     for task in tasks {
         rows += task.await.context("an insert client panicked")??;
     }
-    Ok(rows as f64 / window.seconds())
+    Ok((rows as f64 / window.seconds(), cpu))
 }
 
 /// Back-to-back 500-row transactions (one `INSERT … SELECT FROM unnest`) on one connection,

@@ -42,6 +42,7 @@ use egec_domain::event::DomainEvent;
 use uuid::Uuid;
 
 use crate::batch_sizes::BatchSizes;
+use crate::cpu::CpuUse;
 use crate::dblimits::Shape;
 use crate::rebuild::MemKeys;
 use crate::report::{BackendReport, CommandRow, RebuildRow};
@@ -620,19 +621,24 @@ async fn commands_and_limits(
     }
     let single_counter = Arc::new(AtomicI64::new(1));
 
-    // Per client count, each round's run and the single-row rate measured after it.
-    let mut measured: Vec<Vec<(RunResult, f64)>> = CLIENTS.iter().map(|_| Vec::new()).collect();
+    // Per client count, each round's run and the single-row rate measured after it, with
+    // that measurement's CPU where there is one.
+    let mut measured: Vec<Vec<(RunResult, f64, Option<CpuUse>)>> =
+        CLIENTS.iter().map(|_| Vec::new()).collect();
+    let database = url.map(cpu::database_of).unwrap_or_default();
     let mut sqlite_batch = None;
     for round in 1..=plan.rounds {
         let mut runs = Vec::new();
         for clients in CLIENTS {
-            runs.push(command_run(&ws, samples, batch_sizes, plan, clients, round).await?);
+            runs.push(
+                command_run(&ws, samples, batch_sizes, plan, clients, round, &database).await?,
+            );
         }
         let (singles, batch) =
             single_row_limits(url, dir, &shape, &single_counter, plan, round).await?;
         sqlite_batch = batch.or(sqlite_batch);
-        for ((slot, run), single) in measured.iter_mut().zip(runs).zip(singles) {
-            slot.push((run, single));
+        for ((slot, run), (single, cpu)) in measured.iter_mut().zip(runs).zip(singles) {
+            slot.push((run, single, cpu));
         }
     }
 
@@ -686,6 +692,7 @@ async fn command_run(
     plan: Plan,
     clients: usize,
     round: usize,
+    database: &str,
 ) -> anyhow::Result<RunResult> {
     let cfg = RunConfig {
         clients,
@@ -693,12 +700,16 @@ async fn command_run(
         measure: plan.measure,
     };
     let before = ws.stores.postgres.as_ref().map(|pg| pg.pipeline_stats());
-    let result = workload::run(&ws.bus, samples, batch_sizes, cfg).await?;
+    let result = workload::run(&ws.bus, samples, batch_sizes, cfg, database).await?;
     eprintln!(
         "  round {round}, {clients} clients: {:.0} commands/s, p99 {:.2} ms, mean batch {:.1}",
         result.per_second(),
         result.p99_ms(),
         result.batches.mean
+    );
+    eprintln!(
+        "  round {round}, {clients} clients: {}",
+        result.cpu.per_op_line(result.per_second(), "a command")
     );
     if let (Some(pg), Some(before)) = (&ws.stores.postgres, before) {
         // Warm-up included: how many batches were written by the guarded statement without
@@ -715,8 +726,9 @@ async fn command_run(
 }
 
 /// The database's single-row limit of one round, at each client count: PostgreSQL from as
-/// many connections as clients (after a vacuum and checkpoint), SQLite from its one writer,
-/// whose measurement also gives the 500-row rate (the second value).
+/// many connections as clients (after a vacuum and checkpoint), with where the CPU went;
+/// SQLite from its one writer, whose measurement also gives the 500-row rate (the second
+/// value).
 async fn single_row_limits(
     url: Option<&str>,
     dir: &Path,
@@ -724,7 +736,7 @@ async fn single_row_limits(
     counter: &Arc<AtomicI64>,
     plan: Plan,
     round: usize,
-) -> anyhow::Result<(Vec<f64>, Option<f64>)> {
+) -> anyhow::Result<(Vec<(f64, Option<CpuUse>)>, Option<f64>)> {
     let Some(url) = url else {
         let (single, batch) = dblimits::sqlite_limits(
             &dir.join(format!("scratch-{round}.db")),
@@ -734,16 +746,20 @@ async fn single_row_limits(
         )
         .await?;
         eprintln!("  round {round}, one writer: {single:.0} single-row INSERT/s");
-        return Ok((CLIENTS.map(|_| single).to_vec(), Some(batch)));
+        return Ok((CLIENTS.map(|_| (single, None)).to_vec(), Some(batch)));
     };
     dblimits::pg_settle(url).await?;
     let mut singles = Vec::new();
     for clients in CLIENTS {
-        let single =
+        let (single, cpu) =
             dblimits::pg_single_inserts(url, clients, shape, counter, plan.warmup, plan.measure)
                 .await?;
         eprintln!("  round {round}, {clients} connections: {single:.0} single-row INSERT/s");
-        singles.push(single);
+        eprintln!(
+            "  round {round}, {clients} connections: {}",
+            cpu.per_op_line(single, "an INSERT")
+        );
+        singles.push((single, Some(cpu)));
     }
     Ok((singles, None))
 }

@@ -277,7 +277,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<NodesReport> {
         let shape = stored_shape(&db.url).await?;
         dblimits::pg_prepare(&db.url).await?;
         dblimits::pg_settle(&db.url).await?;
-        let single = dblimits::pg_single_inserts(
+        let (single, _) = dblimits::pg_single_inserts(
             &db.url,
             opts.clients,
             &shape,

@@ -103,6 +103,27 @@ fn round(x: f64, places: i32) -> f64 {
     (x * f).round() / f
 }
 
+/// Each round's CPU per command and per single-row INSERT, with the budget a command has
+/// for the target ratio on `cores` cores: "47/75 µs (70/95 %), budget 40 µs".
+fn cpu_text(rounds: &[Round], cores: usize) -> String {
+    rounds
+        .iter()
+        .map(|p| {
+            let (insert_us, insert_busy) = match p.single_insert_cpu {
+                Some(c) => (format!("{:.0}", c.us), format!("{:.0}", c.busy * 100.0)),
+                None => ("-".to_owned(), "-".to_owned()),
+            };
+            format!(
+                "{:.0}/{insert_us} µs ({:.0}/{insert_busy} %), budget {:.0} µs",
+                p.command_cpu.us,
+                p.command_cpu.busy * 100.0,
+                p.budget_us(TARGET_RATIO, cores)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn batch_text(b: &BatchStats) -> String {
     format!("{:.1}/{}/{}", b.mean, b.p50, b.max)
 }
@@ -175,6 +196,12 @@ pub fn print_table(reports: &[BackendReport], measure: Duration, warmup: Duratio
                     pairs.join(", ")
                 );
             }
+            println!(
+                "          CPU of the machine per command / per 1-row INSERT (busy share of its \
+                 cores), and the most a command may cost for {TARGET_RATIO} x with every core \
+                 busy: {}",
+                cpu_text(&row.rounds, run.cpu.cores)
+            );
         }
     }
     if let Some(bytes) = reports
@@ -381,6 +408,11 @@ pub fn json_value(
                     "p99_ms": round(p.p99_ms, 3),
                     "db_single_insert_per_s": round(p.single_insert_per_s, 1),
                     "ratio_vs_single_insert": round(p.ratio(), 3),
+                    "cpu_us_per_command": round(p.command_cpu.us, 1),
+                    "machine_busy_commands": round(p.command_cpu.busy, 3),
+                    "cpu_us_per_single_insert": p.single_insert_cpu.map(|c| round(c.us, 1)),
+                    "machine_busy_single_insert": p.single_insert_cpu.map(|c| round(c.busy, 3)),
+                    "cpu_budget_us_per_command": round(p.budget_us(TARGET_RATIO, run.cpu.cores), 1),
                 })).collect::<Vec<_>>(),
                 "pass_throughput": (run.clients == TARGET_CLIENTS)
                     .then_some(per_s >= TARGET_RATIO * row.db_single_insert_per_s),

@@ -9,6 +9,7 @@
 //! apart. The report keeps every pair and shows the round whose ratio is the median, so that
 //! neither a lucky nor an unlucky round decides the target.
 
+use crate::cpu::CpuUse;
 use crate::report;
 use crate::workload::RunResult;
 
@@ -18,6 +19,29 @@ pub struct Round {
     pub commands_per_s: f64,
     pub p99_ms: f64,
     pub single_insert_per_s: f64,
+    /// What a command cost the machine in the command run.
+    pub command_cpu: OpCpu,
+    /// What a single-row INSERT cost it; `None` where that was not measured (SQLite's
+    /// writer runs inside the benchmark process, beside nothing else to tell apart).
+    pub single_insert_cpu: Option<OpCpu>,
+}
+
+/// The machine's CPU time per operation in a window, and how busy the machine was.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpCpu {
+    /// Microseconds of CPU per operation (see [`CpuUse::us_per_op`]).
+    pub us: f64,
+    /// Busy share of all cores, 0–1.
+    pub busy: f64,
+}
+
+impl OpCpu {
+    pub fn of(cpu: &CpuUse, per_s: f64) -> Self {
+        Self {
+            us: cpu.us_per_op(per_s),
+            busy: cpu.machine_busy,
+        }
+    }
 }
 
 impl Round {
@@ -25,22 +49,38 @@ impl Round {
     pub fn ratio(&self) -> f64 {
         report::ratio(self.commands_per_s, self.single_insert_per_s)
     }
+
+    /// The most CPU a command may cost, in microseconds, for `ratio` × this round's
+    /// single-row rate on `cores` cores kept busy all the time: the budget behind a target
+    /// ratio, to set beside [`Round::command_cpu`]. Zero without a limit.
+    pub fn budget_us(&self, ratio: f64, cores: usize) -> f64 {
+        let needed = ratio * self.single_insert_per_s;
+        if needed > 0.0 {
+            cores as f64 * 1e6 / needed
+        } else {
+            0.0
+        }
+    }
 }
 
-/// Every round of one client count as its run and the single-row rate measured after it:
-/// answers the round with the median ratio, with the pairs of all of them. `None` for no
-/// rounds.
-pub fn median_of(runs: Vec<(RunResult, f64)>) -> Option<(RunResult, f64, Vec<Round>)> {
+/// Every round of one client count as its run, the single-row rate measured after it and
+/// that measurement's CPU: answers the round with the median ratio, with the pairs of all of
+/// them. `None` for no rounds.
+pub fn median_of(
+    runs: Vec<(RunResult, f64, Option<CpuUse>)>,
+) -> Option<(RunResult, f64, Vec<Round>)> {
     let pairs: Vec<Round> = runs
         .iter()
-        .map(|(run, single)| Round {
+        .map(|(run, single, single_cpu)| Round {
             commands_per_s: run.per_second(),
             p99_ms: run.p99_ms(),
             single_insert_per_s: *single,
+            command_cpu: OpCpu::of(&run.cpu, run.per_second()),
+            single_insert_cpu: single_cpu.as_ref().map(|cpu| OpCpu::of(cpu, *single)),
         })
         .collect();
     let median = median_index(&pairs)?;
-    let (run, single) = runs.into_iter().nth(median)?;
+    let (run, single, _) = runs.into_iter().nth(median)?;
     Some((run, single, pairs))
 }
 
@@ -65,6 +105,11 @@ mod tests {
             commands_per_s: commands,
             p99_ms: 1.0,
             single_insert_per_s: single,
+            command_cpu: OpCpu {
+                us: 50.0,
+                busy: 0.7,
+            },
+            single_insert_cpu: None,
         }
     }
 
@@ -100,5 +145,29 @@ mod tests {
     #[test]
     fn a_round_without_a_database_limit_has_a_ratio_of_zero_rather_than_infinity() {
         assert_eq!(round(100.0, 0.0).ratio(), 0.0);
+    }
+
+    #[test]
+    fn the_budget_is_the_cores_time_shared_by_the_commands_the_ratio_needs() {
+        // 2 x 25,000 INSERTs/s on 2 cores: 2,000,000 µs a second over 50,000 commands.
+        assert_eq!(round(30_000.0, 25_000.0).budget_us(2.0, 2), 40.0);
+        assert_eq!(round(30_000.0, 0.0).budget_us(2.0, 2), 0.0);
+    }
+
+    #[test]
+    fn a_window_half_busy_on_two_cores_at_ten_thousand_a_second_costs_a_hundred_us_each() {
+        let cpu = CpuUse {
+            cores: 2,
+            machine_busy: 0.5,
+            ..CpuUse::default()
+        };
+        assert_eq!(
+            OpCpu::of(&cpu, 10_000.0),
+            OpCpu {
+                us: 100.0,
+                busy: 0.5
+            }
+        );
+        assert_eq!(OpCpu::of(&cpu, 0.0).us, 0.0);
     }
 }

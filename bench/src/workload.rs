@@ -21,6 +21,7 @@ use hdrhistogram::Histogram;
 use uuid::Uuid;
 
 use crate::batch_sizes::{BatchSizes, BatchStats};
+use crate::cpu::{CpuUse, Snapshot};
 use crate::rng::SplitMix;
 
 /// Share of commands (in percent) that update a customer the client created earlier; the
@@ -170,6 +171,9 @@ pub struct RunResult {
     /// Command latency in microseconds.
     pub latency: Histogram<u64>,
     pub batches: BatchStats,
+    /// Where the machine's CPU went in the window (`database` names the PostgreSQL backends
+    /// that count as the store's; empty for SQLite).
+    pub cpu: CpuUse,
 }
 
 impl RunResult {
@@ -208,6 +212,7 @@ pub async fn run(
     samples: &Arc<Samples>,
     batch_sizes: &BatchSizes,
     cfg: RunConfig,
+    database: &str,
 ) -> anyhow::Result<RunResult> {
     let start = Instant::now();
     let window_start = start + cfg.warmup;
@@ -225,7 +230,9 @@ pub async fn run(
     // The batch sizes are reset when the window opens, so warm-up batches do not count.
     tokio::time::sleep_until(window_start.into()).await;
     batch_sizes.reset();
+    let cpu = Snapshot::take(database, &[]);
     tokio::time::sleep_until(window_end.into()).await;
+    let cpu = cpu.since();
     let batches = batch_sizes.stats();
 
     let mut result = RunResult {
@@ -238,6 +245,7 @@ pub async fn run(
         seconds: cfg.measure.as_secs_f64(),
         latency: new_latency_histogram()?,
         batches,
+        cpu,
     };
     for task in tasks {
         let t = task.await.context("a client task panicked")??;
