@@ -312,13 +312,14 @@ fn sqlite_insert(
 }
 
 /// SQLite's limits: one writer connection (SQLite has one writer at a time), single-row
-/// autocommit INSERTs, then 500-row transactions. Answers (single rows/s, batch rows/s).
+/// autocommit INSERTs, then 500-row transactions. Answers (single rows/s, where the CPU went
+/// while they ran, batch rows/s).
 pub async fn sqlite_limits(
     path: &Path,
     shape: &Shape,
     warmup: Duration,
     measure: Duration,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, CpuUse, f64)> {
     let path = path.to_path_buf();
     let shape = shape.clone();
     tokio::task::spawn_blocking(move || {
@@ -328,6 +329,8 @@ pub async fn sqlite_limits(
 
         let window = Window::after(warmup, measure);
         let mut single = 0_u64;
+        // Taken when the first row lands inside the window.
+        let mut cpu = None;
         {
             let mut stmt = conn.prepare_cached(SQLITE_INSERT)?;
             while Instant::now() < window.end {
@@ -337,10 +340,12 @@ pub async fn sqlite_limits(
                 sqlite_insert(&mut stmt, &shape, &payload, &metadata, &r)?;
                 if window.contains(Instant::now()) {
                     single += 1;
+                    cpu.get_or_insert_with(|| Snapshot::take("", &[]));
                 }
             }
         }
         let single_per_s = single as f64 / window.seconds();
+        let cpu = cpu.map(|c| c.since()).unwrap_or_default();
 
         let window = Window::after(warmup, measure);
         let mut batched = 0_u64;
@@ -360,7 +365,7 @@ pub async fn sqlite_limits(
                 batched += BATCH_ROWS as u64;
             }
         }
-        Ok((single_per_s, batched as f64 / window.seconds()))
+        Ok((single_per_s, cpu, batched as f64 / window.seconds()))
     })
     .await
     .context("the SQLite measurement panicked")?

@@ -622,8 +622,8 @@ async fn commands_and_limits(
     let single_counter = Arc::new(AtomicI64::new(1));
 
     // Per client count, each round's run and the single-row rate measured after it, with
-    // that measurement's CPU where there is one.
-    let mut measured: Vec<Vec<(RunResult, f64, Option<CpuUse>)>> =
+    // that measurement's CPU.
+    let mut measured: Vec<Vec<(RunResult, f64, CpuUse)>> =
         CLIENTS.iter().map(|_| Vec::new()).collect();
     let database = url.map(cpu::database_of).unwrap_or_default();
     let mut sqlite_batch = None;
@@ -726,9 +726,9 @@ async fn command_run(
 }
 
 /// The database's single-row limit of one round, at each client count: PostgreSQL from as
-/// many connections as clients (after a vacuum and checkpoint), with where the CPU went;
-/// SQLite from its one writer, whose measurement also gives the 500-row rate (the second
-/// value).
+/// many connections as clients (after a vacuum and checkpoint), SQLite from its one writer,
+/// each with where the CPU went; SQLite's measurement also gives the 500-row rate (the
+/// second value).
 async fn single_row_limits(
     url: Option<&str>,
     dir: &Path,
@@ -736,9 +736,9 @@ async fn single_row_limits(
     counter: &Arc<AtomicI64>,
     plan: Plan,
     round: usize,
-) -> anyhow::Result<(Vec<(f64, Option<CpuUse>)>, Option<f64>)> {
+) -> anyhow::Result<(Vec<(f64, CpuUse)>, Option<f64>)> {
     let Some(url) = url else {
-        let (single, batch) = dblimits::sqlite_limits(
+        let (single, cpu, batch) = dblimits::sqlite_limits(
             &dir.join(format!("scratch-{round}.db")),
             shape,
             plan.warmup,
@@ -746,7 +746,11 @@ async fn single_row_limits(
         )
         .await?;
         eprintln!("  round {round}, one writer: {single:.0} single-row INSERT/s");
-        return Ok((CLIENTS.map(|_| (single, None)).to_vec(), Some(batch)));
+        eprintln!(
+            "  round {round}, one writer: {}",
+            cpu.per_op_line(single, "an INSERT")
+        );
+        return Ok((CLIENTS.map(|_| (single, cpu.clone())).to_vec(), Some(batch)));
     };
     dblimits::pg_settle(url).await?;
     let mut singles = Vec::new();
@@ -759,7 +763,7 @@ async fn single_row_limits(
             "  round {round}, {clients} connections: {}",
             cpu.per_op_line(single, "an INSERT")
         );
-        singles.push((single, Some(cpu)));
+        singles.push((single, cpu));
     }
     Ok((singles, None))
 }

@@ -109,14 +109,12 @@ fn cpu_text(rounds: &[Round], cores: usize) -> String {
     rounds
         .iter()
         .map(|p| {
-            let (insert_us, insert_busy) = match p.single_insert_cpu {
-                Some(c) => (format!("{:.0}", c.us), format!("{:.0}", c.busy * 100.0)),
-                None => ("-".to_owned(), "-".to_owned()),
-            };
             format!(
-                "{:.0}/{insert_us} µs ({:.0}/{insert_busy} %), budget {:.0} µs",
+                "{:.0}/{:.0} µs ({:.0}/{:.0} %), budget {:.0} µs",
                 p.command_cpu.us,
+                p.single_insert_cpu.us,
                 p.command_cpu.busy * 100.0,
+                p.single_insert_cpu.busy * 100.0,
                 p.budget_us(TARGET_RATIO, cores)
             )
         })
@@ -410,8 +408,8 @@ pub fn json_value(
                     "ratio_vs_single_insert": round(p.ratio(), 3),
                     "cpu_us_per_command": round(p.command_cpu.us, 1),
                     "machine_busy_commands": round(p.command_cpu.busy, 3),
-                    "cpu_us_per_single_insert": p.single_insert_cpu.map(|c| round(c.us, 1)),
-                    "machine_busy_single_insert": p.single_insert_cpu.map(|c| round(c.busy, 3)),
+                    "cpu_us_per_single_insert": round(p.single_insert_cpu.us, 1),
+                    "machine_busy_single_insert": round(p.single_insert_cpu.busy, 3),
                     "cpu_budget_us_per_command": round(p.budget_us(TARGET_RATIO, run.cpu.cores), 1),
                 })).collect::<Vec<_>>(),
                 "pass_throughput": (run.clients == TARGET_CLIENTS)

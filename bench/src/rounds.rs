@@ -21,9 +21,8 @@ pub struct Round {
     pub single_insert_per_s: f64,
     /// What a command cost the machine in the command run.
     pub command_cpu: OpCpu,
-    /// What a single-row INSERT cost it; `None` where that was not measured (SQLite's
-    /// writer runs inside the benchmark process, beside nothing else to tell apart).
-    pub single_insert_cpu: Option<OpCpu>,
+    /// What a single-row INSERT cost it.
+    pub single_insert_cpu: OpCpu,
 }
 
 /// The machine's CPU time per operation in a window, and how busy the machine was.
@@ -66,9 +65,7 @@ impl Round {
 /// Every round of one client count as its run, the single-row rate measured after it and
 /// that measurement's CPU: answers the round with the median ratio, with the pairs of all of
 /// them. `None` for no rounds.
-pub fn median_of(
-    runs: Vec<(RunResult, f64, Option<CpuUse>)>,
-) -> Option<(RunResult, f64, Vec<Round>)> {
+pub fn median_of(runs: Vec<(RunResult, f64, CpuUse)>) -> Option<(RunResult, f64, Vec<Round>)> {
     let pairs: Vec<Round> = runs
         .iter()
         .map(|(run, single, single_cpu)| Round {
@@ -76,7 +73,7 @@ pub fn median_of(
             p99_ms: run.p99_ms(),
             single_insert_per_s: *single,
             command_cpu: OpCpu::of(&run.cpu, run.per_second()),
-            single_insert_cpu: single_cpu.as_ref().map(|cpu| OpCpu::of(cpu, *single)),
+            single_insert_cpu: OpCpu::of(single_cpu, *single),
         })
         .collect();
     let median = median_index(&pairs)?;
@@ -109,7 +106,10 @@ mod tests {
                 us: 50.0,
                 busy: 0.7,
             },
-            single_insert_cpu: None,
+            single_insert_cpu: OpCpu {
+                us: 75.0,
+                busy: 0.9,
+            },
         }
     }
 
