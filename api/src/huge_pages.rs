@@ -3,7 +3,7 @@
 //! mimalloc gives free memory back to the system a second after it fell free and faults it in
 //! again when it is used. Where that memory is backed by transparent huge pages, every such
 //! fault zeroes 2 MiB while a command waits: without them, the p99 of the benchmark's
-//! 64-client command run on PostgreSQL halved (README, session 12;
+//! 64-client command run on PostgreSQL halved (`docs/performance-history.md`, session 12;
 //! `bench/results/2026-11-30-session12-ab.txt`). The workspace builds mimalloc with `no_thp`,
 //! so it no longer asks for huge pages (`madvise`); this switch also covers systems whose
 //! setting is `always`, where the kernel would back the allocator's memory with them unasked.
