@@ -192,8 +192,8 @@ impl CpuUse {
         }
     }
 
-    /// Every PostgreSQL process, in cores: the benchmark's backends and the background
-    /// processes (WAL writer, checkpointer) that work for them.
+    /// Every PostgreSQL process, in cores: the benchmark's backends, the background processes
+    /// (WAL writer, checkpointer) that work for them, and any other database's backends.
     pub fn postgres(&self) -> f64 {
         self.pg_ours + self.pg_other
     }

@@ -102,11 +102,18 @@ impl Store {
     /// [`Store::serve`] with extra environment variables.
     pub fn serve_with(&self, env: &[(&str, &str)]) -> Server {
         let mut command = self.egec();
-        // The servers here carry write loads and read back everything they acknowledged,
-        // from one user: on a fast machine that passed the per-user API quota (the leader
-        // handover test acknowledged 688 writes and met 429 reading them back). Rate limits
-        // have tests of their own; a caller's `env` can still set them.
-        command.env("EGEC_RATE_LIMIT_API_PER_MINUTE", "1000000");
+        // Rate limits out of the way, as `tests/support` does for the in-process apps: the
+        // servers here carry write loads and read back everything they acknowledged, from one
+        // user (on a fast machine the leader handover test acknowledged 688 writes and met
+        // 429 reading them back). Rate limits have tests of their own; a caller's `env` can
+        // still set them.
+        for key in [
+            "EGEC_RATE_LIMIT_API_PER_MINUTE",
+            "EGEC_RATE_LIMIT_LOGIN_IP_PER_MINUTE",
+            "EGEC_RATE_LIMIT_LOGIN_ACCOUNT_PER_MINUTE",
+        ] {
+            command.env(key, "1000000");
+        }
         command.envs(env.iter().copied());
         let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0"])
